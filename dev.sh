@@ -1,0 +1,40 @@
+#!/bin/sh
+# One entry point for people and CI. Works on a fresh Debian / Raspberry Pi OS (bookworm) machine.
+#   ./dev.sh demo   set up, start a local Mosquitto and run the agent on simulated sensors (Ctrl-C stops)
+#   ./dev.sh test   set up and run the test suite
+#   ./dev.sh setup  only install (system packages when root or with sudo, then .venv)
+set -eu
+cd "$(dirname "$0")"
+VENV=${EDGE_AGENT_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+apt_install() {
+  # system packages the demo and tests need; skipped when already present
+  pkgs=$(cat .ci/apt-packages.txt | sed 's/#.*//' | tr -s ' \n' ' ')
+  missing=""
+  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  [ -z "$missing" ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "dev.sh: please install:$missing" >&2; return 0
+  fi
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "dev.sh: installing$missing" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+}
+
+setup() {
+  apt_install
+  if [ ! -x "$VENV/bin/python" ]; then
+    $PY -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/python" -m pip install -q -e ".[test,tflite]"
+}
+
+case "${1:-demo}" in
+  setup) setup ;;
+  demo) setup; shift || true; exec "$VENV/bin/edge-agent" demo "$@" ;;
+  test) setup; shift || true; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
+  *) echo "usage: ./dev.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
+esac

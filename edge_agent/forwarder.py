@@ -1,0 +1,158 @@
+"""The forwarder: the only reader of the outbox. begin -> publish -> accept/release.
+
+::
+
+    outbox.begin(room) --> transport.publish(token=seq) ... PUBACK --> outbox.accept([seq])
+                                                       ... link lost --> outbox.release([seq])
+
+``room`` is the transport's window (``mqtt.max_inflight`` capped by the broker's Receive Maximum) minus
+what is in flight, so paho never holds more than that. An optional token bucket (``mqtt.max_rate``
+messages/s, ``mqtt.max_rate_bytes`` bytes/s) throttles the backlog after a reconnect; messages created
+after the connection came up ("live") and alarms/events are not throttled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.errors import NotConnected, PublishRefused
+from edge_agent.outbox import Outbox, Pending
+from edge_agent.transport.mqtt import MqttTransport
+
+log = logging.getLogger("edge_agent.forwarder")
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.t = time.monotonic()
+
+    def take(self, n: float = 1.0) -> float:
+        """Take n tokens; return seconds to wait before the take is allowed (0 if now)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class Forwarder:
+    def __init__(self, outbox: Outbox, transport: MqttTransport, *, max_rate: float = 0.0,
+                 max_rate_bytes: float = 0.0) -> None:
+        self.outbox = outbox
+        self.transport = transport
+        self._msgs = TokenBucket(max_rate)
+        self._bytes = TokenBucket(max_rate_bytes, burst=max(max_rate_bytes, 65536.0))
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._online_since = 0.0
+        self.sent = 0
+        self.rejected = 0
+        self.heartbeat: Callable[[], None] = lambda: None
+        self.ack_listeners: list[Callable[[int, bool, int], None]] = []
+
+    # called by the transport (network thread)
+    def on_ack(self, token: Any, ok: bool, rc: int) -> None:
+        if not isinstance(token, int):
+            return  # not an outbox row (e.g. the retained status message)
+        seq = token
+        with self._lock:
+            self._inflight.discard(seq)
+        if ok:
+            self.outbox.accept((seq,))
+        elif rc == -1:
+            self.outbox.release((seq,))
+        else:
+            # The broker refused the message itself (e.g. 0x87 not authorized, 0x95 too large): retrying
+            # cannot help. It is removed and accounted, never silently dropped.
+            self.rejected += 1
+            self.outbox.count("rejected")
+            log.error("broker rejected message seq=%d with reason code 0x%02x; removed", seq, rc)
+            self.outbox.accept((seq,))
+        for fn in self.ack_listeners:
+            try:
+                fn(seq, ok, rc)
+            except Exception:
+                log.exception("ack listener failed")
+        self._wake.set()
+
+    def on_connected(self, session_present: bool) -> None:
+        self._online_since = time.time()
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty and nothing is in flight (or timeout). True if drained."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.outbox.pending == 0 and self.inflight() == 0:
+                return True
+            if not self.transport.connected:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def _throttle(self, row: Pending) -> float:
+        if row.created >= self._online_since or row.prio >= 2:
+            return 0.0
+        return max(self._msgs.take(1.0), self._bytes.take(float(len(row.payload))))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat()
+            if not self.transport.connected:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            room = self.transport.window - self.inflight()
+            if room <= 0:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            rows = self.outbox.begin(room)
+            if not rows:
+                self.outbox.wait(0.2)
+                continue
+            for i, row in enumerate(rows):
+                delay = self._throttle(row)
+                if delay > 0 and self._stop.wait(delay):
+                    self.outbox.release(r.seq for r in rows[i:])
+                    return
+                with self._lock:
+                    self._inflight.add(row.seq)
+                try:
+                    self.transport.publish(row.topic, row.payload, row.qos, row.retain, row.props, token=row.seq)
+                except (NotConnected, PublishRefused) as e:
+                    with self._lock:
+                        for r in rows[i:]:
+                            self._inflight.discard(r.seq)
+                    self.outbox.release(r.seq for r in rows[i:])
+                    log.debug("publish stopped: %s", e)
+                    break
+                self.sent += 1
+                self.outbox.count("sent")

@@ -1,0 +1,32 @@
+"""Sensor plugins and their registry.
+
+A plugin is one module with a :class:`~edge_agent.sensors.base.Sensor` subclass, its ``Options``
+dataclass (validated by :mod:`edge_agent.config` like every other key), a docstring with wiring notes
+and a ``SAMPLE`` config block. Register it in :data:`PLUGINS` (type name -> "module:Class").
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+PLUGINS: dict[str, str] = {
+    "simulated": "edge_agent.sensors.simulated:SimulatedSensor",
+}
+
+
+def plugin_names() -> list[str]:
+    return sorted(PLUGINS)
+
+
+def plugin_class(type_name: str) -> Any:
+    target = PLUGINS.get(type_name)
+    if target is None:
+        return None
+    mod, _, cls = target.partition(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def options_for(type_name: str) -> type | None:
+    cls = plugin_class(type_name)
+    return None if cls is None else cls.Options

@@ -1,0 +1,1 @@
+"""Transports. Only :mod:`edge_agent.transport.mqtt` imports paho; :mod:`topics` is pure."""

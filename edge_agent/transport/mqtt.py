@@ -1,0 +1,423 @@
+"""MQTT 5 transport: the only module that imports paho-mqtt.
+
+paho's callbacks and return codes become plain Python callbacks and exceptions here, and nowhere else.
+Known paho 2.x traps and how this module avoids them:
+
+* paho keeps its session in memory and re-sends all of it after a reconnect, ignoring ``max_inflight``
+  (paho #492): every connection gets a **fresh paho Client**; the durable outbox, not paho, replays.
+  Acks from an old connection are ignored (generation counter).
+* ``on_publish`` can fire before ``publish()`` returns (paho #482/#361): early acks are parked by mid
+  and matched when ``publish()`` returns. No lock is held across a paho call.
+* ``publish()`` returns ``MQTT_ERR_QUEUE_SIZE``/``MQTT_ERR_NO_CONN`` without raising (paho #856):
+  every return code is checked and turned into :class:`PublishRefused`/:class:`NotConnected`.
+* Message ids wrap at 65,535: the forwarder hands paho only a bounded window (``max_inflight``,
+  further capped by the broker's Receive Maximum, :attr:`MqttTransport.window`).
+* ``is_connected()`` stays True on a half-open link (paho #840): paho pings every ``keepalive/2`` and
+  drops the link after ``keepalive`` without a byte from the broker; in addition an unacknowledged
+  publish older than ``keepalive`` drops the link. A dead link is thus detected within ``keepalive``.
+* Reconnects use exponential backoff with full jitter: ``uniform(0, min(max, min_delay * 2**n))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent.config import MqttConfig
+from edge_agent.errors import NotConnected, PublishRefused
+
+log = logging.getLogger("edge_agent.transport")
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """``state`` is one of connecting, online, offline, auth_failed, stopped."""
+
+    state: str
+    reason: str = ""
+    session_present: bool = False
+    attempt: int = 0
+
+
+@dataclass
+class InMessage:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    content_type: str | None = None
+    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    _ack: Callable[[], None] | None = None
+
+    def ack(self) -> None:
+        """With ``manual_ack=True``: tell the broker this message is safely handled."""
+        if self._ack is not None:
+            self._ack()
+            self._ack = None
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+AckCallback = Callable[[Any, bool, int], None]  # (token, ok, reason_code)
+
+_AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned, bad auth method
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff."""
+    r = rng or random
+    return r.uniform(0, min(hi, lo * (2 ** min(attempt, 30))))
+
+
+def _props(d: dict[str, Any] | None) -> Properties | None:
+    if not d:
+        return None
+    p = Properties(PacketTypes.PUBLISH)
+    if d.get("response_topic"):
+        p.ResponseTopic = d["response_topic"]
+    if d.get("correlation_data") is not None:
+        p.CorrelationData = bytes(d["correlation_data"])
+    if d.get("content_type"):
+        p.ContentType = d["content_type"]
+    if d.get("message_expiry"):
+        p.MessageExpiryInterval = int(d["message_expiry"])
+    if d.get("user_properties"):
+        p.UserProperty = [tuple(x) for x in d["user_properties"]]
+    return p
+
+
+class MqttTransport:
+    """A supervised MQTT 5 connection with bounded publishing and persistent subscriptions.
+
+    Callbacks run on paho's network thread and must return quickly.
+    """
+
+    def __init__(self, cfg: MqttConfig, *, client_id: str | None = None, will: Will | None = None,
+                 on_status: Callable[[ConnectionStatus], None] | None = None,
+                 on_message: Callable[[InMessage], None] | None = None,
+                 on_ack: AckCallback | None = None,
+                 on_connected: Callable[[bool], None] | None = None,
+                 persistent_session: bool = True, manual_ack: bool = False) -> None:
+        self.cfg = cfg
+        self.client_id = client_id or cfg.client_id
+        self.will = will
+        self._on_status = on_status or (lambda s: None)
+        self._on_message = on_message or (lambda m: None)
+        self._on_ack = on_ack or (lambda t, ok, rc: None)
+        self._on_connected = on_connected or (lambda sp: None)
+        self.persistent_session = persistent_session
+        self.manual_ack = manual_ack
+        self._subs: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._client: paho.Client | None = None
+        self._gen = 0
+        self._mids: dict[int, tuple[Any, float]] = {}
+        self._early: dict[int, int] = {}
+        self._online = threading.Event()
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.receive_maximum = 65535
+        self.max_packet_size = 0
+        self.reconnects = 0
+        self.status = ConnectionStatus("offline", "not started")
+        self.heartbeat: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def connected(self) -> bool:
+        return self._online.is_set()
+
+    @property
+    def window(self) -> int:
+        return max(1, min(self.cfg.max_inflight, self.receive_maximum))
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._mids)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._supervise, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def wait_online(self, timeout: float) -> bool:
+        return self._online.wait(timeout)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now (if online) and after every reconnect."""
+        with self._lock:
+            self._subs[topic] = qos
+            client = self._client if self._online.is_set() else None
+        if client is not None:
+            client.subscribe([(topic, SubscribeOptions(qos=qos))])
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            self._subs.pop(topic, None)
+            client = self._client if self._online.is_set() else None
+        if client is not None:
+            client.unsubscribe(topic)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                props: dict[str, Any] | None = None, token: Any = None) -> None:
+        """Hand one message to the broker. The ack arrives via ``on_ack(token, ok, reason)``.
+
+        Raises NotConnected when offline and PublishRefused when paho refuses it.
+        """
+        with self._lock:
+            client, gen = self._client, self._gen
+        if client is None or not self._online.is_set():
+            raise NotConnected("not connected to the broker")
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            raise NotConnected("connection lost while publishing")
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise PublishRefused(f"paho refused publish to {topic}: {paho.error_string(info.rc)}")
+        if qos == 0:
+            self._on_ack(token, True, 0)
+            return
+        with self._lock:
+            if gen != self._gen:
+                raise NotConnected("connection replaced while publishing")
+            rc = self._early.pop(info.mid, None)
+            if rc is None:
+                self._mids[info.mid] = (token, time.monotonic())
+        if rc is not None:
+            self._deliver_ack(token, rc)
+
+    def stop(self, timeout: float = 5.0, offline: Will | None = None) -> None:
+        """Disconnect cleanly: publish ``offline`` (e.g. retained offline status) first if given."""
+        self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None and self._online.is_set():
+            try:
+                if offline is not None:
+                    info = client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain)
+                    if info.rc == paho.MQTT_ERR_SUCCESS:
+                        info.wait_for_publish(timeout=min(2.0, timeout))
+                client.disconnect()
+            except (ValueError, RuntimeError, OSError) as e:
+                log.debug("disconnect: %s", e)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._set_status(ConnectionStatus("stopped", "stop requested"))
+
+    def drop_connection(self, reason: str) -> None:
+        """Tear down the current link without DISCONNECT (the will is published); reconnect follows."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        log.warning("dropping MQTT connection: %s", reason)
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._lost.set()
+
+    # ------------------------------------------------------------------ internals
+    def _set_status(self, st: ConnectionStatus) -> None:
+        self.status = st
+        try:
+            self._on_status(st)
+        except Exception:
+            log.exception("on_status callback failed")
+
+    def _deliver_ack(self, token: Any, rc: int) -> None:
+        ok = rc < 0x80
+        try:
+            self._on_ack(token, ok, rc)
+        except Exception:
+            log.exception("on_ack callback failed")
+
+    def _make_client(self) -> paho.Client:
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
+        c.max_inflight_messages_set(max(self.cfg.max_inflight, 1))
+        c.max_queued_messages_set(0)
+        c.connect_timeout = self.cfg.connect_timeout
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, self.cfg.password or None)
+        if self.cfg.tls is not None:
+            ctx = ssl.create_default_context(cafile=self.cfg.tls.ca or None)
+            if self.cfg.tls.cert:
+                ctx.load_cert_chain(self.cfg.tls.cert, self.cfg.tls.key or None)
+            c.tls_set_context(ctx)
+        if self.will is not None:
+            c.will_set(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
+        gen = self._gen
+        c.on_connect = lambda cl, ud, flags, rc, props: self._handle_connect(gen, cl, flags, rc, props)
+        c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
+        c.on_publish = lambda cl, ud, mid, rc, props: self._handle_publish(gen, mid, rc)
+        c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
+        return c
+
+    def _handle_connect(self, gen: int, client: paho.Client, flags: Any, rc: Any, props: Any) -> None:
+        if gen != self._gen:
+            return
+        if rc.is_failure:
+            code = int(rc.value)
+            state = "auth_failed" if code in _AUTH_CODES else "offline"
+            self._set_status(ConnectionStatus(state, f"broker refused connection: {rc}"))
+            self._lost.set()
+            return
+        rm = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self.receive_maximum = int(rm) if rm else 65535
+        mps = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        self.max_packet_size = int(mps) if mps else 0
+        with self._lock:
+            subs = list(self._subs.items())
+        if subs:
+            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])
+        session_present = bool(getattr(flags, "session_present", False))
+        self._online.set()
+        self._set_status(ConnectionStatus("online", f"connected to {self.cfg.host}:{self.cfg.port}",
+                                          session_present=session_present))
+        try:
+            self._on_connected(session_present)
+        except Exception:
+            log.exception("on_connected callback failed")
+
+    def _handle_disconnect(self, gen: int, rc: Any) -> None:
+        if gen == self._gen:
+            self._online.clear()
+            self._lost.set()
+
+    def _handle_publish(self, gen: int, mid: int, rc: Any) -> None:
+        code = int(getattr(rc, "value", rc) or 0)
+        with self._lock:
+            if gen != self._gen:
+                return
+            entry = self._mids.pop(mid, None)
+            if entry is None:
+                self._early[mid] = code
+                return
+        self._deliver_ack(entry[0], code)
+
+    def _handle_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        p = msg.properties
+        ack = None
+        if self.manual_ack and msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+            ack = lambda: client.ack(mid, qos)  # noqa: E731
+        m = InMessage(topic=msg.topic, payload=msg.payload, qos=msg.qos, retain=bool(msg.retain),
+                      response_topic=getattr(p, "ResponseTopic", None) if p else None,
+                      correlation_data=getattr(p, "CorrelationData", None) if p else None,
+                      content_type=getattr(p, "ContentType", None) if p else None,
+                      user_properties=list(getattr(p, "UserProperty", []) or []) if p else [],
+                      _ack=ack)
+        try:
+            self._on_message(m)
+        except Exception:
+            log.exception("message handler failed for %s", msg.topic)
+
+    def _connect_props(self) -> Properties:
+        p = Properties(PacketTypes.CONNECT)
+        if self.persistent_session and self.cfg.session_expiry:
+            p.SessionExpiryInterval = self.cfg.session_expiry
+        p.ReceiveMaximum = 1000
+        return p
+
+    def _supervise(self) -> None:
+        attempt = 0
+        keepalive = self.cfg.keepalive
+        paho_keepalive = max(1, keepalive // 2)
+        while not self._stop.is_set():
+            with self._lock:
+                self._gen += 1
+                self._mids.clear()
+                self._early.clear()
+                client = self._client = self._make_client()
+            self._lost.clear()
+            self._set_status(ConnectionStatus("connecting", f"{self.cfg.host}:{self.cfg.port}", attempt=attempt))
+            started = time.monotonic()
+            try:
+                client.connect(self.cfg.host, self.cfg.port, keepalive=paho_keepalive,
+                               clean_start=not self.persistent_session, properties=self._connect_props())
+            except (OSError, ssl.SSLError, ValueError) as e:
+                self._set_status(ConnectionStatus("offline", f"cannot connect to {self.cfg.host}:"
+                                                  f"{self.cfg.port}: {e}", attempt=attempt))
+            else:
+                client.loop_start()
+                self._watch(client, started)
+                client.loop_stop()
+                self._online.clear()
+                sock = client.socket()
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+                was_online = self.status.state == "online"
+                if was_online:
+                    self.reconnects += 1
+                if self.status.state not in ("auth_failed",) and not self._stop.is_set():
+                    self._set_status(ConnectionStatus("offline", "connection lost" if was_online else
+                                                      self.status.reason or "no CONNACK", attempt=attempt))
+                if time.monotonic() - started > 2 * keepalive:
+                    attempt = 0
+            self._drop_inflight()
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt, self.cfg.reconnect_min, self.cfg.reconnect_max)
+            attempt += 1
+            self._stop.wait(delay)
+        with self._lock:
+            self._client = None
+
+    def _watch(self, client: paho.Client, started: float) -> None:
+        keepalive = self.cfg.keepalive
+        while not self._stop.is_set() and not self._lost.is_set():
+            self._lost.wait(0.2)
+            self.heartbeat()
+            if not self._online.is_set():
+                if time.monotonic() - started > self.cfg.connect_timeout and not self._lost.is_set():
+                    self._set_status(ConnectionStatus("offline", "no CONNACK within connect_timeout"))
+                    self.drop_connection("no CONNACK")
+                    return
+                continue
+            with self._lock:
+                oldest = min((t for _, t in self._mids.values()), default=None)
+            if oldest is not None and time.monotonic() - oldest > keepalive:
+                self.drop_connection(f"no PUBACK for {keepalive} s (half-open link?)")
+                return
+        if self._stop.is_set() and client.is_connected():
+            # stop(): give paho a moment to send DISCONNECT
+            deadline = time.monotonic() + 1.0
+            while client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    def _drop_inflight(self) -> None:
+        with self._lock:
+            lost = [tok for tok, _ in self._mids.values()]
+            self._mids.clear()
+            self._early.clear()
+        for tok in lost:
+            try:
+                self._on_ack(tok, False, -1)
+            except Exception:
+                log.exception("on_ack callback failed")

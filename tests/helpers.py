@@ -1,0 +1,149 @@
+"""Test helpers shared by every suite: a real Mosquitto, a collecting subscriber, an agent subprocess.
+
+Nothing here is a mock: the broker is a real mosquitto on an ephemeral port, the subscriber a real
+MQTT client (the agent's own transport), the agent a real ``python -m edge_agent run`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent import codec
+from edge_agent.config import MqttConfig
+from edge_agent.transport.mqtt import InMessage, MqttTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, msg: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {msg or pred}")
+
+
+class Collector:
+    """A real MQTT subscriber that decodes envelopes and keeps them (thread-safe)."""
+
+    def __init__(self, port: int, topic: str, client_id: str | None = None, persistent: bool = False,
+                 host: str = "127.0.0.1") -> None:
+        self.messages: list[InMessage] = []
+        self.envelopes: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.cfg = MqttConfig(host=host, port=port, keepalive=10, session_expiry=3600 if persistent else 0,
+                              reconnect_min=0.1, reconnect_max=0.5)
+        self.t = MqttTransport(self.cfg, client_id=client_id or unique("collector-"), on_message=self._on,
+                               persistent_session=persistent)
+        self.t.subscribe(topic, qos=1)
+
+    def _on(self, m: InMessage) -> None:
+        with self.lock:
+            self.messages.append(m)
+            try:
+                env = codec.decode(m.payload)
+            except Exception:
+                env = None
+            if isinstance(env, dict):
+                env["_topic"] = m.topic
+                self.envelopes.append(env)
+
+    def start(self, timeout: float = 10.0) -> Collector:
+        self.t.start()
+        assert self.t.wait_online(timeout), "collector could not connect"
+        time.sleep(0.1)  # let SUBACK arrive
+        return self
+
+    def stop(self) -> None:
+        self.t.stop(timeout=2.0)
+
+    def seqs(self, stream_prefix: str = "") -> list[int]:
+        with self.lock:
+            return [e["seq"] for e in self.envelopes if str(e.get("stream", "")).startswith(stream_prefix)]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_config(path: Path, port: int, state: Path, device: str = "dev-1", extra: str = "",
+                 sensors: str = "", prefix: str = "edge", keepalive: int = 10) -> Path:
+    text = f"""
+[device]
+id = "{device}"
+groups = ["lab"]
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+topic_prefix = "{prefix}"
+keepalive = {keepalive}
+reconnect_min = 0.1
+reconnect_max = 1.0
+[storage]
+dir = "{state}"
+[agent]
+stop_timeout = 5
+{extra}
+{sensors}
+"""
+    path.write_text(text)
+    return path
+
+
+class AgentProcess:
+    """``python -m edge_agent run`` as a real child process."""
+
+    def __init__(self, config: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None):
+        self.config = config
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / f"{config.stem}.log"
+
+    def start(self) -> AgentProcess:
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(self.config),
+                                      *self.args], stdout=out, stderr=out, env=self.env, cwd=ROOT)
+        out.close()
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
