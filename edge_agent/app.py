@@ -89,6 +89,11 @@ class App:
     # ------------------------------------------------------------------ services
     def _build_services(self) -> None:
         """Optional parts; each registers its message handlers and pipeline taps itself."""
+        if self.cfg.commands.enabled:
+            # Last, so the services whose commands it dispatches are started before commands arrive.
+            from edge_agent.commands.service import CommandService
+
+            self.services.append(CommandService(self))
 
     def service(self, name: str) -> Any:
         return next((s for s in self.services if s.name == name), None)

@@ -150,9 +150,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OperatorKey:
-    name: str = _f(doc="Operator name (logged with each command).")
-    public_key: str = _f(doc="Ed25519 public key, base64 (from `edge-agent keys generate`).")
-    allow: list[str] = _f(["*"], "Commands this key may run ('*' = all).")
+    name: str = _f(doc="Operator name (logged with each command).", pattern=ID_PATTERN)
+    public_key: str = _f(doc="Ed25519 public key, base64 (from `edge-agent keys generate`).",
+                         pattern=r"^[A-Za-z0-9+/]{43}=$")
+    allow: list[str] = _f(["*"], "Commands this key may run ('*' = all; 'config.*' = a prefix).")
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,13 @@ class CommandsConfig:
     rate: float = _f(20.0, "Commands/s accepted per source (token bucket).", gt=0)
     burst: int = _f(40, "Burst size of the command rate limit.", ge=1)
     max_clock_skew: float = _f(300.0, "Seconds a command's issued_at may lie in the future.", ge=0)
+    max_lifetime: float = _f(86400.0, "Longest validity (expires_at - issued_at) of a signed command; "
+                                      "bounds how long seen ids must be kept.", gt=0, le=30 * 86400)
+    queue: int = _f(64, "Accepted commands waiting for a worker; more are refused as 'busy'.", ge=1, le=10000)
+    workers: int = _f(2, "Threads executing commands.", ge=1, le=16)
+    modules: list[str] = _f([], "Python modules imported at start that register commands with "
+                                "@edge_agent.commands.command (besides the 'edge_agent.commands' entry "
+                                "points).", item_pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 @dataclass(frozen=True)
