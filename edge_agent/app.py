@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent import __version__, systemd
+from edge_agent import actuators as actuators_mod
 from edge_agent import config as config_mod
+from edge_agent.actuators.base import Actuator, ActuatorContext
 from edge_agent.config import Config
 from edge_agent.errors import ConfigError
 from edge_agent.forwarder import Forwarder
-from edge_agent.health import Health
+from edge_agent.health import Health, stall_request
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
 from edge_agent.sampling import SensorRunner
@@ -56,7 +58,8 @@ class App:
         self.started_at = time.time()
         self.with_sensors = with_sensors
         stall = cfg.agent.watchdog_stall or (systemd.watchdog_interval() or 30.0)
-        self.health = Health(stall=max(stall, 1.0))
+        # the outbox writer beats at least once a second when idle: a shorter limit would flap
+        self.health = Health(stall=max(stall, 2.0))
         self.state_dir = Path(cfg.storage.dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
@@ -73,22 +76,33 @@ class App:
             cfg.mqtt, will=Will(status_topic(self.prefix, cfg.device.id), self._status_payload("offline")),
             on_status=self._on_status, on_message=self._on_message, on_connected=self._on_connected,
             manual_ack=True)
-        self.transport.heartbeat = self.health.beat_fn("mqtt")
+        # the MQTT supervisor sleeps through its reconnect backoff and a blocking connect while the broker
+        # is down; that silence is expected (a down broker must not get the agent restarted)
+        self.transport.heartbeat = self.health.beat_fn(
+            "mqtt", grace=cfg.mqtt.reconnect_max + cfg.mqtt.connect_timeout + 10.0)
         self.forwarder = Forwarder(self.outbox, self.transport, max_rate=cfg.mqtt.max_rate,
                                    max_rate_bytes=cfg.mqtt.max_rate_bytes)
         self.transport._on_ack = self.forwarder.on_ack
         self.forwarder.heartbeat = self.health.beat_fn("forwarder")
+        test_stall = stall_request(os.environ)  # test-only hook, see edge_agent.health
+        if test_stall:
+            self.health.stall_on_purpose(*test_stall)
         self.runners: dict[str, SensorRunner] = {}
         self.sensors: dict[str, Sensor] = {}
         self.services: list[Service] = []
         self._stopped = threading.Event()
         self._status_thread: threading.Thread | None = None
         self.pin_factory: Any = None
+        self.outputs: dict[str, Actuator] = {}  # opened (safe state) in start(), switched off in stop()
         self._build_services()
 
     # ------------------------------------------------------------------ services
     def _build_services(self) -> None:
         """Optional parts; each registers its message handlers and pipeline taps itself."""
+        if self.cfg.models:
+            from edge_agent.inference.service import InferenceService
+
+            self.services.append(InferenceService.from_app(self))
         if self.cfg.commands.enabled:
             # Last, so the services whose commands it dispatches are started before commands arrive.
             from edge_agent.commands.service import CommandService
@@ -158,22 +172,44 @@ class App:
             log.debug("status not published: %s", e)
 
     def _status_loop(self) -> None:
+        """Watchdog pings (only while every loop ticks), STATUS= lines, status.json, retained status."""
         interval = systemd.watchdog_interval()
         next_status = time.monotonic() + self.cfg.agent.status_interval
         tick = min(interval, 1.0) if interval else 1.0
+        status_file = systemd.runtime_file("status.json")
+        was_stalled: list[str] = []
         while not self._stopped.wait(tick):
-            if interval:
-                stalled = self.health.stalled()
+            stalled = self.health.stalled()
+            if stalled != was_stalled:
                 if stalled:
-                    log.error("watchdog: loop(s) stalled: %s; not pinging systemd", ", ".join(stalled))
+                    log.error("watchdog: loop(s) stalled: %s; not pinging systemd", ", ".join(stalled),
+                              extra={"STALLED": ",".join(stalled)})
                 else:
-                    systemd.watchdog()
-            systemd.status(f"{self.transport.status.state}; backlog {self.outbox.pending}; "
-                           f"last_seq {self.outbox.last_seq}")
+                    log.warning("watchdog: all loops ticking again")
+                was_stalled = stalled
+            if interval and not stalled:
+                systemd.watchdog()
+            state = self.transport.status.state
+            systemd.status(f"{state}; backlog {self.outbox.pending}; last_seq {self.outbox.last_seq}"
+                           + (f"; STALLED: {', '.join(stalled)}" if stalled else ""))
+            if status_file is not None:
+                self._write_status_file(status_file, state, stalled)
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.cfg.agent.status_interval
                 if self.transport.connected:
                     self.publish_status()
+
+    def _write_status_file(self, path: Path, state: str, stalled: list[str]) -> None:
+        """$RUNTIME_DIRECTORY/status.json (tmpfs under systemd): what the deploy health gate reads."""
+        doc = {"state": state, "dev": self.cfg.device.id, "ts": round(time.time(), 3), "pid": os.getpid(),
+               "version": __version__, "pending": self.outbox.pending, "last_seq": self.outbox.last_seq,
+               "stalled": stalled}
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            tmp.replace(path)
+        except OSError as e:
+            log.debug("cannot write %s: %s", path, e)
 
     # ------------------------------------------------------------------ sensors
     def _make_sensor(self, sc: Any) -> Sensor:
@@ -224,6 +260,30 @@ class App:
             self.health.add_check(f"sensor:{sc.name}", runner.stalled)
             runner.start()
 
+    def _start_outputs(self) -> None:
+        """Open every actuator in its safe (off) state; one that fails is reported and left out."""
+        for oc in self.cfg.outputs:
+            cls = actuators_mod.plugin_class(oc.type)
+            act = cls(oc.name, oc.options, ActuatorContext(log=logging.getLogger(f"edge_agent.output.{oc.name}"),
+                                                           pin_factory=self._get_pin_factory))
+            try:
+                act.open()
+            except Exception as e:
+                log.error("output %s (%s) cannot start: %s", oc.name, oc.type, e)
+                try:
+                    self.pipeline.event("output_error", {"output": oc.name, "error": f"{type(e).__name__}: {e}"})
+                except Exception:
+                    log.exception("cannot record output error")
+                continue
+            self.outputs[oc.name] = act
+
+    def _close_outputs(self) -> None:
+        for act in self.outputs.values():
+            try:
+                act.close()
+            except Exception:
+                log.exception("closing output %s", act.name)
+
     def set_interval(self, sensor: str, interval: float) -> None:
         runner = self.runners.get(sensor)
         if runner is None:
@@ -235,6 +295,7 @@ class App:
         """Start everything; returns once the outbox is open (the broker may still be down)."""
         log.info("edge-agent %s starting: device %s, broker %s:%d, state %s", __version__, self.cfg.device.id,
                  self.cfg.mqtt.host, self.cfg.mqtt.port, self.state_dir)
+        self._start_outputs()  # first: actuators reach their safe state as early as possible
         self.transport.start()
         self.forwarder.start()
         for svc in self.services:
@@ -257,6 +318,7 @@ class App:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.health.release()
         systemd.stopping()
         log.info("stopping: sources first")
         for r in self.runners.values():
@@ -271,6 +333,7 @@ class App:
                 svc.stop()
             except Exception:
                 log.exception("stopping %s", svc.name)
+        self._close_outputs()  # after the command service: no set() can race the switch-off
         self.pipeline.flush()
         self.outbox.flush()
         if self.cfg.agent.stop_timeout > 0 and self.transport.connected and self.outbox.pending:

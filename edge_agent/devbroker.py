@@ -51,6 +51,9 @@ class DevBroker:
     def conf_text(self) -> str:
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
                  "max_inflight_messages 0", "max_packet_size 10485760"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # as root mosquitto would switch to its own user, which cannot reach a private temp dir
+            lines.append("user root")
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
         else:

@@ -25,6 +25,8 @@ from edge_agent.transport.mqtt import MqttTransport
 
 log = logging.getLogger("edge_agent.forwarder")
 
+PREFETCH = 100
+
 
 class TokenBucket:
     def __init__(self, rate: float, burst: float | None = None) -> None:
@@ -57,6 +59,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._online_since = 0.0
+        self._buffer: list[Pending] = []
         self.sent = 0
         self.rejected = 0
         self.heartbeat: Callable[[], None] = lambda: None
@@ -126,22 +129,30 @@ class Forwarder:
         while not self._stop.is_set():
             self.heartbeat()
             if not self.transport.connected:
+                if self._buffer:
+                    self.outbox.release([r.seq for r in self._buffer])
+                    self._buffer = []
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
+            if not self._buffer:
+                # prefetch a batch: one query serves many publishes; a new alarm waits at most for this
+                # batch (PREFETCH messages) before it jumps the queue
+                self._buffer = self.outbox.begin(PREFETCH)
+                if not self._buffer:
+                    self.outbox.wait(0.2)
+                    continue
             room = self.transport.window - self.inflight()
             if room <= 0:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            rows = self.outbox.begin(room)
-            if not rows:
-                self.outbox.wait(0.2)
-                continue
+            rows, self._buffer = self._buffer[:room], self._buffer[room:]
             for i, row in enumerate(rows):
                 delay = self._throttle(row)
                 if delay > 0 and self._stop.wait(delay):
-                    self.outbox.release(r.seq for r in rows[i:])
+                    self.outbox.release([r.seq for r in rows[i:]] + [r.seq for r in self._buffer])
+                    self._buffer = []
                     return
                 with self._lock:
                     self._inflight.add(row.seq)
@@ -151,7 +162,8 @@ class Forwarder:
                     with self._lock:
                         for r in rows[i:]:
                             self._inflight.discard(r.seq)
-                    self.outbox.release(r.seq for r in rows[i:])
+                    self.outbox.release([r.seq for r in rows[i:]] + [r.seq for r in self._buffer])
+                    self._buffer = []
                     log.debug("publish stopped: %s", e)
                     break
                 self.sent += 1

@@ -217,8 +217,10 @@ class Outbox:
     def accept(self, seqs: Iterable[int]) -> None:
         """The broker acknowledged these: delete them in the next commit."""
         with self._cond:
+            wake = not self._acks and not self._batch
             self._acks.extend(seqs)
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
 
     def release(self, seqs: Iterable[int]) -> None:
         """Return claimed rows to the queue (e.g. the connection dropped before PUBACK)."""
@@ -241,9 +243,13 @@ class Outbox:
                 while not (self._batch or self._acks or self._closed or self._flush_req > self._flush_done):
                     self._cond.wait(1.0)
                     self.heartbeat()
-                if not self._closed and self._flush_req <= self._flush_done:
-                    # group commit: let more readings join the batch, bounded by commit_interval
-                    self._cond.wait(self.commit_interval)
+                # group commit: let more readings and acks join, bounded by commit_interval
+                deadline = time.monotonic() + self.commit_interval
+                while not self._closed and self._flush_req <= self._flush_done and len(self._batch) < 2000:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 batch, self._batch = self._batch, []
                 acks, self._acks = self._acks, []
                 closing = self._closed
