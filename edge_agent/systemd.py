@@ -1,13 +1,31 @@
 """sd_notify without a hard dependency: systemd-python when installed, else a tiny socket client.
 
-Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op, so ``edge-agent run`` behaves the same on
-macOS, in containers and on dev boxes.
+Why both: systemd-python is the reference client, but it needs libsystemd-dev and a compiler to build
+into a venv (Debian's python3-systemd serves only the system Python), so the agent must not depend on
+it. The fallback speaks the same protocol: one AF_UNIX datagram of ``KEY=value`` lines to
+``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace).
+
+Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op that returns False, so ``edge-agent run``
+behaves the same on macOS, in containers and on dev boxes.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from types import ModuleType
+
+_daemon: ModuleType | None
+try:  # pragma: no cover - depends on the platform
+    from systemd import daemon as _daemon  # type: ignore[import-not-found,no-redef]
+except ImportError:
+    _daemon = None
+
+
+def backend() -> str:
+    """Which sd_notify client is in use: 'systemd-python' or 'socket'."""
+    return "systemd-python" if _daemon is not None else "socket"
 
 
 def _send_raw(msg: str) -> bool:
@@ -25,15 +43,16 @@ def _send_raw(msg: str) -> bool:
         return False
 
 
-try:  # pragma: no cover - depends on the platform
-    from systemd import daemon as _daemon  # type: ignore[import-not-found]
-
-    def notify(msg: str) -> bool:
-        if not os.environ.get("NOTIFY_SOCKET"):
+def notify(msg: str) -> bool:
+    """Send one notification (``READY=1``, ``STATUS=...``); False when not under systemd or on error."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    if _daemon is not None:
+        try:
+            return bool(_daemon.notify(msg))
+        except (OSError, ValueError):
             return False
-        return bool(_daemon.notify(msg))
-except ImportError:
-    notify = _send_raw
+    return _send_raw(msg)
 
 
 def watchdog_interval() -> float:
@@ -46,6 +65,12 @@ def watchdog_interval() -> float:
         return int(usec) / 1e6 / 2
     except ValueError:
         return 0.0
+
+
+def runtime_file(name: str) -> Path | None:
+    """``$RUNTIME_DIRECTORY/name`` (RuntimeDirectory= in the unit), or None when not set."""
+    rd = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(rd) / name if rd else None
 
 
 def ready(status: str = "") -> bool:
