@@ -142,10 +142,17 @@ class ModelConfig:
     output: str = _f("reconstruction", "'reconstruction' (mean squared error vs input = anomaly score) or "
                                         "'scores' (class scores with labels).",
                      choices=("reconstruction", "scores"))
-    threshold: float = _f(0.0, "Score at or above which an alarm is raised (0 = never). For 'scores', "
-                               "applies to the top class not labelled 'normal'.", ge=0)
-    alarm: str = _f("", "Event name for alarms: stream 'events/<alarm>'. Default: '<name>_anomaly'.")
-    queue: int = _f(4, "Windows waiting for the worker; more are skipped and counted.", ge=1, le=1000)
+    threshold: float = _f(0.0, "Score at or above which an alarm is raised (0 = the metadata's threshold, "
+                               "if any, else never). For 'scores', applies to the top class not labelled "
+                               "'normal'.", ge=0)
+    alarm: str = _f("", "Event name for alarms: stream 'events/<alarm>'. Default: '<name>_anomaly'.",
+                    pattern=ID_PATTERN)
+    alarm_after: int = _f(1, "Windows in a row at or above the threshold before the alarm is raised.", ge=1)
+    rearm: int = _f(1, "Windows in a row below the threshold before a new alarm can be raised.", ge=1)
+    queue: int = _f(4, "Windows waiting for the worker; when full the oldest is skipped and counted.",
+                    ge=1, le=100000)
+    max_failures: int = _f(3, "Run-time failures (exception or NaN/inf output) of a newly installed model "
+                              "before it is rolled back automatically to the previous one.", ge=1)
 
 
 @dataclass(frozen=True)

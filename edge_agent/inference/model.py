@@ -1,0 +1,316 @@
+"""A TFLite model with its metadata: load, check against the config, run one window.
+
+Every model file ``X.tflite`` has a metadata file ``X.tflite.json`` beside it::
+
+    {"name": "machine_temp_ae", "version": "1.0.0",
+     "sha256": "<hex digest of the .tflite bytes>",
+     "input_shape": [1, 32], "input_dtype": "float32", "output_shape": [1, 32],
+     "output": "reconstruction",            # or "scores" (then "labels" names each output)
+     "labels": [],
+     "mean": [84.9], "std": [12.4],          # standardisation, one per input (or one for all)
+     "threshold": 0.42,                      # default alarm threshold (the config may override)
+     "window": 32, "inputs": 1, "training": {...free-form provenance...}}
+
+Why the metadata is checked so strictly: a model is a black box of float arrays. If its window length,
+its number of inputs or its normalisation silently disagree with what the agent feeds it, it produces
+plausible-looking but meaningless scores, and nobody notices. So loading refuses, with a message naming
+the mismatch, any model whose tensors do not fit the config and its own metadata, whose bytes do not
+match the recorded sha256, or whose test invoke is not finite.
+
+Layout of the input tensor: the window's rows in time order, each row holding one value per input
+(row-major ``(window, inputs)``), reshaped to the model's input shape — ``[1, window*inputs]``,
+``[1, window, inputs]`` or ``[1, window]`` are all accepted as long as the element count matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import ModelConfig
+from edge_agent.errors import ModelError
+from edge_agent.inference import runtime
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+
+
+class NonFiniteOutput(ModelError):
+    """The model produced NaN or infinity for a finite input window."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str
+    version: str
+    sha256: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output: str
+    labels: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    threshold: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def parse_metadata(d: Any, source: str = "metadata") -> Metadata:
+    """Validate a decoded metadata document; ModelError lists every problem."""
+    if not isinstance(d, Mapping):
+        raise ModelError(f"{source}: must be a JSON object, got {type(d).__name__}")
+    errs: list[str] = []
+
+    def get(key: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+        if key not in d:
+            if required:
+                errs.append(f"{key}: required key is missing")
+            return None
+        v = d[key]
+        if not isinstance(v, kind) or isinstance(v, bool):
+            errs.append(f"{key}: wrong type {type(v).__name__}")
+            return None
+        return v
+
+    def shape(key: str) -> tuple[int, ...]:
+        v = get(key, list)
+        if v is None:
+            return ()
+        if not v or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+            errs.append(f"{key}: must be a list of positive integers, got {v!r}")
+            return ()
+        return tuple(v)
+
+    def floats(key: str) -> tuple[float, ...]:
+        v = d.get(key, [])
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                              and math.isfinite(x) for x in v):
+            errs.append(f"{key}: must be a finite number or a list of them, got {v!r}")
+            return ()
+        return tuple(float(x) for x in v)
+
+    name = get("name", str)
+    version = get("version", str)
+    sha = get("sha256", str)
+    if isinstance(sha, str) and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        errs.append(f"sha256: must be 64 hex digits, got {sha!r}")
+    in_shape = shape("input_shape")
+    out_shape = shape("output_shape")
+    dtype = d.get("input_dtype", "float32")
+    if dtype != "float32":
+        errs.append(f"input_dtype: only float32 models are supported, got {dtype!r}")
+    output = d.get("output", "reconstruction")
+    if output not in ("reconstruction", "scores"):
+        errs.append(f"output: must be 'reconstruction' or 'scores', got {output!r}")
+    labels = d.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        errs.append(f"labels: must be a list of strings, got {labels!r}")
+        labels = []
+    if output == "scores" and not labels:
+        errs.append("labels: required for output 'scores'")
+    mean, std = floats("mean"), floats("std")
+    if any(s <= 0 for s in std):
+        errs.append(f"std: must be > 0, got {list(std)}")
+    thr = d.get("threshold")
+    if thr is not None and (not isinstance(thr, int | float) or isinstance(thr, bool) or not math.isfinite(thr)
+                            or thr < 0):
+        errs.append(f"threshold: must be a finite number >= 0, got {thr!r}")
+        thr = None
+    if errs:
+        raise ModelError(f"{source}: " + "; ".join(errs))
+    return Metadata(name=name, version=version, sha256=sha.lower(), input_shape=in_shape, input_dtype=dtype,
+                    output_shape=out_shape, output=output, labels=tuple(labels), mean=mean, std=std,
+                    threshold=None if thr is None else float(thr), raw=dict(d))
+
+
+def sha256_hex(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    score: float
+    labels: dict[str, float] | None = None
+    top: str | None = None
+
+
+class Model:
+    """A loaded, checked model bound to one ``[[models]]`` config; run it from one thread at a time."""
+
+    def __init__(self, cfg: ModelConfig, blob: bytes, meta: Metadata | Mapping[str, Any], source: str = "") -> None:
+        self.cfg = cfg
+        self.source = source or cfg.path
+        self.meta = meta if isinstance(meta, Metadata) else parse_metadata(meta, f"{self.source}.json")
+        where = f"model {cfg.name!r} ({self.source})"
+        digest = sha256_hex(blob)
+        if digest != self.meta.sha256:
+            raise ModelError(f"{where}: sha256 mismatch: file is {digest}, metadata says {self.meta.sha256}")
+        if self.meta.output != cfg.output:
+            raise ModelError(f"{where}: metadata output is {self.meta.output!r} but the config says "
+                             f"output = {cfg.output!r}")
+        self.blob = blob
+        self.sha256 = digest
+        self.version = self.meta.version
+        self.interpreter = runtime.make_interpreter(blob)
+        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelError(f"{where}: expected 1 input and 1 output tensor, model has {len(ins)} and {len(outs)}")
+        i, o = ins[0], outs[0]
+        in_shape = tuple(int(x) for x in i["shape"])
+        out_shape = tuple(int(x) for x in o["shape"])
+        if np.dtype(i["dtype"]) != np.float32 or np.dtype(o["dtype"]) != np.float32:
+            raise ModelError(f"{where}: only float32 tensors are supported, model has input "
+                             f"{np.dtype(i['dtype'])} and output {np.dtype(o['dtype'])}")
+        n_in = len(cfg.inputs)
+        want = cfg.window * n_in
+        if in_shape != self.meta.input_shape:
+            raise ModelError(f"{where}: input shape {list(in_shape)} does not match its metadata input_shape "
+                             f"{list(self.meta.input_shape)}")
+        if out_shape != self.meta.output_shape:
+            raise ModelError(f"{where}: output shape {list(out_shape)} does not match its metadata "
+                             f"output_shape {list(self.meta.output_shape)}")
+        if in_shape[0] != 1 or math.prod(in_shape) != want:
+            raise ModelError(f"{where}: input shape {list(in_shape)} does not fit the config: window {cfg.window} x "
+                             f"{n_in} input(s) = {want} values per window, batch 1 (e.g. [1, {want}])")
+        n_out = math.prod(out_shape)
+        if cfg.output == "reconstruction" and n_out != want:
+            raise ModelError(f"{where}: output 'reconstruction' needs as many outputs as inputs ({want}), model has "
+                             f"output shape {list(out_shape)}")
+        if cfg.output == "scores" and n_out != len(self.meta.labels):
+            raise ModelError(f"{where}: output shape {list(out_shape)} does not match its {len(self.meta.labels)} "
+                             f"labels")
+        for key in ("window", "inputs"):
+            v = self.meta.raw.get(key)
+            expect = cfg.window if key == "window" else n_in
+            if v is not None and v != expect:
+                raise ModelError(f"{where}: metadata {key} is {v} but the config gives {expect}")
+        self.mean, self.std = self._normalisation(where, n_in)
+        self.inv_std = (1.0 / self.std).astype(np.float32)
+        self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
+        self.labels = self.meta.labels
+        self._in_index = i["index"]
+        self._out_index = o["index"]
+        self._in_shape = in_shape
+        self._buf = np.zeros((cfg.window, n_in), dtype=np.float32)
+        self._flat = self._buf.reshape(-1)
+        self._tensor_in = self._buf.reshape(in_shape)
+        self._n = float(want)
+        self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
+
+    def _normalisation(self, where: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+        mode = self.cfg.preprocess
+        if mode == "none":
+            mean, std = (0.0,), (1.0,)
+        elif mode == "standardize":
+            mean, std = (self.cfg.mean,), (self.cfg.std,)
+        else:
+            mean, std = self.meta.mean, self.meta.std
+            if not mean or not std:
+                raise ModelError(f"{where}: preprocess = 'metadata' but the metadata has no mean/std")
+        for label, v in (("mean", mean), ("std", std)):
+            if len(v) not in (1, n_in):
+                raise ModelError(f"{where}: metadata {label} has {len(v)} values, need 1 or {n_in} (one per input)")
+        m = np.broadcast_to(np.asarray(mean, dtype=np.float32), (n_in,)).copy()
+        s = np.broadcast_to(np.asarray(std, dtype=np.float32), (n_in,)).copy()
+        return m, s
+
+    def preprocess(self, values: np.ndarray) -> np.ndarray:
+        """Standardise ``values`` (window, inputs) into the model's input buffer and return it."""
+        np.subtract(values, self.mean, out=self._buf)
+        np.multiply(self._buf, self.inv_std, out=self._buf)
+        return self._buf
+
+    def invoke(self) -> np.ndarray:
+        """set_tensor + invoke + get_tensor on the already preprocessed buffer."""
+        it = self.interpreter
+        it.set_tensor(self._in_index, self._tensor_in)
+        it.invoke()
+        return it.get_tensor(self._out_index)
+
+    def infer(self, values: np.ndarray) -> Result:
+        """Preprocess, run, score one raw window. NonFiniteOutput if the model gives NaN/inf."""
+        self.preprocess(values)
+        y = self.invoke().reshape(-1)
+        if self.cfg.output == "reconstruction":
+            d = y - self._flat
+            score = float(np.dot(d, d)) / self._n
+            if not math.isfinite(score):
+                raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite reconstruction")
+            return Result(score)
+        if not np.isfinite(y).all():
+            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite class scores")
+        scores = {lab: float(v) for lab, v in zip(self.labels, y, strict=True)}
+        top = self.labels[int(np.argmax(y))]
+        score = max((float(y[k]) for k in self._alarm_idx), default=0.0)
+        return Result(score, scores, top)
+
+    def self_test(self, recent: np.ndarray | None = None) -> None:
+        """Test invokes: a window at the mean (standardised zeros) and, if given, a recent real window."""
+        probes = [np.broadcast_to(self.mean, self._buf.shape).copy()]
+        if recent is not None and np.isfinite(recent).all():
+            probes.append(recent)
+        for k, p in enumerate(probes):
+            try:
+                self.infer(p)
+            except NonFiniteOutput as e:
+                what = "a window at the mean" if k == 0 else "the latest real window"
+                raise NonFiniteOutput(f"test invoke on {what} gave non-finite output: {e}") from None
+            except ModelError:
+                raise
+            except Exception as e:
+                raise ModelError(f"model {self.cfg.name!r}: test invoke failed: {type(e).__name__}: {e}") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "sha256": self.sha256, "source": self.source,
+                "threshold": self.threshold, "bytes": len(self.blob)}
+
+
+# ---------------------------------------------------------------------------- files
+
+def metadata_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def paths(cfg: ModelConfig, state_dir: Path) -> tuple[Path, Path]:
+    """(where to load from, where installs write).
+
+    A plain path is both: an installed model replaces it in place, the previous one kept as
+    ``<path>.prev``. ``builtin:<name>`` is a model shipped in the package (read-only): installs go to
+    ``<state dir>/models/<model name>.tflite``, which is then preferred at the next start.
+    """
+    if cfg.path.startswith(BUILTIN_PREFIX):
+        target = state_dir / "models" / f"{cfg.name}.tflite"
+        builtin = BUILTIN_DIR / f"{cfg.path[len(BUILTIN_PREFIX):]}.tflite"
+        return (target if target.exists() else builtin), target
+    p = Path(cfg.path).expanduser()
+    return p, p
+
+
+def read_files(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The model bytes and its decoded metadata; ModelError naming the file on any problem."""
+    mp = metadata_path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read model {path}: {e.strerror or e}") from None
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"metadata file missing: {mp} (every model needs one beside it)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read metadata {mp}: {e}") from None
+    return blob, meta
+
+
+def load(cfg: ModelConfig, path: Path) -> Model:
+    blob, meta = read_files(path)
+    return Model(cfg, blob, parse_metadata(meta, str(metadata_path(path))), str(path))

@@ -1,0 +1,430 @@
+"""The inference service: a pipeline tap, one worker thread per model, hot-swap with rollback.
+
+Off the sampling path. The tap runs on the sensor's thread for every stored reading, so it only does
+O(1) work: look up which models want this sensor, append a row to their ring buffer
+(:mod:`.window`) and, when a window is due, append it to that model's bounded deque. The model runs
+on its own worker thread. If the worker falls behind, the *oldest* waiting window is dropped and
+counted as skipped (fresh data matters more than old data for real-time decisions); nothing queues
+without bound and sampling never waits for inference.
+
+Results. Each window gives one message on ``inference/<model>`` (class "inference")::
+
+    {"model": "anomaly", "version": "1.0.0", "score": 0.12, "threshold": 0.5, "alarm": false,
+     "seq": [first_seq, last_seq], "ts": [first_ts, last_ts], "window": 17}
+
+(``"labels": {label: score}, "top": label`` as well for classifier models.) When the score stays at or
+above the threshold for ``alarm_after`` windows, one alarm goes to ``events/<alarm>`` (class "alarm",
+the highest priority, last to be evicted). It re-arms after ``rearm`` windows below the threshold, so a
+long anomaly is one alarm, not hundreds.
+
+Hot-swap. :meth:`InferenceService.install` validates a new model completely (metadata, sha256, shapes
+against the config, a test invoke on a window at the mean and on the latest real window) on the caller's
+thread, writes it to disk (the previous files kept as ``<path>.prev``), then swaps one reference under
+a lock: the worker picks the model once per window, so the switch happens between windows and no
+window or sample is lost. A model that then fails at run time (raises, or gives NaN/inf)
+``max_failures`` times is rolled back automatically; :meth:`rollback` does the same on request. A model
+that fails validation never replaces the running one.
+
+Where no TFLite runtime exists, the service logs one clear line, publishes ``events/inference_unavailable``
+and stays idle; the rest of the agent runs normally.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import ModelConfig
+from edge_agent.errors import ModelError
+from edge_agent.inference import runtime
+from edge_agent.inference.model import Model, metadata_path, parse_metadata, paths
+from edge_agent.inference.window import RowAssembler, Window, Windower, as_float
+from edge_agent.sensors.base import Reading
+
+log = logging.getLogger("edge_agent.inference")
+
+ERROR_EVENT_EVERY = 100  # after the first, publish every N-th run-time error as an event
+
+
+class _Slot:
+    """Everything about one configured model; ``lock`` guards the ring, the deque and the swap."""
+
+    def __init__(self, cfg: ModelConfig, state_dir: Path) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.alarm_name = cfg.alarm or f"{cfg.name}_anomaly"
+        self.load_path, self.install_path = paths(cfg, state_dir)
+        self.windower = Windower(cfg.window, cfg.hop or cfg.window, len(cfg.inputs))
+        self.rows = RowAssembler(len(cfg.inputs))
+        self.queue: collections.deque[Window] = collections.deque()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.swap_lock = threading.Lock()  # serialises install/rollback (file operations)
+        self.active: Model | None = None
+        self.previous: Model | None = None
+        self.error = ""
+        self.thread: threading.Thread | None = None
+        self.busy = False
+        # counters
+        self.run = 0
+        self.skipped = 0
+        self.errors = 0
+        self.bad_input = 0
+        self.alarms = 0
+        self.failures_since_install = 0
+        self.on_probation = False
+        self.last_score: float | None = None
+        self.last_seq: list[int] | None = None
+        self.above = 0
+        self.below = 0
+        self.in_alarm = False
+
+
+class InferenceService:
+    name = "inference"
+
+    def __init__(self, models: list[ModelConfig], pipeline: Any, state_dir: str | os.PathLike[str]) -> None:
+        self.pipeline = pipeline
+        self.state_dir = Path(state_dir)
+        self.slots: dict[str, _Slot] = {m.name: _Slot(m, self.state_dir) for m in models}
+        self._by_sensor: dict[str, list[tuple[_Slot, int]]] = {}
+        for slot in self.slots.values():
+            for col, sensor in enumerate(slot.cfg.inputs):
+                self._by_sensor.setdefault(sensor, []).append((slot, col))
+        self._stopping = False
+        self._tapped = False
+        self.unavailable = ""
+
+    @classmethod
+    def from_app(cls, app: Any) -> InferenceService:
+        return cls(list(app.cfg.models), app.pipeline, app.state_dir)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.unavailable = runtime.unavailable_reason()
+        if self.unavailable:
+            names = ", ".join(self.slots)
+            log.error("inference: models not loaded (%s): %s", names, self.unavailable)
+            self._event("inference_unavailable", {"models": list(self.slots), "reason": self.unavailable})
+            for slot in self.slots.values():
+                slot.error = self.unavailable
+            return
+        for slot in self.slots.values():
+            self._load_at_start(slot)
+            slot.thread = threading.Thread(target=self._worker, args=(slot,), name=f"inference-{slot.name}",
+                                           daemon=True)
+            slot.thread.start()
+        if not self._tapped:
+            self.pipeline.taps.append(self.tap)
+            self._tapped = True
+
+    def _load_at_start(self, slot: _Slot) -> None:
+        from edge_agent.inference import model as model_mod
+
+        tried: list[str] = []
+        candidates = [slot.load_path]
+        prev = slot.install_path.with_name(slot.install_path.name + ".prev")
+        if prev.exists():
+            candidates.append(prev)  # an interrupted install or a corrupted file: fall back loudly
+        for path in candidates:
+            try:
+                slot.active = model_mod.load(slot.cfg, path)
+            except ModelError as e:
+                tried.append(str(e))
+                continue
+            slot.error = ""
+            if path == prev:
+                log.error("inference: model %s: %s; running the previous model %s instead", slot.name,
+                          tried[0], path)
+            log.info("inference: model %s %s loaded from %s (%s, window %d, hop %d, threshold %g)", slot.name,
+                     slot.active.version, path, runtime.runtime_name(), slot.cfg.window,
+                     slot.windower.hop, slot.active.threshold)
+            return
+        slot.error = "; ".join(tried)
+        log.error("inference: model %s not loaded: %s", slot.name, slot.error)
+        self._event("model_error", {"model": slot.name, "error": slot.error})
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking readings, let each worker finish the windows already queued, then join."""
+        if self._tapped:
+            try:
+                self.pipeline.taps.remove(self.tap)
+            except ValueError:
+                pass
+            self._tapped = False
+        self._stopping = True
+        for slot in self.slots.values():
+            with slot.cond:
+                slot.cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for slot in self.slots.values():
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once every queued window has been processed (tests, replay evaluation)."""
+        deadline = time.monotonic() + timeout
+        for slot in self.slots.values():
+            with slot.cond:
+                while slot.queue or slot.busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    slot.cond.wait(min(left, 0.1))
+        return True
+
+    # ------------------------------------------------------------------ the tap (sensor threads)
+    def tap(self, reading: Reading, seq: int) -> None:
+        targets = self._by_sensor.get(reading.sensor)
+        if not targets:
+            return
+        for slot, col in targets:
+            value = as_float(reading.data.get(slot.cfg.field))
+            with slot.lock:
+                if not slot.rows.put(col, value, seq):
+                    continue
+                rows = slot.rows
+                w = slot.windower.push(rows.values, int(rows.seqs.min()) if rows.n > 1 else seq, seq, reading.ts)
+                if w is None:
+                    continue
+                if len(slot.queue) >= slot.cfg.queue:
+                    slot.queue.popleft()
+                    slot.skipped += 1
+                slot.queue.append(w)
+                slot.cond.notify()
+
+    # ------------------------------------------------------------------ worker
+    def _worker(self, slot: _Slot) -> None:
+        while True:
+            with slot.cond:
+                while not slot.queue and not self._stopping:
+                    slot.cond.wait()
+                if not slot.queue:
+                    return
+                w = slot.queue.popleft()
+                model = slot.active
+                slot.busy = True
+            try:
+                self._run_one(slot, model, w)
+            except Exception:  # never let one window kill the worker
+                log.exception("inference: model %s: unexpected error", slot.name)
+            finally:
+                with slot.cond:
+                    slot.busy = False
+                    slot.cond.notify_all()
+
+    def _run_one(self, slot: _Slot, model: Model | None, w: Window) -> None:
+        if model is None:
+            slot.skipped += 1
+            return
+        if not np.isfinite(w.values).all():
+            slot.bad_input += 1
+            return
+        try:
+            res = model.infer(w.values)
+        except Exception as e:
+            self._failure(slot, model, w, e)
+            return
+        slot.run += 1
+        slot.last_score = res.score
+        slot.last_seq = [w.first_seq, w.last_seq]
+        thr = model.threshold
+        above = thr > 0 and res.score >= thr
+        raise_alarm = False
+        if above:
+            slot.above += 1
+            slot.below = 0
+            if not slot.in_alarm and slot.above >= slot.cfg.alarm_after:
+                slot.in_alarm = True
+                raise_alarm = True
+        else:
+            slot.above = 0
+            if slot.in_alarm:
+                slot.below += 1
+                if slot.below >= slot.cfg.rearm:
+                    slot.in_alarm = False
+                    slot.below = 0
+        data: dict[str, Any] = {"model": slot.name, "version": model.version, "score": _round(res.score),
+                                "threshold": thr, "alarm": above, "seq": [w.first_seq, w.last_seq],
+                                "ts": [w.first_ts, w.last_ts], "window": w.index}
+        if res.labels is not None:
+            data["labels"] = {k: _round(v) for k, v in res.labels.items()}
+            data["top"] = res.top
+        self.pipeline.publish(f"inference/{slot.name}", data, cls="inference", ts=w.last_ts)
+        if raise_alarm:
+            slot.alarms += 1
+            alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
+            if res.top is not None:
+                alarm["top"] = res.top
+            log.warning("inference: alarm %s: model %s score %.4g >= %g (seq %d-%d)", slot.alarm_name, slot.name,
+                        res.score, thr, w.first_seq, w.last_seq)
+            self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=w.last_ts)
+
+    def _failure(self, slot: _Slot, model: Model, w: Window, err: Exception) -> None:
+        slot.errors += 1
+        what = f"{type(err).__name__}: {err}"
+        if slot.errors == 1 or slot.errors % ERROR_EVENT_EVERY == 0:
+            log.warning("inference: model %s %s failed on window %d (%d errors): %s", slot.name, model.version,
+                        w.index, slot.errors, what)
+            self._event("inference_error", {"model": slot.name, "version": model.version, "error": what,
+                                            "errors": slot.errors, "seq": [w.first_seq, w.last_seq]})
+        if slot.active is not model or not slot.on_probation:
+            return
+        slot.failures_since_install += 1
+        if slot.failures_since_install >= slot.cfg.max_failures and slot.previous is not None:
+            try:
+                self.rollback(slot.name, reason=f"{slot.failures_since_install} run-time failures, last: {what}")
+            except ModelError as e:
+                log.error("inference: automatic rollback of %s failed: %s", slot.name, e)
+
+    # ------------------------------------------------------------------ hot-swap API (command channel)
+    def _slot(self, name: str) -> _Slot:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise ModelError(f"no model named {name!r} (configured: {', '.join(self.slots) or 'none'})")
+        return slot
+
+    def install(self, name: str, tflite: bytes, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Validate and hot-swap a new model for ``name``; ModelError (nothing changed) if it is bad."""
+        slot = self._slot(name)
+        if self.unavailable:
+            raise ModelError(f"cannot install model {name!r}: {self.unavailable}")
+        with slot.swap_lock:
+            meta = parse_metadata(metadata, f"model {name!r} metadata")
+            new = Model(slot.cfg, bytes(tflite), meta, str(slot.install_path))
+            with slot.lock:
+                recent = slot.windower.latest()
+            new.self_test(recent)
+            self._write_files(slot, new)
+            with slot.cond:
+                old = slot.active
+                slot.previous = old
+                slot.active = new
+                slot.on_probation = old is not None
+                slot.failures_since_install = 0
+                slot.error = ""
+                slot.above = slot.below = 0
+                slot.in_alarm = False
+        old_v = old.version if old is not None else None
+        log.info("inference: model %s %s installed (was %s), sha256 %s", name, new.version, old_v, new.sha256[:16])
+        self._event("model_installed", {"model": name, "version": new.version, "previous": old_v,
+                                        "sha256": new.sha256})
+        return self._describe(slot)
+
+    def _write_files(self, slot: _Slot, new: Model) -> None:
+        """New files in place (atomic renames), the running model's files kept as ``.prev``.
+
+        Order matters for a crash at any point: the ``.prev`` copy is complete before the live file
+        changes, and the loader falls back to ``.prev`` if the live pair does not validate.
+        """
+        path = slot.install_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prev = path.with_name(path.name + ".prev")
+        cur = slot.active
+        if cur is not None:
+            _atomic_write(prev, cur.blob)
+            _atomic_write(metadata_path(prev), _meta_bytes(cur.meta.raw))
+        _atomic_write(metadata_path(path), _meta_bytes(new.meta.raw))
+        _atomic_write(path, new.blob)
+        slot.load_path = path
+
+    def rollback(self, name: str, reason: str = "requested") -> dict[str, Any]:
+        """Restore the previous model (in memory and on disk); ModelError if there is none."""
+        slot = self._slot(name)
+        with slot.swap_lock:
+            with slot.cond:
+                prev, bad = slot.previous, slot.active
+            if prev is None:
+                raise ModelError(f"model {name!r}: no previous model to roll back to")
+            path = slot.install_path
+            prev_path = path.with_name(path.name + ".prev")
+            if bad is not None:  # kept for a post-mortem, never loaded again automatically
+                _atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
+                _atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), _meta_bytes(bad.meta.raw))
+            _atomic_write(metadata_path(path), _meta_bytes(prev.meta.raw))
+            _atomic_write(path, prev.blob)
+            for p in (prev_path, metadata_path(prev_path)):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+            with slot.cond:
+                slot.active = prev
+                slot.previous = None
+                slot.on_probation = False
+                slot.failures_since_install = 0
+                slot.above = slot.below = 0
+                slot.in_alarm = False
+        bad_v = bad.version if bad is not None else None
+        log.warning("inference: model %s rolled back from %s to %s: %s", name, bad_v, prev.version, reason)
+        self._event("model_rollback", {"model": name, "from": bad_v, "to": prev.version, "reason": reason})
+        return self._describe(slot)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [self._describe(s) for s in self.slots.values()]
+
+    def _describe(self, slot: _Slot) -> dict[str, Any]:
+        m, p = slot.active, slot.previous
+        d: dict[str, Any] = {
+            "name": slot.name, "state": "running" if m is not None else "not loaded",
+            "version": m.version if m else None, "sha256": m.sha256 if m else None,
+            "previous": p.version if p else None, "path": str(slot.load_path), "runtime": runtime.runtime_name(),
+            "inputs": list(slot.cfg.inputs), "window": slot.cfg.window, "hop": slot.windower.hop,
+            "threshold": m.threshold if m else None, "windows_cut": slot.windower.cut, "windows_run": slot.run,
+            "windows_skipped": slot.skipped, "bad_input": slot.bad_input, "errors": slot.errors,
+            "alarms": slot.alarms, "last_score": None if slot.last_score is None else _round(slot.last_score),
+            "last_seq": slot.last_seq,
+        }
+        if slot.error:
+            d["error"] = slot.error
+        return d
+
+    # ------------------------------------------------------------------ helpers
+    def _event(self, name: str, data: dict[str, Any]) -> None:
+        try:
+            self.pipeline.event(name, data)
+        except Exception:
+            log.exception("inference: cannot publish event %s", name)
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.6g}") if math.isfinite(v) else v
+
+
+def _meta_bytes(raw: Any) -> bytes:
+    import json
+
+    return (json.dumps(dict(raw), indent=1, sort_keys=True) + "\n").encode()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -1,0 +1,110 @@
+"""Windows cut from numpy ring buffers, O(1) per reading.
+
+A model sees a window of ``window`` rows, one column per input sensor. Rows are appended by the pipeline
+tap (a sensor thread), so :meth:`Windower.push` must be cheap and must never block: it writes one row
+into a preallocated ring and, every ``hop`` rows once the ring is full, returns a copy of the last
+``window`` rows. Each row is written twice (at ``i`` and ``i + window``) so the latest window is always
+one contiguous slice and the copy is a single memcpy, whatever the ring position.
+
+Every row carries the seqs of the readings it was made of, so a result can name exactly which stored
+readings produced it (``[first_seq, last_seq]``), and a test can prove none was lost.
+
+With several inputs, :class:`RowAssembler` aligns them by sample-and-hold on the first input (the
+"clock"): each reading of the first input makes a row with the latest value of every other input; rows
+are made only once every input has reported at least once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    values: np.ndarray  # (window, n_inputs) float32, raw (not yet preprocessed)
+    first_seq: int
+    last_seq: int
+    first_ts: float
+    last_ts: float
+    index: int  # 0, 1, 2, ... per model since start
+
+
+class Windower:
+    def __init__(self, window: int, hop: int, n_inputs: int = 1) -> None:
+        if window < 1 or hop < 1 or n_inputs < 1:
+            raise ValueError(f"window ({window}), hop ({hop}) and inputs ({n_inputs}) must be >= 1")
+        self.window = window
+        self.hop = hop
+        self.n_inputs = n_inputs
+        self._vals = np.zeros((2 * window, n_inputs), dtype=np.float32)
+        self._lo = np.zeros(2 * window, dtype=np.int64)
+        self._hi = np.zeros(2 * window, dtype=np.int64)
+        self._ts = np.zeros(2 * window, dtype=np.float64)
+        self._pos = 0  # next write position in [0, window)
+        self.rows = 0  # rows pushed since start
+        self._since = 0  # rows since the last window was cut
+        self.cut = 0  # windows cut
+
+    def push(self, values: Any, seq_lo: int, seq_hi: int, ts: float) -> Window | None:
+        """Append one row; return a new window when one is due (every ``hop`` rows, once full)."""
+        p, w = self._pos, self.window
+        self._vals[p] = values
+        self._vals[p + w] = values
+        self._lo[p] = self._lo[p + w] = seq_lo
+        self._hi[p] = self._hi[p + w] = seq_hi
+        self._ts[p] = self._ts[p + w] = ts
+        self._pos = (p + 1) % w
+        self.rows += 1
+        self._since += 1
+        if self.rows < w or self._since < self.hop:
+            return None
+        self._since = 0
+        start = self._pos  # the oldest row of the window sits where the next write goes
+        sl = slice(start, start + w)
+        idx = self.cut
+        self.cut += 1
+        lo = self._lo[sl]
+        return Window(self._vals[sl].copy(), int(lo.min()) if self.n_inputs > 1 else int(lo[0]),
+                      int(self._hi[sl].max()) if self.n_inputs > 1 else int(self._hi[start + w - 1]),
+                      float(self._ts[start]), float(self._ts[start + w - 1]), idx)
+
+    def latest(self) -> np.ndarray | None:
+        """A copy of the most recent full window's rows (for a model's test invoke), or None."""
+        if self.rows < self.window:
+            return None
+        return self._vals[self._pos:self._pos + self.window].copy()
+
+
+def as_float(v: Any) -> float:
+    """A reading value as float; anything non-numeric becomes NaN (the window is then not run)."""
+    if isinstance(v, float):
+        return v
+    if isinstance(v, int | np.integer | np.floating) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, bool):
+        return float(v)
+    return math.nan
+
+
+class RowAssembler:
+    """Sample-and-hold alignment of several inputs on the first one (see module doc)."""
+
+    def __init__(self, n_inputs: int) -> None:
+        self.n = n_inputs
+        self.values = np.full(n_inputs, np.nan, dtype=np.float32)
+        self.seqs = np.zeros(n_inputs, dtype=np.int64)
+        self._seen = 0
+        self._have = [False] * n_inputs
+
+    def put(self, col: int, value: float, seq: int) -> bool:
+        """Record input ``col``; True when a row is due (the clock input reported and all have values)."""
+        self.values[col] = value
+        self.seqs[col] = seq
+        if not self._have[col]:
+            self._have[col] = True
+            self._seen += 1
+        return col == 0 and self._seen == self.n

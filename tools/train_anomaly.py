@@ -1,0 +1,153 @@
+"""Train the shipped anomaly model reproducibly, with numpy only, and write it as .tflite + metadata.
+
+    /tmp/venv/bin/python tools/train_anomaly.py            # writes edge_agent/data/models/machine_temp_ae.*
+
+Model: a dense autoencoder over a window of 32 standardised readings, 32 -> 16 -> 8 -> 16 -> 32 (tanh
+hidden layers, linear output), 1,400 float32 parameters, ~6 KB as .tflite. The anomaly score is the mean
+squared reconstruction error of the standardised window: windows shaped like the training data
+reconstruct well, anything else does not.
+
+Data and leakage. It is trained on NAB's ``machine_temperature_system_failure.csv`` (../shared/data/nab,
+one reading every 5 min), but **only on the first normal stretch**: from the first reading up to
+``TRAIN_END`` (2013-12-09 06:25, one full day before the first labelled window opens). No data at or after
+that point — labelled or not — influences the weights, the standardisation or the threshold, so
+everything after it is an honest test. The price: the model has seen one week of one operating regime
+(72-93 °F), so later regimes (e.g. a week at 100+) look anomalous too; the evaluation reports those as
+false alarms.
+
+Threshold: a fixed multiple (``THRESHOLD_FACTOR``) of the largest score seen on the training windows,
+i.e. chosen without looking at any label.
+
+Training: full-batch Adam on mean squared error, fixed seed, float64 numpy; the same run gives the same
+bytes (checked by ``tests/inference/test_shipped_model.py`` re-training with fewer steps would be too slow,
+so the test checks the shipped file's sha256 and its scores instead). No TensorFlow anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from tflite_build import Dense, build, numpy_forward  # noqa: E402
+
+ROOT = HERE.parent
+DATA = ROOT.parent / "shared" / "data" / "nab" / "machine_temperature_system_failure.csv"
+OUT = ROOT / "edge_agent" / "data" / "models" / "machine_temp_ae.tflite"
+WINDOW = 32
+SIZES = (32, 16, 8, 16, 32)
+TRAIN_END = "2013-12-09 06:25:00"
+STEPS = 4000
+LR = 3e-3
+SEED = 7
+THRESHOLD_FACTOR = 3.0
+VERSION = "1.0.0"
+
+
+def read_series(path: Path = DATA) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
+
+
+def windows(x: np.ndarray, w: int = WINDOW, hop: int = 1) -> np.ndarray:
+    n = (len(x) - w) // hop + 1
+    idx = np.arange(w)[None, :] + hop * np.arange(n)[:, None]
+    return x[idx]
+
+
+def init(rng: np.random.Generator) -> list[list[np.ndarray]]:
+    params = []
+    for a, b in itertools.pairwise(SIZES):
+        params.append([rng.normal(0, np.sqrt(1.0 / a), size=(b, a)), np.zeros(b)])
+    return params
+
+
+def forward(params: list[list[np.ndarray]], x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    acts = [x]
+    h = x
+    for k, (w, b) in enumerate(params):
+        h = h @ w.T + b
+        if k < len(params) - 1:
+            h = np.tanh(h)
+        acts.append(h)
+    return h, acts
+
+
+def train(x: np.ndarray, steps: int = STEPS, seed: int = SEED) -> tuple[list[list[np.ndarray]], float]:
+    rng = np.random.default_rng(seed)
+    params = init(rng)
+    m = [[np.zeros_like(p) for p in layer] for layer in params]
+    v = [[np.zeros_like(p) for p in layer] for layer in params]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    loss = float("nan")
+    for t in range(1, steps + 1):
+        y, acts = forward(params, x)
+        d = y - x
+        loss = float((d * d).mean())
+        g = 2 * d / d.size
+        for k in range(len(params) - 1, -1, -1):
+            w, _ = params[k]
+            gw, gb = g.T @ acts[k], g.sum(0)
+            if k > 0:
+                g = (g @ w) * (1 - acts[k] ** 2)  # tanh'
+            for j, grad in enumerate((gw, gb)):
+                m[k][j] = b1 * m[k][j] + (1 - b1) * grad
+                v[k][j] = b2 * v[k][j] + (1 - b2) * grad * grad
+                mh, vh = m[k][j] / (1 - b1 ** t), v[k][j] / (1 - b2 ** t)
+                params[k][j] = params[k][j] - LR * mh / (np.sqrt(vh) + eps)
+    return params, loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--steps", type=int, default=STEPS)
+    a = ap.parse_args(argv)
+    stamps, values = read_series(a.data)
+    n_train = sum(1 for s in stamps if s < TRAIN_END)
+    train_vals = values[:n_train]
+    mean, std = float(train_vals.mean()), float(train_vals.std())
+    x = windows((train_vals - mean) / std)
+    params, loss = train(x, a.steps)
+    layers = [Dense(w.astype(np.float32), b.astype(np.float32), "tanh" if k < len(params) - 1 else "none")
+              for k, (w, b) in enumerate(params)]
+    scores = ((numpy_forward(x.astype(np.float32), layers) - x) ** 2).mean(1)
+    threshold = float(f"{THRESHOLD_FACTOR * scores.max():.4g}")
+    blob = build(WINDOW, layers, description=f"machine_temp_ae {VERSION}: dense autoencoder 32-16-8-16-32")
+    meta = {
+        "name": "machine_temp_ae", "version": VERSION, "sha256": hashlib.sha256(blob).hexdigest(),
+        "input_shape": [1, WINDOW], "input_dtype": "float32", "output_shape": [1, WINDOW],
+        "output": "reconstruction", "labels": [], "window": WINDOW, "inputs": 1,
+        "mean": [round(mean, 6)], "std": [round(std, 6)], "threshold": threshold,
+        "training": {
+            "data": "NAB realKnownCause/machine_temperature_system_failure.csv",
+            "rows": f"first {n_train} rows (timestamps < {TRAIN_END}; first labelled window opens 2013-12-10 06:25)",
+            "windows": len(x), "hop": 1, "architecture": "-".join(map(str, SIZES)) + " tanh, linear output",
+            "optimizer": f"full-batch Adam lr={LR}, {a.steps} steps, seed {SEED}, numpy float64",
+            "final_mse": round(loss, 6), "train_score_max": round(float(scores.max()), 6),
+            "train_score_p99": round(float(np.percentile(scores, 99)), 6),
+            "threshold_rule": f"{THRESHOLD_FACTOR} x max training score",
+            "script": "tools/train_anomaly.py",
+        },
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_bytes(blob)
+    a.out.with_name(a.out.name + ".json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"{a.out}: {len(blob)} bytes, sha256 {meta['sha256'][:16]}, train mse {loss:.5f}, "
+          f"score max {scores.max():.5f}, threshold {threshold}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
