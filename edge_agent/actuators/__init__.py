@@ -1,6 +1,7 @@
 """Actuator plugins (outputs driven by the ``output.set`` command) and their registry.
 
-Same shape as sensors: one module per plugin with an ``Options`` dataclass and a ``SAMPLE`` block.
+Same shape as sensors: one module per plugin with an ``Options`` dataclass and a ``SAMPLE`` block; the
+interface is :class:`edge_agent.actuators.base.Actuator` (``set(value, duration)``, ``state()``, ``close()``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-PLUGINS: dict[str, str] = {}
+PLUGINS: dict[str, str] = {
+    "gpio.output": "edge_agent.actuators.gpio_output:GpioOutput",
+}
 
 
 def plugin_names() -> list[str]:

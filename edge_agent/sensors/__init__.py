@@ -12,6 +12,12 @@ from typing import Any
 
 PLUGINS: dict[str, str] = {
     "simulated": "edge_agent.sensors.simulated:SimulatedSensor",
+    "replay": "edge_agent.sensors.replay:ReplaySensor",
+    "system": "edge_agent.sensors.system:SystemSensor",
+    "gpio.digital": "edge_agent.sensors.gpio_digital:GpioDigitalSensor",
+    "gpio.analog": "edge_agent.sensors.gpio_analog:GpioAnalogSensor",
+    "onewire.ds18b20": "edge_agent.sensors.onewire_ds18b20:Ds18b20Sensor",
+    "i2c.bme280": "edge_agent.sensors.i2c_bme280:Bme280Sensor",
 }
 
 

@@ -9,6 +9,14 @@ Two kinds of sensor:
 
 Plugins never buffer, retry or publish: the framework owns that. A ``read`` that raises is reported as
 an event (``events/sensor_error``) and retried with backoff.
+
+Two optional abilities for polled sensors whose data carries its own time (``replay``):
+
+* ``read`` may return :class:`Stamped` (data plus the reading's own timestamp) instead of a dict;
+* :meth:`Sensor.pace` may return the seconds until the next reading (instead of ``interval``); the
+  sampler still schedules on absolute monotonic deadlines, so pacing errors do not accumulate.
+
+A sensor whose data has run out raises :class:`Exhausted`: its sampler ends like ``count`` was reached.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from edge_agent.errors import EdgeAgentError
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -27,6 +37,18 @@ class Reading:
     data: dict[str, Any]
     cls: str = "telemetry"
     stream: str | None = None  # None = "telemetry/<sensor>"
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A reading's data with its own timestamp (e.g. the time column of a replayed file)."""
+
+    data: dict[str, Any]
+    ts: float
+
+
+class Exhausted(EdgeAgentError, EOFError):
+    """A finite source (a replayed file without ``loop``) has no more readings."""
 
 
 @dataclass
@@ -58,11 +80,22 @@ class Sensor:
     def open(self) -> None:
         """Acquire the hardware. Raise a clear error (PinError, SensorError) if it is missing."""
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any] | Stamped:
         raise NotImplementedError
 
+    def pace(self) -> float | None:
+        """Seconds from this reading to the next one, or None to use the configured ``interval``."""
+        return None
+
     def start(self) -> None:
-        """Push sensors: begin emitting via ``self.ctx.emit(data, cls=..., stream=...)``."""
+        """Called once after :meth:`open` for both kinds (polled: from the sampler thread, before the first
+        read). Push sensors begin emitting here via ``self.ctx.emit(data, cls=..., stream=...)``."""
+
+    def factory(self) -> Any:
+        """The configured gpiozero pin factory, or None for gpiozero's default ($GPIOZERO_PIN_FACTORY)."""
+        from edge_agent.pins import resolve
+
+        return resolve(self.ctx.pin_factory)
 
     def close(self) -> None:
         """Release the hardware."""
