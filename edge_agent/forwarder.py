@@ -60,6 +60,8 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._online_since = 0.0
         self._buffer: list[Pending] = []
+        self._waiting = False  # the run loop waits for room in the window: acks must wake it
+        self._throttled = max_rate > 0 or max_rate_bytes > 0
         self.sent = 0
         self.rejected = 0
         self.heartbeat: Callable[[], None] = lambda: None
@@ -88,7 +90,8 @@ class Forwarder:
                 fn(seq, ok, rc)
             except Exception:
                 log.exception("ack listener failed")
-        self._wake.set()
+        if self._waiting:
+            self._wake.set()
 
     def on_connected(self, session_present: bool) -> None:
         self._online_since = time.time()
@@ -121,7 +124,7 @@ class Forwarder:
         return False
 
     def _throttle(self, row: Pending) -> float:
-        if row.created >= self._online_since or row.prio >= 2:
+        if not self._throttled or row.created >= self._online_since or row.prio >= 2:
             return 0.0
         return max(self._msgs.take(1.0), self._bytes.take(float(len(row.payload))))
 
@@ -144,10 +147,14 @@ class Forwarder:
                     continue
             room = self.transport.window - self.inflight()
             if room <= 0:
-                self._wake.wait(0.5)
+                self._waiting = True
+                if self.transport.window - self.inflight() <= 0:  # re-check: an ack may have just arrived
+                    self._wake.wait(0.5)
+                self._waiting = False
                 self._wake.clear()
                 continue
             rows, self._buffer = self._buffer[:room], self._buffer[room:]
+            published = 0
             for i, row in enumerate(rows):
                 delay = self._throttle(row)
                 if delay > 0 and self._stop.wait(delay):
@@ -166,5 +173,6 @@ class Forwarder:
                     self._buffer = []
                     log.debug("publish stopped: %s", e)
                     break
-                self.sent += 1
-                self.outbox.count("sent")
+                published += 1
+            self.sent += published
+            self.outbox.count("sent", published)
