@@ -1,3 +1,12 @@
 """edge-agent: a reliable real-time edge node."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``from edge_agent import Agent`` without importing paho/SQLite for every ``import edge_agent``."""
+    if name in ("Agent", "AsyncAgent"):
+        from edge_agent.messaging import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")

@@ -103,6 +103,10 @@ class App:
             from edge_agent.inference.service import InferenceService
 
             self.services.append(InferenceService.from_app(self))
+        if self.cfg.messaging.enabled:
+            from edge_agent.messaging.service import MessagingService
+
+            self.services.append(MessagingService(self))
         if self.cfg.commands.enabled:
             # Last, so the services whose commands it dispatches are started before commands arrive.
             from edge_agent.commands.service import CommandService

@@ -189,6 +189,8 @@ class MessagingConfig:
     history_max_bytes: int = _f(64 * 1024 * 1024, "History size cap in bytes.", ge=1024 * 1024)
     default_ttl: float = _f(0.0, "Default message time-to-live in seconds (0 = storage.max_age).", ge=0)
     chunk_size: int = _f(64 * 1024, "File transfer chunk size in bytes.", ge=1024, le=1024 * 1024)
+    transfer_max_age: float = _f(7 * 24 * 3600.0, "Incoming file transfers still incomplete after this many "
+                                                  "seconds are removed.", gt=0)
 
 
 @dataclass(frozen=True)
