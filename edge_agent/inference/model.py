@@ -136,7 +136,7 @@ def sha256_hex(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     score: float
     labels: dict[str, float] | None = None
@@ -205,6 +205,10 @@ class Model:
         self._tensor_in = self._buf.reshape(in_shape)
         self._n = float(want)
         self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
+        self._recon = cfg.output == "reconstruction"
+        self._scalar_norm: tuple[float, float] | None = None
+        if bool(np.all(self.mean == self.mean[0])) and bool(np.all(self.inv_std == self.inv_std[0])):
+            self._scalar_norm = (float(self.mean[0]), float(self.inv_std[0]))
 
     def _normalisation(self, where: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
         mode = self.cfg.preprocess
@@ -225,8 +229,13 @@ class Model:
 
     def preprocess(self, values: np.ndarray) -> np.ndarray:
         """Standardise ``values`` (window, inputs) into the model's input buffer and return it."""
-        np.subtract(values, self.mean, out=self._buf)
-        np.multiply(self._buf, self.inv_std, out=self._buf)
+        if self._scalar_norm is not None:  # one mean/std for all: scalar ufuncs avoid broadcasting setup
+            m, k = self._scalar_norm
+            np.subtract(values, m, out=self._buf)
+            np.multiply(self._buf, k, out=self._buf)
+        else:
+            np.subtract(values, self.mean, out=self._buf)
+            np.multiply(self._buf, self.inv_std, out=self._buf)
         return self._buf
 
     def invoke(self) -> np.ndarray:
@@ -239,8 +248,11 @@ class Model:
     def infer(self, values: np.ndarray) -> Result:
         """Preprocess, run, score one raw window. NonFiniteOutput if the model gives NaN/inf."""
         self.preprocess(values)
-        y = self.invoke().reshape(-1)
-        if self.cfg.output == "reconstruction":
+        it = self.interpreter
+        it.set_tensor(self._in_index, self._tensor_in)
+        it.invoke()
+        y = it.get_tensor(self._out_index).reshape(-1)
+        if self._recon:
             d = y - self._flat
             score = float(np.dot(d, d)) / self._n
             if not math.isfinite(score):

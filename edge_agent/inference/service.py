@@ -190,10 +190,13 @@ class InferenceService:
         for slot, col in targets:
             value = as_float(reading.data.get(slot.cfg.field))
             with slot.lock:
-                if not slot.rows.put(col, value, seq):
-                    continue
                 rows = slot.rows
-                w = slot.windower.push(rows.values, int(rows.seqs.min()) if rows.n > 1 else seq, seq, reading.ts)
+                if rows.n == 1:
+                    w = slot.windower.push(value, seq, seq, reading.ts)
+                elif rows.put(col, value, seq):
+                    w = slot.windower.push(rows.values, int(rows.seqs.min()), seq, reading.ts)
+                else:
+                    continue
                 if w is None:
                     continue
                 if len(slot.queue) >= slot.cfg.queue:

@@ -1,0 +1,173 @@
+"""Inference bench: the agent's per-window cost against a bare interpreter, saturation rate, RSS.
+
+    /tmp/venv/bin/python bench/inference.py [--seconds 1.0]
+
+All on the shipped model (``builtin:machine_temp_ae``, 32-16-8-16-32), same interpreter instance, same
+process, measured in alternating blocks so machine noise hits both sides alike:
+
+* **bare**: ``set_tensor(x) + invoke() + get_tensor()`` with a ready standardised float32 input.
+* **agent**: what the service does per window: ``hop`` x ``Windower.push`` (the tap's ring-buffer work,
+  incl. the window copy) + ``Model.infer`` = standardise into the input buffer + the same
+  set_tensor/invoke/get_tensor + the reconstruction MSE and its finiteness check.
+  The ratio agent/bare is the overhead (target <= 1.2).
+
+Then **saturation**: windows/s through a running InferenceService worker with a permanently full
+queue, including publishing each result into a real SQLite outbox (the whole stage, not just the model).
+And **RSS**: resident memory of a fresh process before and after loading the runtime and the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.config import ModelConfig  # noqa: E402
+from edge_agent.inference import runtime  # noqa: E402
+from edge_agent.inference.model import BUILTIN_DIR, load  # noqa: E402
+from edge_agent.inference.window import Windower  # noqa: E402
+
+MODEL = BUILTIN_DIR / "machine_temp_ae.tflite"
+
+
+def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def latency(hop: int, blocks: int, n: int) -> tuple[float, float]:
+    cfg = ModelConfig(name="m", path=str(MODEL), inputs=["s"], window=32, hop=hop)
+    m = load(cfg, MODEL)
+    it = m.interpreter
+    i_idx = it.get_input_details()[0]["index"]
+    o_idx = it.get_output_details()[0]["index"]
+    rng = np.random.default_rng(0)
+    raw = (85 + 5 * rng.standard_normal(4096)).astype(np.float32)
+    x = ((raw[:32] - m.mean) / m.std).astype(np.float32).reshape(1, 32)
+    rawf = [float(v) for v in raw]  # the tap hands the windower Python floats
+    w = Windower(32, hop)
+    for k in range(32):
+        w.push(rawf[k], k, k, float(k))
+    pos = [32]
+
+    def bare() -> None:
+        it.set_tensor(i_idx, x)
+        it.invoke()
+        it.get_tensor(o_idx)
+
+    def agent() -> None:
+        win = None
+        p = pos[0]
+        for _ in range(hop):
+            win = w.push(rawf[p % 4096], p, p, float(p))
+            p += 1
+        pos[0] = p
+        assert win is not None
+        m.infer(win.values)
+
+    for f in (bare, agent):
+        per_call(f, n // 10)  # warm up
+    b, a = [], []
+    for _ in range(blocks):
+        b.append(per_call(bare, n))
+        a.append(per_call(agent, n))
+    return statistics.median(b), statistics.median(a)
+
+
+def saturation(seconds: float) -> tuple[float, float]:
+    from edge_agent.inference.service import InferenceService
+    from edge_agent.inference.window import Window
+    from edge_agent.outbox import Outbox
+    from edge_agent.pipeline import Pipeline
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-inf-"))
+    ob = Outbox(tmp / "o.db", "bench")
+    pipe = Pipeline(ob, "edge", "bench")
+    cfg = ModelConfig(name="m", path=str(MODEL), inputs=["s"], window=32, queue=100000)
+    svc = InferenceService([cfg], pipe, tmp / "state")
+    svc.start()
+    slot = svc.slots["m"]
+    vals = (85 + 5 * np.random.default_rng(1).standard_normal((32, 1))).astype(np.float32)
+    n = 20000
+    with slot.cond:  # fill the queue first: the worker then runs flat out
+        for k in range(n):
+            slot.queue.append(Window(vals, k * 32, k * 32 + 31, 0.0, 0.0, k))
+        slot.cond.notify()
+    t = time.perf_counter()
+    assert svc.wait_idle(600)
+    dt = time.perf_counter() - t
+    svc.stop()
+    ob.close()
+    # the model alone, same process, for comparison
+    m = load(cfg, MODEL)
+    t = time.perf_counter()
+    k = 0
+    while time.perf_counter() - t < seconds:
+        for _ in range(1000):
+            m.infer(vals)
+        k += 1000
+    return n / dt, k / (time.perf_counter() - t)
+
+
+RSS_CODE = """
+import json, sys
+sys.path.insert(0, {root!r})
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+import numpy, edge_agent.inference.service
+from edge_agent.config import ModelConfig
+from edge_agent.inference import runtime
+from edge_agent.inference.model import load
+r0 = rss()
+runtime.make_interpreter  # module imported, runtime not yet
+runtime.unavailable_reason()  # imports the runtime package
+r1 = rss()
+m = load(ModelConfig(name='m', path={model!r}, inputs=['s'], window=32), __import__('pathlib').Path({model!r}))
+r2 = rss()
+print(json.dumps([r0, r1, r2]))
+"""
+
+
+def rss() -> list[float]:
+    out = subprocess.run([sys.executable, "-c", RSS_CODE.format(root=str(ROOT), model=str(MODEL))],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--blocks", type=int, default=15)
+    ap.add_argument("--n", type=int, default=5000)
+    a = ap.parse_args()
+    print(f"runtime {runtime.runtime_name()}, numpy {np.__version__}, model {MODEL.name} "
+          f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks of {a.n} calls")
+    for hop in (1, 4, 32):
+        b, g = latency(hop, a.blocks, a.n)
+        print(f"hop {hop:>2}: bare set+invoke+get {b * 1e6:6.2f} us | agent stage ({hop} push + preprocess + "
+              f"set+invoke+get + score) {g * 1e6:6.2f} us | overhead ratio {g / b:.2f} (target <= 1.2)")
+    sat, model_only = saturation(a.seconds)
+    print(f"saturation: {sat:,.0f} windows/s through the service worker incl. publishing each result to the "
+          f"SQLite outbox; {model_only:,.0f} windows/s for Model.infer alone")
+    r0, r1, r2 = rss()
+    print(f"RSS: {r0:.1f} MB (python+numpy+edge_agent) -> {r1:.1f} MB after importing the runtime "
+          f"(+{r1 - r0:.1f}) -> {r2:.1f} MB with the model loaded (+{r2 - r1:.1f}; +{r2 - r0:.1f} in total)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
