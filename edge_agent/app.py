@@ -64,7 +64,8 @@ class App:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
                              max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
-                             sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer)
+                             sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
+                             topic_prefix=cfg.mqtt.topic_prefix, min_free=cfg.storage.min_free)
         self.outbox.heartbeat = self.health.beat_fn("outbox")
         self.prefix = cfg.mqtt.topic_prefix
         self.pipeline = Pipeline(self.outbox, self.prefix, cfg.device.id,
@@ -158,8 +159,7 @@ class App:
         st = {"state": state, "dev": self.cfg.device.id, "ts": round(time.time(), 3), "version": __version__,
               "pid": os.getpid(), "started": round(self.started_at, 3), "groups": list(self.cfg.device.groups)}
         if state == "online":
-            out = self.outbox
-            st["outbox"] = {"pending": out.pending, "last_seq": out.last_seq, **out.counters}
+            st["outbox"] = self.outbox.status()  # backlog, oldest age, all counters
             st["reconnects"] = self.transport.reconnects
         return st
 

@@ -105,6 +105,8 @@ class StorageConfig:
     sync: str = _f("normal", "SQLite synchronous mode: 'normal' (WAL; a power cut may lose the last "
                              "commit_interval) or 'full' (fsync every commit).", choices=("normal", "full"))
     memory_buffer: int = _f(10000, "Messages held in memory while the disk refuses writes.", ge=100)
+    min_free: int = _f(16 * 1024 * 1024, "Free disk space (bytes) the outbox leaves to others: when less is "
+                                         "free it evicts like at max_bytes (reason 'disk_full').", ge=0)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,15 @@ class TokenBucket:
         self.tokens -= n
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def available(self) -> float:
+        """Tokens available now (after refill), without taking any."""
+        if self.rate <= 0:
+            return float("inf")
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        return self.tokens
+
 
 class Forwarder:
     def __init__(self, outbox: Outbox, transport: MqttTransport, *, max_rate: float = 0.0,
@@ -59,6 +68,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._online_since = 0.0
+        self._boundary = 0  # rows with a seq above this were put after the last connect: live, not throttled
         self._buffer: list[Pending] = []
         self._waiting = False  # the run loop waits for room in the window: acks must wake it
         self._throttled = max_rate > 0 or max_rate_bytes > 0
@@ -95,6 +105,7 @@ class Forwarder:
 
     def on_connected(self, session_present: bool) -> None:
         self._online_since = time.time()
+        self._boundary = self.outbox.last_assigned
         self._wake.set()
 
     def start(self) -> None:
@@ -124,9 +135,28 @@ class Forwarder:
         return False
 
     def _throttle(self, row: Pending) -> float:
-        if not self._throttled or row.created >= self._online_since or row.prio >= 2:
+        """Charge a backlog row to the buckets. Rows are fetched only within the budget (see _fill), so
+        this never makes the loop sleep: a throttled backlog must not hold back live rows behind it."""
+        if not self._throttled or row.seq > self._boundary or row.prio >= 2:
             return 0.0
-        return max(self._msgs.take(1.0), self._bytes.take(float(len(row.payload))))
+        self._msgs.take(1.0)
+        self._bytes.take(float(len(row.payload)))
+        return 0.0
+
+    def _fill(self) -> list[Pending]:
+        """The next rows to send. Throttled: live rows (alarms, events, anything put after the connect)
+        first and unthrottled, then only as many backlog rows as the token buckets allow."""
+        if not self._throttled:
+            return self.outbox.begin(PREFETCH)
+        rows = self.outbox.begin(PREFETCH, live_after=self._boundary, part="live")
+        if rows:
+            return rows
+        budget = min(float(PREFETCH), self._msgs.available())
+        if self._bytes.rate > 0:
+            budget = min(budget, 1.0 if self._bytes.available() > 0 else 0.0)
+        if budget < 1:
+            return []
+        return self.outbox.begin(int(budget), live_after=self._boundary, part="backlog")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,9 +171,10 @@ class Forwarder:
             if not self._buffer:
                 # prefetch a batch: one query serves many publishes; a new alarm waits at most for this
                 # batch (PREFETCH messages) before it jumps the queue
-                self._buffer = self.outbox.begin(PREFETCH)
+                self._buffer = self._fill()
                 if not self._buffer:
-                    self.outbox.wait(0.2)
+                    # throttled: wake for new live rows at once, else when the bucket has refilled a bit
+                    self.outbox.wait(0.05 if self._throttled else 0.2)
                     continue
             room = self.transport.window - self.inflight()
             if room <= 0:
