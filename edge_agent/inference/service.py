@@ -41,8 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.inference import runtime
@@ -229,7 +227,7 @@ class InferenceService:
         if model is None:
             slot.skipped += 1
             return
-        if not np.isfinite(w.values).all():
+        if w.bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
             return
         try:
@@ -374,6 +372,29 @@ class InferenceService:
 
     def describe(self) -> list[dict[str, Any]]:
         return [self._describe(s) for s in self.slots.values()]
+
+    def register_commands(self, registry: Any) -> None:
+        """``model.list`` (read-only) and ``model.rollback``; ``model.update`` lives in the command builtins."""
+        from edge_agent.commands.schema import Arg
+        from edge_agent.errors import CommandError
+
+        def model_list(ctx: Any) -> list[dict[str, Any]]:
+            """Models with version, sha256, counters and last score."""
+            return self.describe()
+
+        def model_rollback(ctx: Any, model: str) -> dict[str, Any]:
+            """Restore the previous version of a model (kept since the last install)."""
+            if model not in self.slots:
+                raise CommandError("not_found", f"no model named {model!r} (configured: "
+                                                f"{', '.join(self.slots) or 'none'})")
+            try:
+                return self.rollback(model, reason="model.rollback command")
+            except ModelError as e:
+                raise CommandError("rollback_failed", str(e)) from None
+
+        registry.add("model.list", model_list, read_only=True)
+        registry.add("model.rollback", model_rollback,
+                     {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
 
     def _describe(self, slot: _Slot) -> dict[str, Any]:
         m, p = slot.active, slot.previous

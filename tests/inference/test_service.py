@@ -257,3 +257,23 @@ def test_automatic_rollback_after_run_time_failures(tmp_path: Path, harness_fact
     assert "3 run-time failures" in rb[0]["data"]["reason"]
     res = [(e["data"]["version"], e["data"]["score"]) for e in h.messages("inference/m")]
     assert res == [("1", 1.0), ("1", 1.0), ("2", 4.0), ("1", 9.0)]
+
+
+def test_model_commands_list_and_rollback(tmp_path: Path, harness_factory: Any) -> None:
+    from edge_agent.commands.registry import Registry
+    from edge_agent.errors import CommandError
+
+    p, _, _ = model_files(tmp_path / "live", scale(0.0), n_in=4, version="1")
+    h = harness_factory([model_cfg(p, window=4)]).start()
+    reg = Registry()
+    h.service.register_commands(reg)
+    listing, rollback = reg.get("model.list"), reg.get("model.rollback")
+    assert listing is not None and listing.read_only and rollback is not None and not rollback.read_only
+    assert [m["version"] for m in listing.fn(None)] == ["1"]
+    with pytest.raises(CommandError, match="rollback_failed: model 'm': no previous model"):
+        rollback.fn(None, model="m")
+    with pytest.raises(CommandError, match="not_found: no model named 'x'"):
+        rollback.fn(None, model="x")
+    h.service.install("m", *_install_files(tmp_path, 1.0, "2"))
+    assert rollback.fn(None, model="m")["version"] == "1"
+    assert listing.fn(None)[0]["version"] == "1"

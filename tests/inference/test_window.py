@@ -63,3 +63,14 @@ def test_bad_values_become_nan_and_bad_sizes_are_refused() -> None:
     assert math.isnan(as_float(None)) and math.isnan(as_float("x"))
     with pytest.raises(ValueError, match="must be >= 1"):
         Windower(window=0, hop=1)
+
+
+def test_bad_rows_flag_exactly_the_windows_that_hold_them() -> None:
+    w = Windower(window=3, hop=1)
+    vals = [1.0, 2.0, math.nan, 4.0, 5.0, 6.0, math.inf, 8.0]
+    flags = [x.bad for i, v in enumerate(vals) if (x := w.push(v, i, i, 0.0)) is not None]
+    # windows end at rows 2..7: [1,2,nan] [2,nan,4] [nan,4,5] [4,5,6] [5,6,inf] [6,inf,8]
+    assert flags == [True, True, True, False, True, True]
+    m = Windower(window=2, hop=1, n_inputs=2)
+    flags = [x.bad for r in ([1, 2], [3, math.nan], [5, 6], [7, 8]) if (x := m.push(r, 0, 0, 0.0)) is not None]
+    assert flags == [True, True, False]
