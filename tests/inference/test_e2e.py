@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,24 @@ queue = 100000
     alarms = [e["data"]["ts"][1] for e in envs if e["stream"] == "events/machine_anomaly"]
     assert alarms, "the first failure was not detected"
     assert min(alarms) >= start, "an alarm before the first labelled window"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EDGE_AGENT_LONG"), reason="full NAB replay (~15 s): EDGE_AGENT_LONG=1")
+@pytest.mark.skipif(not NAB.exists(), reason=f"NAB data not found at {NAB}")
+def test_full_nab_replay_matches_the_documented_table() -> None:
+    """tools/evaluate_nab.py's agent run: the numbers in docs/inference.md must stay true."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import evaluate_nab as ev
+
+    envs, desc, _ = ev.run_agent(hop=4, alarm_after=3, rearm=36)
+    wins = [(ev._t(s), ev._t(e)) for s, e in next(iter(json.loads(
+        (ev.NAB / "machine_temperature_windows.json").read_text()).values()))]
+    alarms = sorted(e["data"]["ts"][1] for e in envs if e["stream"] == "events/machine_anomaly")
+    rows, false = ev.judge(alarms, wins)
+    assert desc["windows_run"] == 5666 and desc["windows_skipped"] == 0
+    assert [r["first"] is not None for r in rows] == [True, False, False, True]
+    assert (len(alarms), false) == (19, 16)
