@@ -3,8 +3,9 @@
 Safe state: the pin is driven to *off* as soon as the agent opens it and again when it stops; with
 ``active_high = false`` (most relay boards: the relay pulls in when the input is LOW) "off" means a
 high level, so the relay does not click on at start. Between power-up and agent start the pin is an
-input with the SoC's default pull (GPIO0-8 pull up, the rest down): pick a pin whose default pull
-keeps your load off, or add an external resistor (see hardware/gpio-output.md).
+input with the SoC's default pull (GPIO0-8 pull up, GPIO9-27 pull down): put active-low loads on a
+pulled-up pin (GPIO5, GPIO6) and active-high loads on a pulled-down one, so the load stays off while
+the Pi boots (see hardware/gpio-output.md).
 
 ``set(value, duration)`` takes a bool, or 0..1 for ``device = "pwm"`` (duty cycle at ``frequency``
 Hz); other devices accept only 0/1/true/false. ``duration`` switches back off after that many
@@ -17,8 +18,8 @@ the wall-clock auto-off time, or null).
 Wiring (see hardware/gpio-output.md)::
 
     LED:    GPIO18 (pin 12) -- 330 Ω -- LED anode, cathode -- GND (pin 14)
-    relay:  module IN -- GPIO23 (pin 16); VCC -- 5V (pin 2); GND -- GND (pin 20)
-    buzzer: active buzzer + -- GPIO24 (pin 18) (through an NPN transistor above 15 mA), - -- GND
+    relay:  module IN -- GPIO5 (pin 29); VCC -- 5V (pin 4); GND -- GND (pin 30)
+    buzzer: GPIO24 (pin 18) -- 1 kΩ -- NPN base; buzzer between 5V and the collector; emitter -- GND
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SAMPLE = """\
 name = "pump"
 type = "gpio.output"
 device = "relay"        # led, relay, buzzer, pwm or digital
-pin = 23                # BCM number (GPIO23 = header pin 16)
+pin = 5                 # BCM number (GPIO5 = header pin 29; pulled up while the Pi boots)
 active_high = false     # most relay boards switch on with a LOW input
 # frequency = 100.0     # pwm only: Hz
 # max_duration = 0.0    # seconds; > 0: every 'on' switches off after at most this long

@@ -24,10 +24,10 @@ events and states).
 
 Wiring (BCM numbering; see hardware/gpio-digital.md)::
 
-    button / reed switch            PIR (HC-SR501)
-    3V3 (pin 1) -- not needed       5V  (pin 2)  -- VCC
-    GPIO17 (pin 11) -- switch --+   GPIO4 (pin 7) -- OUT (3.3 V logic)
-    GND (pin 9)  ---------------+   GND (pin 6)  -- GND
+    button / reed switch              PIR (HC-SR501, 3.3 V output)
+    GPIO17 (pin 11) -- switch --+     5V  (pin 2)     -- VCC
+    GND    (pin 9)  ------------+     GPIO27 (pin 13) -- OUT
+                                      GND (pin 14)    -- GND
 
 Buttons and reed switches use the Pi's internal pull-up (``pull = "up"``): pressed/closed reads low.
 """

@@ -90,3 +90,13 @@ pin = 21
     errs = [e for e in envs if e["stream"] == "events/output_error"]
     assert len(errs) == 1 and errs[0]["data"]["output"] == "clash"
     assert "pin GPIO20 is already used" in errs[0]["data"]["error"]
+
+
+def test_hardware_reference_kit_config_is_valid() -> None:
+    from tests.helpers import ROOT
+
+    cfg = config.load(ROOT / "hardware" / "reference-kit.toml")
+    pins_used = [s.options.pin for s in cfg.sensors if hasattr(s.options, "pin")]
+    pins_used += [o.options.pin for o in cfg.outputs]
+    assert len(pins_used) == len(set(pins_used)) == 7
+    assert not {2, 3, 4, 7, 8, 9, 10, 11} & set(pins_used)  # I2C, 1-Wire and SPI pins stay free
