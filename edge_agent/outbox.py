@@ -91,6 +91,7 @@ DROPPED_STREAM = "events/dropped"
 CORRUPT_STREAM = "events/outbox_corrupt"
 SEQ_RESERVE = 10000  # seqs reserved per sidecar write; a corruption recovery skips (and reports) at most this
 MAX_BATCH = 2000
+REPORT_TTL = 100 * 365 * 86400.0
 PRIOS = tuple(range(len(MESSAGE_CLASSES) - 1, -1, -1))  # highest class first
 
 
@@ -160,6 +161,17 @@ def ranges(seqs: Iterable[int]) -> list[list[int]]:
             out[-1][1] = s
         else:
             out.append([s, s])
+    return out
+
+
+def merge_ranges(rs: Iterable[Iterable[int]]) -> list[list[int]]:
+    """Union of ``[first, last]`` ranges, sorted and coalesced."""
+    out: list[list[int]] = []
+    for a, b in sorted((int(x[0]), int(x[1])) for x in (list(r) for r in rs)):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
     return out
 
 
@@ -290,7 +302,9 @@ class Outbox:
         self._data_ready = threading.Event()
         self._committed_listeners: list[Callable[[list[int]], None]] = []
         self._dropped_listeners: list[Callable[[list[int], str], None]] = []
-        self._acct: dict[str, tuple[int, list[int]]] = {}  # reason -> (seq of uncommitted report, seqs)
+        self._acct: dict[str, tuple[int, list[list[int]]]] = {}  # reason -> (uncommitted report seq, ranges)
+        self._fold_pending: dict[str, tuple[list[int], list[list[int]]]] = {}  # reports to fold into new ones
+        self._report_rows = 0  # stored events/dropped rows (recounted when it looks large)
         self._mem_dropped: list[int] = []
         self._evict_pending: dict[str, list[int]] = {}  # selected by maintenance, not yet reported
         self._evict_retry: dict[str, list[int]] = {}  # reported in a batch whose commit failed
@@ -315,6 +329,9 @@ class Outbox:
             self.counters[name] = self._meta_int(f"c.{name}")
         self._pending = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         self._load_topics()
+        rid = self._topic_ids.get(self._topic(DROPPED_STREAM))
+        if rid is not None:
+            self._report_rows = self._db.execute("SELECT COUNT(*) FROM messages WHERE topic = ?", (rid,)).fetchone()[0]
         self._next_seq = self._last_seq + 1
         self._next_expiry_ms = self._min_expiry()
         with contextlib.suppress(OSError):  # retried before the first commit that needs it
@@ -432,7 +449,8 @@ class Outbox:
         last = 0
         counters: dict[str, int] = {}
         try:
-            src = sqlite3.connect(f"file:{old}?mode=ro", uri=True, timeout=2)
+            # read-write: SQLite needs the WAL index to read what the quarantined WAL still holds
+            src = sqlite3.connect(old, timeout=2)
         except sqlite3.Error:
             return [], 0, {}
         try:
@@ -561,34 +579,34 @@ class Outbox:
                 self._cond.notify()
         return seq
 
-    def _account_locked(self, reason: str, seqs: list[int]) -> None:
-        """Record ``seqs`` as dropped for ``reason`` in an uncommitted events/dropped row (caller holds _cond).
+    def _account_locked(self, reason: str, seqs: Iterable[int] = (), rngs: Iterable[Iterable[int]] = ()) -> None:
+        """Record ``seqs``/``rngs`` as dropped for ``reason`` in an uncommitted events/dropped row (caller
+        holds _cond).
 
         One row per reason is kept open in the memory batch and re-encoded as more seqs join it, so a
         long disk-full episode costs one message, not one per failed commit.
         """
-        if not seqs:
+        new = merge_ranges([*ranges(seqs), *rngs])
+        if not new:
             return
         now = self._clock()
         prev = self._acct.get(reason)
+        seq = None
         if prev is not None:
             idx = next((i for i, r in enumerate(self._batch) if r[0] == prev[0]), None)
             if idx is not None:
-                merged = prev[1] + list(seqs)
-                rng = ranges(merged)
-                data = {"ranges": rng, "count": sum(b - a + 1 for a, b in rng), "reason": reason}
-                self._batch[idx] = self._make_row(
-                    Outgoing(topic=self._topic(DROPPED_STREAM), stream=DROPPED_STREAM, data=data, cls="event"),
-                    prev[0], now)
-                self._acct[reason] = (prev[0], merged)
-                return
-        seq = self._next_seq
-        self._next_seq += 1
-        rng = ranges(seqs)
-        data = {"ranges": rng, "count": sum(b - a + 1 for a, b in rng), "reason": reason}
-        self._batch.append(self._make_row(
-            Outgoing(topic=self._topic(DROPPED_STREAM), stream=DROPPED_STREAM, data=data, cls="event"), seq, now))
-        self._acct[reason] = (seq, list(seqs))
+                seq, new = prev[0], merge_ranges([*prev[1], *new])
+        data = {"ranges": new, "count": sum(b - a + 1 for a, b in new), "reason": reason}
+        # reports never expire (an explicit far expiry also keeps them out of the default-TTL scan)
+        msg = Outgoing(topic=self._topic(DROPPED_STREAM), stream=DROPPED_STREAM, data=data, cls="event",
+                       ttl=REPORT_TTL)
+        if seq is not None:
+            self._batch[idx] = self._make_row(msg, seq, now)
+        else:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._batch.append(self._make_row(msg, seq, now))
+        self._acct[reason] = (seq, new)
 
     # ------------------------------------------------------------------ consumer side
     def begin(self, limit: int, *, live_after: int | None = None, part: str = "all") -> list[Pending]:
@@ -733,13 +751,18 @@ class Outbox:
                     victims.setdefault(reason, []).extend(seqs)
             self._evict_pending = {}
             self._evict_retry = {}
+            for reason, (seqs, rngs) in self._fold_pending.items():
+                # stored reports that were never sent, replaced by one report covering them and their ranges
+                self._account_locked(reason, seqs, rngs)
+                victims.setdefault("_folded", []).extend(seqs)
+            self._fold_pending = {}
             if self._mem_dropped:
                 self._account_locked("disk_full", self._mem_dropped)
                 self._mem_dropped = []
             batch, self._batch = self._batch, []
             acks, self._acks = self._acks, []
             n_enq = len(batch)
-            n_evicted = sum(len(v) for k, v in victims.items() if k != "expired")
+            n_evicted = sum(len(v) for k, v in victims.items() if k not in ("expired", "_folded"))
             n_expired = len(victims.get("expired", ()))
             after = dict(self.counters)
             after["enqueued"] += n_enq
@@ -776,7 +799,12 @@ class Outbox:
         if self._disk_full:
             self._disk_full = False
             log.warning("outbox: writes succeed again")
+        rid = self._topic_ids.get(self._topic(DROPPED_STREAM))
+        self._report_rows += sum(1 for r in batch if r[2] == self._topic(DROPPED_STREAM)) if rid else 0
         for reason, seqs in victims.items():
+            if reason == "_folded":
+                self._report_rows = max(0, self._report_rows - len(seqs))
+                continue
             log.warning("outbox: dropped %d message(s) (%s), reported on %s", len(seqs), reason, DROPPED_STREAM)
             for fn in self._dropped_listeners:
                 try:
@@ -836,7 +864,7 @@ class Outbox:
                 self._evict_retry.setdefault(reason, []).extend(seqs)
             overflow = len(self._batch) - self.memory_buffer
             if overflow > 0:
-                keep = {s for s, _ in self._acct.values()}
+                keep = {s for s, _ in self._acct.values()}  # reports are never dropped from memory
                 order = sorted((r[1], r[0]) for r in self._batch if r[0] not in keep)
                 gone = {seq for _, seq in order[:overflow]}
                 self._batch = [r for r in self._batch if r[0] not in gone]
@@ -867,8 +895,12 @@ class Outbox:
         expired: list[int] = []
         with self._lock:
             claimed = set(self._claimed)
+        rid = self._topic_ids.get(self._topic(DROPPED_STREAM), -1)
+        if self._report_rows >= 64:
+            self._fold_reports(rid, claimed)
+        claimed = claimed | {s for seqs, _ in self._fold_pending.values() for s in seqs}
         if self._next_expiry_ms is not None and now_ms >= self._next_expiry_ms:
-            expired = self._select_expired(now_ms, claimed)
+            expired = self._select_expired(now_ms, claimed, rid)
             self._next_expiry_ms = None  # recomputed below
         used, inner_free = self._used_bytes()
         pending = max(self._pending, 1)
@@ -886,12 +918,12 @@ class Outbox:
             # the disk refused a write: free a tenth of the rows (at least 1 MiB worth) to make room
             per_row = max(used / pending, 64.0)
             victims = self._select_victims(max(pending // 10, math.ceil(1024 * 1024 / per_row)),
-                                           claimed | set(expired))
+                                           claimed | set(expired), rid)
             reason = "disk_full"
         elif used > cap:
             per_row = max(used / pending, 64.0)
             target = int(cap * 0.9)
-            victims = self._select_victims(math.ceil((used - target) / per_row), claimed | set(expired))
+            victims = self._select_victims(math.ceil((used - target) / per_row), claimed | set(expired), rid)
         with self._cond:
             if expired:
                 self._evict_pending.setdefault("expired", []).extend(expired)
@@ -905,16 +937,38 @@ class Outbox:
             with contextlib.suppress(OSError):
                 self._write_sidecar(max(self._sidecar.reserved, self._last_seq + 1))
 
-    def _select_expired(self, now_ms: int, claimed: set[int]) -> list[int]:
+    def _fold_reports(self, rid: int, claimed: set[int]) -> None:
+        """Many stored events/dropped rows (a long outage): fold them into one per reason, so accounting
+        itself stays bounded. Reports are never evicted or expired (that would lose their ranges)."""
+        rows = self._db.execute("SELECT seq, payload FROM messages WHERE topic = ?", (rid,)).fetchall()
+        self._report_rows = len(rows)
+        if len(rows) < 64:
+            return
+        with self._cond:
+            for seq, payload in rows:
+                if seq in claimed:
+                    continue
+                try:
+                    data = codec.decode_envelope(payload)["data"]
+                    reason, rngs = str(data["reason"]), data["ranges"]
+                except (KeyError, TypeError, ValueError):
+                    continue
+                seqs, acc = self._fold_pending.setdefault(reason, ([], []))
+                seqs.append(seq)
+                acc.extend(rngs)
+
+    def _select_expired(self, now_ms: int, claimed: set[int], rid: int) -> list[int]:
         max_age_ms = int(self.max_age * 1000)
         out: list[int] = []
         cur = 0
         while True:  # default-TTL rows expire in seq order: stop at the first live one
-            rows = self._db.execute("SELECT seq, created FROM messages WHERE expires IS NULL AND seq > ? "
+            rows = self._db.execute("SELECT seq, created, topic FROM messages WHERE expires IS NULL AND seq > ? "
                                     "ORDER BY seq LIMIT 1000", (cur,)).fetchall()
             stop = False
-            for seq, created in rows:
+            for seq, created, topic in rows:
                 cur = seq
+                if topic == rid:
+                    continue
                 if created + max_age_ms > now_ms:
                     stop = True
                     break
@@ -922,8 +976,8 @@ class Outbox:
                     out.append(seq)
             if stop or len(rows) < 1000:
                 break
-        out += [s for (s,) in self._db.execute("SELECT seq FROM messages WHERE expires IS NOT NULL AND expires <= ?",
-                                               (now_ms,)) if s not in claimed]
+        out += [s for (s, t) in self._db.execute("SELECT seq, topic FROM messages WHERE expires IS NOT NULL "
+                                                 "AND expires <= ?", (now_ms,)) if s not in claimed and t != rid]
         return out
 
     def _min_expiry_after(self, now_ms: int, gone: set[int]) -> int | None:
@@ -939,7 +993,7 @@ class Outbox:
         cands = [x for x in (a, b) if x is not None]
         return min(cands) if cands else None
 
-    def _select_victims(self, n: int, exclude: set[int]) -> list[int]:
+    def _select_victims(self, n: int, exclude: set[int], rid: int) -> list[int]:
         """The ``n`` rows to evict: lowest class first, oldest first; ``exclude`` holds the claimed (in
         flight) rows and those already chosen."""
         out: list[int] = []
@@ -947,9 +1001,9 @@ class Outbox:
             if len(out) >= n:
                 break
             where = "prio = 0" if p == 0 else f"prio > 0 AND prio = {p}"
-            for (seq,) in self._db.execute(f"SELECT seq FROM messages WHERE {where} ORDER BY seq LIMIT ?",
-                                           (n - len(out) + len(exclude),)):
-                if seq in exclude:
+            for (seq, topic) in self._db.execute(f"SELECT seq, topic FROM messages WHERE {where} ORDER BY seq "
+                                                 "LIMIT ?", (n - len(out) + len(exclude) + self._report_rows,)):
+                if seq in exclude or topic == rid:
                     continue
                 out.append(seq)
                 if len(out) >= n:
