@@ -171,6 +171,8 @@ class Model:
             raise ModelError(f"{where}: only float32 tensors are supported, model has input "
                              f"{np.dtype(i['dtype'])} and output {np.dtype(o['dtype'])}")
         n_in = len(cfg.inputs)
+        if n_in == 0:
+            raise ModelError(f"{where}: the config lists no inputs (give inputs = [\"<sensor>\", ...])")
         want = cfg.window * n_in
         if in_shape != self.meta.input_shape:
             raise ModelError(f"{where}: input shape {list(in_shape)} does not match its metadata input_shape "

@@ -61,8 +61,9 @@ class _Slot:
         self.name = cfg.name
         self.alarm_name = cfg.alarm or f"{cfg.name}_anomaly"
         self.load_path, self.install_path = paths(cfg, state_dir)
-        self.windower = Windower(cfg.window, cfg.hop or cfg.window, len(cfg.inputs))
-        self.rows = RowAssembler(len(cfg.inputs))
+        n = max(1, len(cfg.inputs))  # no inputs: the model refuses to load with a clear error
+        self.windower = Windower(cfg.window, cfg.hop or cfg.window, n)
+        self.rows = RowAssembler(n)
         self.queue: collections.deque[Window] = collections.deque()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)

@@ -277,3 +277,40 @@ def test_model_commands_list_and_rollback(tmp_path: Path, harness_factory: Any) 
     h.service.install("m", *_install_files(tmp_path, 1.0, "2"))
     assert rollback.fn(None, model="m")["version"] == "1"
     assert listing.fn(None)[0]["version"] == "1"
+
+
+def test_two_inputs_aligned_on_the_first(tmp_path: Path, harness_factory: Any) -> None:
+    # per-input standardisation, out = 0: score = mean over both columns of the squared standardised values
+    p, _, _ = model_files(tmp_path / "m", scale(0.0), n_in=4, mean=[0.0, 100.0], std=[1.0, 10.0])
+    h = harness_factory([model_cfg(p, window=2, inputs=["a", "b"], queue=100)]).start()
+    sa = h.feed([1.0], sensor="a")  # no row yet: b has not reported
+    sb = h.feed([110.0], sensor="b")
+    sa += h.feed([2.0], sensor="a")  # row (2, 110)
+    sb += h.feed([120.0, 130.0], sensor="b")  # b moves on; held
+    sa += h.feed([3.0], sensor="a")  # row (3, 130) -> window [(2,110), (3,130)]
+    assert h.service.wait_idle(10)
+    (res,) = [e["data"] for e in h.messages("inference/m")]
+    assert res["score"] == pytest.approx((4 + 1 + 9 + 9) / 4)
+    assert res["seq"] == [sb[0], sa[2]]
+
+
+def test_classifier_results_carry_labels(tmp_path: Path, harness_factory: Any) -> None:
+    w = np.zeros((2, 2), np.float32)
+    w[1, :] = 0.5  # "spike" = mean of the window, "normal" = 0.3
+    p, _, _ = model_files(tmp_path / "m", [tb.Dense(w, np.array([0.3, 0.0]))], n_in=2, output="scores",
+                          labels=["normal", "spike"], threshold=0.5)
+    h = harness_factory([model_cfg(p, window=2, output="scores", queue=100)]).start()
+    h.feed([0.0, 0.2, 1.0, 1.0])
+    assert h.service.wait_idle(10)
+    res = [e["data"] for e in h.messages("inference/m")]
+    assert [(r["top"], r["alarm"]) for r in res] == [("normal", False), ("spike", True)]
+    assert res[1]["labels"] == pytest.approx({"normal": 0.3, "spike": 1.0})
+    (alarm,) = h.messages("events/m_anomaly")
+    assert alarm["data"]["top"] == "spike"
+
+
+def test_model_without_inputs_is_refused_not_fatal(tmp_path: Path, harness_factory: Any) -> None:
+    p, _, _ = model_files(tmp_path / "m", scale(0.0), n_in=4)
+    h = harness_factory([model_cfg(p, window=4, inputs=[])]).start()
+    d = h.service.describe()[0]
+    assert d["state"] == "not loaded" and "the config lists no inputs" in d["error"]
