@@ -105,6 +105,13 @@ class InferenceService:
 
     @classmethod
     def from_app(cls, app: Any) -> InferenceService:
+        for m in app.cfg.models:
+            for s in m.inputs:
+                sc = app.cfg.sensor(s)
+                if sc is not None and sc.batch > 1:
+                    log.warning("inference: model %s: sensor %s has batch = %d, so the model sees only the last "
+                                "reading of each batch (taps run once per stored message); use batch = 1",
+                                m.name, s, sc.batch)
         return cls(list(app.cfg.models), app.pipeline, app.state_dir)
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,8 +232,9 @@ class InferenceService:
                     slot.cond.notify_all()
 
     def _run_one(self, slot: _Slot, model: Model | None, w: Window) -> None:
-        if model is None:
-            slot.skipped += 1
+        if model is None:  # not loaded (and nothing installed yet): the window is dropped, and counted
+            with slot.lock:
+                slot.skipped += 1
             return
         if w.bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
