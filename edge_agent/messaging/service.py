@@ -202,6 +202,8 @@ class MessagingService:
     # ------------------------------------------------------------------ sending
     def send(self, to: str, data: Any, *, ttl: float | None = None) -> Message:
         _check_id(to, "recipient")
+        if to == self.dev:
+            raise MessagingError(f"cannot send a message to myself ({to!r})")
         return self._put(inbox_topic(self.prefix, to), "msg", data, kind="msg", ttl=ttl, peer=to,
                          extra={"to": to, "kind": "msg"})
 
@@ -258,6 +260,8 @@ class MessagingService:
                   ttl: float | None = None) -> Message:
         """Send a file in chunks; the returned message's status covers the whole file."""
         _check_id(to, "recipient")
+        if to == self.dev:
+            raise MessagingError(f"cannot send a file to myself ({to!r})")
         p = Path(path)
         if not p.is_file():
             raise MessagingError(f"send_file: {p} is not a readable file")

@@ -213,6 +213,7 @@ def test_bad_input_is_refused_clearly(broker: DevBroker, tmp_path: Path) -> None
         for call, match in [
             (lambda: a.send("a/b", "x"), "recipient must be a device/app id"),
             (lambda: a.send("456", object()), "cannot be encoded"),
+            (lambda: a.send("123", "x"), "to myself"),
             (lambda: a.send("456", "x" * (2 * 1024 * 1024)), "use send_file"),
             (lambda: a.send("456", "x", ttl=-1), "ttl must be a positive number"),
             (lambda: a.send_group("", "x"), "group must be"),
