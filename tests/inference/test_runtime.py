@@ -108,3 +108,26 @@ def test_service_without_runtime_stays_idle_and_says_why(no_runtime: None, harne
 
     with pytest.raises(ModelError, match="cannot install model 'm': no TFLite runtime"):
         h.service.install("m", blob, meta)
+
+
+def test_tflite_runtime_preferred_on_numpy1_and_skipped_with_reason_on_numpy2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selection logic with a stand-in ``tflite_runtime`` package (the real wheel needs numpy<2)."""
+    pkg = tmp_path / "tflite_runtime"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "interpreter.py").write_text("from ai_edge_litert.interpreter import Interpreter  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        monkeypatch.setattr(runtime, "_numpy_major", lambda: 1)
+        runtime._reset_for_tests(runtime.CANDIDATES)
+        assert runtime.runtime_name() == "tflite_runtime" and runtime.unavailable_reason() == ""
+        monkeypatch.setattr(runtime, "_numpy_major", lambda: 2)
+        runtime._reset_for_tests(runtime.CANDIDATES)
+        assert runtime.runtime_name() == "ai_edge_litert"
+        runtime._reset_for_tests(("tflite_runtime.interpreter",))
+        assert "tflite-runtime is installed but needs numpy<2" in runtime.unavailable_reason()
+    finally:
+        sys.modules.pop("tflite_runtime.interpreter", None)
+        sys.modules.pop("tflite_runtime", None)
+        runtime._reset_for_tests()
