@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import codec
+from edge_agent import Agent, codec
 from edge_agent.config import MqttConfig
 from edge_agent.devbroker import DevBroker
 from edge_agent.errors import EdgeAgentError
@@ -243,4 +243,72 @@ def test_garbage_on_the_inbox_is_dropped_without_harm(broker: DevBroker, tmp_pat
             pub.publish("edge/456/inbox", payload, qos=1)
         pub.publish("edge/456/inbox", codec.encode_envelope("999", 1, time.time(), "msg", "still works"), qos=1)
         wait_for(lambda: rb.data() == ["still works"], 10)
+        pub.stop()
+
+
+def test_outbox_expiry_while_offline_ends_expired(tmp_path: Path) -> None:
+    # never started: no broker, no sweep thread; the outbox's own TTL expiry reports the drop
+    a = Agent(device_id="123", host="127.0.0.1", port=1, state_dir=tmp_path / "a")
+    try:
+        m = a.send("456", "x", ttl=1)
+        wait_for(lambda: a.message(m.id).status == "expired", 15, msg="outbox expiry")  # type: ignore[union-attr]
+        assert "outbox dropped it" in a.message(m.id).reason  # type: ignore[union-attr]
+    finally:
+        a.stop()
+
+
+def chunk_env(dev: str, seq: int, tid: str | None, i: int, n: int, data: bytes, sha: str) -> bytes:
+    return codec.encode_envelope(dev, seq, time.time(), "file", {"transfer": tid, "i": i, "n": n, "sha256": sha,
+                                                                "name": "f.bin", "size": len(data), "chunk": data},
+                                 to="456", kind="file")
+
+
+def test_missing_chunks_are_reported_and_resent(broker: DevBroker, tmp_path: Path) -> None:
+    b = make_agent(broker, tmp_path, "456")
+    rb = Recorder(b)
+    data = os.urandom(4000)
+    sha = hashlib.sha256(data).hexdigest()
+    parts = [data[i:i + 1000] for i in range(0, 4000, 1000)]
+    with b, Collector(broker.port, "edge/999/receipts") as receipts:
+        assert b.wait_online(10)
+        pub = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port), client_id=unique("fake-"),
+                            persistent_session=False)
+        pub.start()
+        assert pub.wait_online(5)
+        # a fake sender 999 whose chunk 2 was lost on the way
+        for seq, i in ((10, 0), (11, 1), (13, 3)):
+            pub.publish("edge/456/inbox", chunk_env("999", seq, None if i == 0 else "999:10", i, 4, parts[i], sha))
+        wait_for(lambda: any(e["data"].get("status") == "missing" for e in receipts.envelopes), 10,
+                 msg="missing-chunk report")
+        rep = next(e["data"] for e in receipts.envelopes if e["data"].get("status") == "missing")
+        assert rep["ids"] == ["999:10"] and rep["missing"] == [2]
+        pub.publish("edge/456/inbox", chunk_env("999", 14, "999:10", 2, 4, parts[2], sha))
+        wait_for(lambda: len(rb.messages) == 1, 10, msg="file complete after the re-send")
+        assert Path(rb.messages[0].data["path"]).read_bytes() == data
+        wait_for(lambda: any(e["data"].get("status") == "delivered" for e in receipts.envelopes), 10)
+        # a corrupted transfer: the sha256 does not match -> "failed" receipt, nothing delivered
+        bad = hashlib.sha256(b"other").hexdigest()
+        pub.publish("edge/456/inbox", chunk_env("999", 20, None, 0, 1, b"zzz", bad))
+        wait_for(lambda: any(e["data"].get("status") == "failed" for e in receipts.envelopes), 10)
+        assert len(rb.messages) == 1
+        pub.stop()
+
+    # the sender side: a "missing" receipt makes the sender re-send exactly those chunks from the file
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(5000))
+    a = make_agent(broker, tmp_path, "123", messaging={"chunk_size": 1024})
+    with a, Collector(broker.port, "edge/456/inbox") as inbox:
+        f = a.send_file("456", src)
+        a.wait_status(f, "sent", timeout=10)
+        wait_for(lambda: len(inbox.envelopes) == 5, 10)
+        pub = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port), client_id=unique("fake-"),
+                            persistent_session=False)
+        pub.start()
+        assert pub.wait_online(5)
+        pub.publish("edge/123/receipts", codec.encode_envelope("456", 1, time.time(), "receipts",
+                                                               {"status": "missing", "ids": [f.id], "missing": [1, 3]}))
+        wait_for(lambda: len(inbox.envelopes) == 7, 10, msg="re-sent chunks")
+        again = inbox.envelopes[5:]
+        assert [e["data"]["i"] for e in again] == [1, 3] and all(e["data"]["transfer"] == f.id for e in again)
+        assert again[0]["data"]["chunk"] == src.read_bytes()[1024:2048]
         pub.stop()
