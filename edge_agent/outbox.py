@@ -895,6 +895,10 @@ class Outbox:
         expired: list[int] = []
         with self._lock:
             claimed = set(self._claimed)
+        with self._cond:  # rows already chosen (a failed commit retries them) are not chosen twice
+            for group in (self._evict_pending, self._evict_retry):
+                for seqs in group.values():
+                    claimed.update(seqs)
         rid = self._topic_ids.get(self._topic(DROPPED_STREAM), -1)
         if self._report_rows >= 64:
             self._fold_reports(rid, claimed)
