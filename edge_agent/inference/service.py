@@ -141,6 +141,10 @@ class InferenceService:
         prev = slot.install_path.with_name(slot.install_path.name + ".prev")
         if prev.exists():
             candidates.append(prev)  # an interrupted install or a corrupted file: fall back loudly
+        if slot.cfg.path.startswith(model_mod.BUILTIN_PREFIX):
+            shipped = model_mod.BUILTIN_DIR / f"{slot.cfg.path[len(model_mod.BUILTIN_PREFIX):]}.tflite"
+            if shipped not in candidates:
+                candidates.append(shipped)  # a broken installed copy: the shipped model beats none
         for path in candidates:
             try:
                 slot.active = model_mod.load(slot.cfg, path)
@@ -148,9 +152,9 @@ class InferenceService:
                 tried.append(str(e))
                 continue
             slot.error = ""
-            if path == prev:
-                log.error("inference: model %s: %s; running the previous model %s instead", slot.name,
-                          tried[0], path)
+            slot.load_path = path
+            if tried:
+                log.error("inference: model %s: %s; running %s instead", slot.name, "; ".join(tried), path)
             log.info("inference: model %s %s loaded from %s (%s, window %d, hop %d, threshold %g)", slot.name,
                      slot.active.version, path, runtime.runtime_name(), slot.cfg.window,
                      slot.windower.hop, slot.active.threshold)

@@ -314,3 +314,37 @@ def test_model_without_inputs_is_refused_not_fatal(tmp_path: Path, harness_facto
     h = harness_factory([model_cfg(p, window=4, inputs=[])]).start()
     d = h.service.describe()[0]
     assert d["state"] == "not loaded" and "the config lists no inputs" in d["error"]
+
+
+def test_builtin_model_install_goes_to_state_dir_and_is_preferred(tmp_path: Path) -> None:
+    from edge_agent.inference.model import BUILTIN_DIR
+
+    shipped = BUILTIN_DIR / "machine_temp_ae.tflite"
+    cfg = model_cfg("builtin:machine_temp_ae", name="mt", hop=4)
+    h = Harness(tmp_path / "a", [cfg]).start()
+    try:
+        d = h.service.describe()[0]
+        assert d["version"] == "1.0.0" and d["path"] == str(shipped)
+        meta = json.loads(shipped.with_name(shipped.name + ".json").read_text())
+        blob = shipped.read_bytes()
+        new = h.service.install("mt", blob, {**meta, "version": "1.0.1"})
+        target = tmp_path / "a" / "state" / "models" / "mt.tflite"
+        assert new["path"] == str(target) and target.read_bytes() == blob
+        assert target.with_name("mt.tflite.prev").exists()  # the shipped pair, copied
+    finally:
+        h.close()
+    # the next start prefers the installed copy
+    h2 = Harness(tmp_path / "a", [cfg]).start()
+    try:
+        assert h2.service.describe()[0]["version"] == "1.0.1"
+    finally:
+        h2.close()
+    # a corrupted installed copy and no .prev: the shipped model runs rather than nothing
+    target.write_bytes(b"corrupt")
+    target.with_name("mt.tflite.prev").unlink()
+    h3 = Harness(tmp_path / "a", [cfg]).start()
+    try:
+        d = h3.service.describe()[0]
+        assert d["state"] == "running" and d["version"] == "1.0.0" and d["path"] == str(shipped)
+    finally:
+        h3.close()
