@@ -159,3 +159,38 @@ def test_full_nab_replay_matches_the_documented_table() -> None:
     assert desc["windows_run"] == 5666 and desc["windows_skipped"] == 0
     assert [r["first"] is not None for r in rows] == [True, False, False, True]
     assert (len(alarms), false) == (19, 16)
+
+
+def test_daemon_with_a_model_is_quiet_on_stderr_and_publishes(broker: Any, tmp_path: Path) -> None:
+    """`python -m edge_agent run` as a real process: the model loads, results reach the broker, and the
+    runtime's "INFO: Created TensorFlow Lite XNNPACK delegate" line never reaches the agent's output."""
+    from tests.helpers import AgentProcess, write_config
+
+    path, _, _ = model_files(tmp_path / "models", scale(0.0), n_in=8, mean=20.0, std=5.0, version="p1")
+    sensors = f"""
+[commands]
+enabled = false
+[[sensors]]
+name = "s1"
+type = "simulated"
+interval = 0.01
+count = 200
+[[models]]
+name = "proc"
+path = "{path}"
+inputs = ["s1"]
+window = 8
+queue = 100
+"""
+    cfg = write_config(tmp_path / "agent.toml", broker.port, tmp_path / "state", sensors=sensors)
+    with Collector(broker.port, "edge/dev-1/inference/#") as col:
+        agent = AgentProcess(cfg, args=["--exit-when-done"]).start()
+        try:
+            assert agent.wait(60) == 0, agent.output()
+        finally:
+            if agent.alive():
+                agent.terminate()
+        wait_for(lambda: col.count() >= 25, 20, msg="25 inference results")
+    out = agent.output()
+    assert "inference: model proc p1 loaded" in out
+    assert "TensorFlow Lite" not in out and "XNNPACK" not in out, out
