@@ -33,6 +33,14 @@ from edge_agent.config import Config
 DEFAULT_KEY_ENV = "EDGE_AGENT_KEY"
 
 
+def members_cache_path() -> Path:
+    if os.environ.get("EDGE_AGENT_CTL_CACHE"):
+        return Path(os.environ["EDGE_AGENT_CTL_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("edge-agent", appauthor=False)) / "members.json"
+
+
 def default_key_path() -> Path:
     if os.environ.get(DEFAULT_KEY_ENV):
         return Path(os.environ[DEFAULT_KEY_ENV])
@@ -170,12 +178,55 @@ class Sender:
         return True
 
     def members(self, kind: str, target: str) -> list[str]:
+        """Devices expected to answer. An offline agent's retained status (its will) carries no groups, so
+        the groups last seen for it are remembered in a small cache (:func:`members_cache_path`)."""
+        cache = self._load_cache()
         with self._cond:
             if kind == "device":
                 return [target]
-            if kind == "group":
-                return sorted(d for d, st in self.statuses.items() if target in (st.get("groups") or []))
-            return sorted(self.statuses)
+            if kind == "all":
+                return sorted(self.statuses)
+            out = []
+            for dev, st in self.statuses.items():
+                groups = st.get("groups")
+                if groups is None:
+                    groups = cache.get(dev, [])
+                if target in groups:
+                    out.append(dev)
+            return sorted(out)
+
+    def _cache_key(self) -> str:
+        return f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}/{self.prefix}"
+
+    def _load_cache(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads(members_cache_path().read_text())
+            entry = data.get(self._cache_key(), {})
+            return {str(k): [str(g) for g in v] for k, v in entry.items() if isinstance(v, list)}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def save_cache(self) -> None:
+        """Remember the groups of every device whose status carried them; forget devices with no status."""
+        path = members_cache_path()
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        old = self._load_cache()
+        with self._cond:
+            entry = {d: list(st["groups"]) if isinstance(st.get("groups"), list) else old.get(d, [])
+                     for d, st in self.statuses.items()}
+        data[self._cache_key()] = entry
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError:
+            pass
 
     def send(self, kind: str, target: str, name: str, args: dict[str, Any], *, ttl: float = 60.0,
              cmd_id: str | None = None) -> str:
@@ -284,6 +335,7 @@ def cmd_ctl_send(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         sender.wait(expected, args.expected or 0, args.timeout)
         rows = sender.rows(expected)
+        sender.save_cache()
     finally:
         sender.close()
     answered = sum(1 for r in rows if r.status != "no answer")

@@ -194,6 +194,8 @@ class CommandService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        if self.started:
+            return
         from edge_agent.commands import builtins
 
         builtins.register(self.registry)

@@ -1,0 +1,81 @@
+"""Idempotency across restarts: a real `python -m edge_agent run` process, SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edge_agent import codec
+from edge_agent.commands.signing import Signer
+from tests.commands.conftest import Requester, agent_config, key_snippet
+from tests.helpers import AgentProcess, wait_for
+
+T = "edge/dev-1/cmd/"
+
+
+def _agent(tmp_path: Path, port: int, signer: Signer) -> AgentProcess:
+    cfg = agent_config(tmp_path / "agent.toml", port, tmp_path / "state", keys=key_snippet(signer),
+                       commands='modules = ["tests.commands.usercmds"]', sensors=False)
+    return AgentProcess(cfg).start()
+
+
+def _ready(r: Requester, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        corr = r.publish(T + "ping", codec.encode({}))
+        try:
+            r.wait_reply(corr, timeout=1.0)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("agent did not answer ping")
+
+
+def _lines(p: Path) -> list[str]:
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def test_replay_after_restart_gets_stored_result(broker, tmp_path: Path, signer: Signer, requester: Requester) -> None:
+    marker = tmp_path / "marker"
+    agent = _agent(tmp_path, broker.port, signer)
+    try:
+        _ready(requester)
+        raw = codec.encode(signer.sign("device", "dev-1", "test.slow", {"seconds": 0, "marker": str(marker)}))
+        first = requester.wait_reply(requester.publish(T + "test.slow", raw))
+        assert first["status"] == "ok" and len(_lines(marker)) == 1
+        before = requester.wait_reply(requester.publish(T + "test.slow", raw))  # replay, same process
+        assert before.get("replay") is True and len(_lines(marker)) == 1
+        assert agent.terminate() == 0
+        agent = AgentProcess(agent.config).start()
+        _ready(requester)
+        after = requester.wait_reply(requester.publish(T + "test.slow", raw))  # replay after the restart
+        assert after["status"] == "ok" and after.get("replay") is True and after["result"] == first["result"]
+        time.sleep(0.5)
+        assert len(_lines(marker)) == 1, agent.output()
+    finally:
+        if agent.alive():
+            agent.terminate()
+
+
+def test_sigkill_during_command_then_redelivery_runs_once(broker, tmp_path: Path, signer: Signer,
+                                                          requester: Requester) -> None:
+    marker = tmp_path / "marker"
+    agent = _agent(tmp_path, broker.port, signer)
+    try:
+        _ready(requester)
+        raw = codec.encode(signer.sign("device", "dev-1", "test.slow", {"seconds": 60, "marker": str(marker)},
+                                       ttl=600))
+        corr = requester.publish(T + "test.slow", raw)
+        assert requester.wait_reply(corr, final=False)["status"] == "accepted"
+        wait_for(lambda: len(_lines(marker)) == 1, 10, msg="command started")
+        agent.kill()  # SIGKILL mid-command
+        agent = AgentProcess(agent.config).start()
+        _ready(requester)
+        rep = requester.wait_reply(requester.publish(T + "test.slow", raw))  # the operator/broker re-sends it
+        assert rep["status"] == "error" and rep["error"]["code"] == "interrupted" and rep["replay"] is True
+        time.sleep(1.0)
+        assert len(_lines(marker)) == 1, "the command ran again after the restart"
+        assert "interrupted by the last stop" in agent.output()
+    finally:
+        if agent.alive():
+            agent.terminate()
