@@ -145,7 +145,7 @@ class OutboxStats:
     def as_dict(self) -> dict[str, Any]:
         return {"pending": self.pending, "backlog": self.pending, "last_seq": self.last_seq,
                 "oldest_age_s": round(self.oldest_age_s, 3), "db_bytes": self.db_bytes,
-                "used_bytes": self.used_bytes, "max_bytes": self.max_bytes,
+                "used_bytes": self.used_bytes, **({"max_bytes": self.max_bytes} if self.max_bytes else {}),
                 "by_class": self.by_class, **self.counters}
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from edge_agent import codec
-from edge_agent.outbox import integrity_check, read_stats
+from edge_agent.errors import OutboxError
+from edge_agent.outbox import OutboxStats, integrity_check, read_stats
 from edge_agent.transport.mqtt import InMessage
 from tests.faultkit import Accounting, account
 from tests.helpers import Collector, wait_for
@@ -56,6 +57,14 @@ class StampCollector(Collector):
 
 def outbox_file(state: Path) -> Path:
     return state / "outbox.db"
+
+
+def ostats(state: Path) -> OutboxStats | None:
+    """The live outbox's stats, or None while the agent is still creating it."""
+    try:
+        return read_stats(outbox_file(state))
+    except OutboxError:
+        return None
 
 
 def wait_drained(state: Path, timeout: float) -> None:

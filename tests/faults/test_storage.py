@@ -18,7 +18,7 @@ import pytest
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import read_stats
 from tests.faultkit import FaultProxy, disk_free, fill_disk, loop_ext4, loop_mount_unavailable
-from tests.faults.common import StampCollector, final_check, outbox_file, sensors
+from tests.faults.common import StampCollector, final_check, ostats, outbox_file, sensors
 from tests.helpers import AgentProcess, unique, wait_for, write_config
 
 
@@ -34,8 +34,7 @@ def test_capacity_eviction_while_down_alarms_survive_oldest_telemetry_first(tmp_
         cfg.write_text(text)
         agent = AgentProcess(cfg).start()
         try:
-            wait_for(lambda: outbox_file(state).exists()
-                     and read_stats(outbox_file(state)).counters["evicted"] > 2000,
+            wait_for(lambda: (st := ostats(state)) is not None and st.counters["evicted"] > 2000,
                      60, 0.3, "capacity eviction while the broker is unreachable")
             st = read_stats(outbox_file(state))
             assert st.used_bytes <= 1024 * 1024 * 1.05, st
@@ -65,8 +64,7 @@ def test_ttl_expiry_while_down_is_reported(tmp_path: Path, broker: DevBroker) ->
         cfg.write_text(cfg.read_text().replace("[storage]\n", "[storage]\nmax_age = 2.0\n"))
         agent = AgentProcess(cfg).start()
         try:
-            wait_for(lambda: outbox_file(state).exists()
-                     and read_stats(outbox_file(state)).counters["expired"] > 50,
+            wait_for(lambda: (st := ostats(state)) is not None and st.counters["expired"] > 50,
                      30, 0.3, "expiry while the broker is unreachable")
             proxy.set_mode("pass")
             wait_for(lambda: read_stats(outbox_file(state)).pending < 20, 30, 0.3)
@@ -102,7 +100,7 @@ def test_disk_full_no_crash_keeps_sampling_recovers(tmp_path: Path, broker: DevB
                 "[storage]\n", "[storage]\nmin_free = 0\nmemory_buffer = 2000\nmax_bytes = 16777216\n"))
             agent = AgentProcess(cfg).start()
             try:
-                wait_for(lambda: outbox_file(state).exists() and read_stats(outbox_file(state)).pending > 3000,
+                wait_for(lambda: (st := ostats(state)) is not None and st.pending > 3000,
                          30, 0.3)
                 filler = fill_disk(mnt)
                 t_full = time.time()
@@ -139,7 +137,7 @@ def _make_outbox_with_data(tmp_path: Path, broker: DevBroker, prefix: str) -> tu
         cfg = write_config(tmp_path / "c.toml", proxy.port, state, prefix=prefix,
                            sensors=sensors(("s1", 0.005, 400, "telemetry")))
         agent = AgentProcess(cfg).start()
-        wait_for(lambda: outbox_file(state).exists() and read_stats(outbox_file(state)).last_seq >= 400, 30, 0.2)
+        wait_for(lambda: (st := ostats(state)) is not None and st.last_seq >= 400, 30, 0.2)
         time.sleep(0.3)
         agent.kill()
     return state, cfg, read_stats(outbox_file(state)).last_seq
@@ -205,7 +203,7 @@ def test_graceful_stop_with_10000_backlog(tmp_path: Path, broker: DevBroker) -> 
         cfg = write_config(tmp_path / "c.toml", proxy.port, state, prefix=prefix,
                            sensors=sensors(("s1", 0.0002, 10_000, "telemetry")))
         agent = AgentProcess(cfg).start()
-        wait_for(lambda: outbox_file(state).exists() and read_stats(outbox_file(state)).pending >= 10_000, 60, 0.2)
+        wait_for(lambda: (st := ostats(state)) is not None and st.pending >= 10_000, 60, 0.2)
         t0 = time.monotonic()
         assert agent.terminate(20) == 0
         dt = time.monotonic() - t0
@@ -234,7 +232,7 @@ def test_graceful_stop_while_draining_slowly(tmp_path: Path, broker: DevBroker) 
         cfg.write_text(cfg.read_text().replace("[mqtt]\n", "[mqtt]\nmax_rate = 200\n")
                        .replace("stop_timeout = 5", "stop_timeout = 2"))
         agent = AgentProcess(cfg).start()
-        wait_for(lambda: outbox_file(state).exists() and read_stats(outbox_file(state)).pending >= 3000, 60, 0.2)
+        wait_for(lambda: (st := ostats(state)) is not None and st.pending >= 3000, 60, 0.2)
         proxy.set_mode("pass")
         time.sleep(1.5)
         t0 = time.monotonic()
