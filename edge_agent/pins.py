@@ -107,6 +107,12 @@ def translate(err: BaseException, what: str = "", pin: int | str | None = None) 
     if isinstance(err, PermissionError) or "permission" in low or (isinstance(err, OSError) and
                                                                   err.errno in (errno.EACCES, errno.EPERM)):
         return PinError(f"{label}: permission denied ({msg}): {_join_hint()}")
+    if isinstance(err, ImportError) and not isinstance(err, gz.BadPinFactory):
+        # $GPIOZERO_PIN_FACTORY names a backend whose package is missing
+        problem = gpio_access_problem()
+        hint = problem or ("install the backend (lgpio: " + FACTORIES["lgpio"][2] + ") or choose another with "
+                           "agent.pin_factory / GPIOZERO_PIN_FACTORY")
+        return PinError(f"{label}: the GPIO backend cannot be loaded ({msg}): {hint}")
     if isinstance(err, gz.BadPinFactory) or "gpiochip" in low or "pin factory" in low:
         problem = gpio_access_problem()
         hint = problem or "set agent.pin_factory (lgpio on Pi OS bookworm) or GPIOZERO_PIN_FACTORY"

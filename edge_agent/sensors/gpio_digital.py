@@ -18,7 +18,9 @@ applies it in software so every backend behaves the same: after a published edge
 on the other level, that state is published then. A bouncing contact therefore gives exactly one
 event per real change, and the last published state always matches the pin.
 
-With ``periodic = true`` the sensor is also polled every ``interval`` seconds and publishes
+With ``initial = true`` the state found at start is published once as an event marked
+``"initial": true`` (a door that is already open when the agent starts). With ``periodic = true`` the
+sensor is also polled every ``interval`` seconds and publishes
 ``{"state": 0|1}`` on ``telemetry/<name>`` (keep ``batch = 1`` for this sensor: a batch would mix
 events and states).
 
@@ -53,6 +55,7 @@ pull = "auto"          # auto (button/reed: up, motion/input: down), up, down, n
 bounce_time = 0.05     # seconds; edges closer than this are one change
 # hold_time = 0.0      # button only: publish 'held' after this many seconds (0 = never)
 # periodic = false     # also publish {state} every `interval` seconds on telemetry/door
+# initial = false      # publish the state found at start as an event ("initial": true)
 """
 
 EVENT_NAMES: dict[str, tuple[str, str]] = {
@@ -79,6 +82,8 @@ class GpioDigitalOptions:
     hold_time: float = field(default=0.0, metadata={"doc": "Button: 'held' event after this many seconds "
                                                            "(0 = never).", "ge": 0})
     periodic: bool = field(default=False, metadata={"doc": "Also publish {state} every interval seconds."})
+    initial: bool = field(default=False, metadata={"doc": "Publish the state found at start as an event "
+                                                         "(with \"initial\": true), e.g. for a door contact."})
 
     @staticmethod
     def validate(o: GpioDigitalOptions) -> list[tuple[str, str]]:
@@ -121,7 +126,11 @@ class GpioDigitalSensor(Sensor):
     def start(self) -> None:
         dev = self._dev
         with self._lock:
-            self._published = int(dev.value)
+            self._published = state = int(dev.value)
+        if self.options.initial:
+            on, off = EVENT_NAMES[self.options.device]
+            self.ctx.emit({"event": on if state else off, "state": state, "initial": True}, cls="event",
+                          stream=f"events/{self.name}")
         dev.when_activated = lambda *_: self._edge()
         dev.when_deactivated = lambda *_: self._edge()
         if self.options.device == "button" and self.options.hold_time:

@@ -240,3 +240,14 @@ def test_bad_set_values(factory: Any, value: Any, duration: Any, msg: str) -> No
     act.close()
     with pytest.raises(ActuatorError, match="closed"):
         act.set(True)
+
+
+def test_initial_state_event(ctx: SensorContext, emitted: Emitted, factory: Any) -> None:
+    s = GpioDigitalSensor("door", GpioDigitalOptions(pin=22, device="reed", initial=True, bounce_time=0), ctx)
+    s.open()
+    factory.pin(22).drive_low()  # door closed (reed to GND) when the agent starts (after the pull-up is set)
+    assert emitted.items == []
+    s.start()
+    assert emitted.items == [{"data": {"event": "closed", "state": 1, "initial": True}, "cls": "event",
+                              "stream": "events/door"}]
+    s.close()

@@ -82,3 +82,29 @@ def test_resolve_accepts_factory_callable_or_none(factory: Any) -> None:
     assert pins.resolve(None) is None
     assert pins.resolve(factory) is factory
     assert pins.resolve(lambda: factory) is factory
+
+
+def test_env_pin_factory_used_when_config_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """agent.pin_factory empty: gpiozero's choice from $GPIOZERO_PIN_FACTORY; a missing backend is named."""
+    import logging
+
+    import gpiozero
+
+    from edge_agent.sensors.base import SensorContext
+    from edge_agent.sensors.gpio_digital import GpioDigitalOptions, GpioDigitalSensor
+
+    ctx = SensorContext(emit=lambda *a, **k: None, log=logging.getLogger("t"))  # pin_factory None
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)
+    s = GpioDigitalSensor("d", GpioDigitalOptions(pin=17), ctx)
+    s.open()  # conftest sets GPIOZERO_PIN_FACTORY=mock
+    assert type(gpiozero.Device.pin_factory).__name__ == "MockFactory"
+    s.close()
+    try:
+        import lgpio  # noqa: F401
+        return
+    except ImportError:
+        pass
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "lgpio")
+    with pytest.raises(PinError, match=r"sensor d: the GPIO backend cannot be loaded \(No module named 'lgpio'\)"):
+        GpioDigitalSensor("d", GpioDigitalOptions(pin=17), ctx).open()
