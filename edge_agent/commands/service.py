@@ -289,17 +289,29 @@ class CommandService:
 
         req: Any = None
         problem: CommandError | None = None
-        if len(payload) > self.cfg.max_payload:
-            problem = Refused("too_large", f"payload of {len(payload)} bytes exceeds commands.max_payload "
-                                           f"({self.cfg.max_payload})")
+        too_large = len(payload) > self.cfg.max_payload
+        # Without a key id the request can only be anonymous: charge the bucket before decoding, so a flood
+        # of junk costs one byte search each, not a decode.
+        anonymous = too_large or b"kid" not in payload
+        bucket = self._bucket("anonymous") if anonymous else None
+        if bucket is None or bucket.take():
+            if too_large:
+                problem = Refused("too_large", f"payload of {len(payload)} bytes exceeds commands.max_payload "
+                                               f"({self.cfg.max_payload})")
+            else:
+                try:
+                    req = self._decode(payload, is_json)
+                except DecodeError as e:
+                    problem = Refused("decode_error", str(e))
+            if bucket is None:
+                bucket = self._bucket(self._source(req))
+                charged = bucket.take()
+            else:
+                charged = True
         else:
-            try:
-                req = self._decode(payload, is_json)
-            except DecodeError as e:
-                problem = Refused("decode_error", str(e))
-        source = self._source(req)
-        bucket = self._bucket(source)
-        if not bucket.take():
+            charged = False
+        source = "anonymous" if anonymous else self._source(req)
+        if not charged:
             self.counters["rate_limited"] += 1
             self._refuse(None, reply, Refused("rate_limited", f"more than {self.cfg.rate:g} commands/s from "
                                                               f"{source}"), force_reply=bucket.may_reply())

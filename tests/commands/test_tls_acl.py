@@ -155,18 +155,18 @@ def test_tls_negatives_never_fall_back(tls_broker, tmp_path: Path) -> None:
     # the broker's certificate is not signed by the CA we trust: refused, no plain-text fallback
     crt, key = other.issue("dev-a")
     c = Client(port, TlsConfig(ca=str(other.ca), cert=str(crt), key=str(key)), "x1").start(expect_online=False,
-                                                                                          timeout=3)
+                                                                                          timeout=2)
     assert any("certificate verify failed" in s or "CERTIFICATE_VERIFY_FAILED" in s for s in c.states), c.states
     c.stop()
     # a client certificate from another CA: the broker refuses it
     c = Client(port, TlsConfig(ca=str(pki.ca), cert=str(crt), key=str(key)), "x2").start(expect_online=False,
-                                                                                        timeout=3)
+                                                                                        timeout=2)
     c.stop()
     # no client certificate at all
-    c = Client(port, TlsConfig(ca=str(pki.ca)), "x3").start(expect_online=False, timeout=3)
+    c = Client(port, TlsConfig(ca=str(pki.ca)), "x3").start(expect_online=False, timeout=2)
     c.stop()
     # plain MQTT to the TLS port
-    c = Client(port, None, "x4").start(expect_online=False, timeout=3)
+    c = Client(port, None, "x4").start(expect_online=False, timeout=2)
     c.stop()
 
 
