@@ -33,8 +33,6 @@ def unavailable_reason() -> str:
     for tool in ("systemd-nspawn", "debootstrap", "ip", "ssh", "ssh-keygen", "zstd", "nsenter"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install systemd-container debootstrap iproute2 openssh-client zstd)"
-    if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return "systemd-nspawn --boot needs the unified cgroup v2 hierarchy"
     return ""
 
 
@@ -89,3 +87,145 @@ def rootfs_tarball(log=print) -> Path:
 def extract(tar: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(f"zstd -q -dc {tar} | tar -C {dest} --numeric-owner -xf -", shell=True, check=True)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def free_subnet() -> str:
+    """A 10.231.N.0/24 not used by any address or route on this machine (a fresh one per run)."""
+    used = _ip("-4", "addr").stdout + _ip("-4", "route").stdout
+    for _ in range(200):
+        n = int.from_bytes(os.urandom(1), "big")
+        if f"10.231.{n}." not in used:
+            return f"10.231.{n}"
+    raise RuntimeError("no free 10.231.N.0/24 subnet")
+
+
+class Fleet:
+    """N booted containers on a private bridge; :meth:`close` removes everything it created."""
+
+    def __init__(self, workdir: Path, count: int = 2, log=print) -> None:
+        self.workdir = workdir
+        self.count = count
+        self.log = log
+        self.tag = os.urandom(2).hex()
+        self.net = free_subnet()
+        self.bridge = f"eab{self.tag}"
+        self.gateway = f"{self.net}.1"
+        self.base = workdir / "rootfs"
+        self.key = workdir / "id_ed25519"
+        self.hosts: dict[str, str] = {}  # name -> address
+        self.netns: list[str] = []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._bridge_up = False
+
+    # ------------------------------------------------------------------ setup
+    def start(self) -> Fleet:
+        t0 = time.monotonic()
+        tar = rootfs_tarball(self.log)
+        extract(tar, self.base)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        ssh_dir = self.base / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
+        (ssh_dir / "authorized_keys").chmod(0o600)
+        _ip("link", "add", self.bridge, "type", "bridge")
+        self._bridge_up = True
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i in range(1, self.count + 1):
+            self._start_host(f"pi{i}", f"{self.net}.{10 + i}")
+        self.wait_ssh()
+        self.log(f"fleet of {self.count} booted, sshd up, in {time.monotonic() - t0:.1f} s "
+                 f"(bridge {self.bridge} {self.gateway}/24)")
+        return self
+
+    def _start_host(self, name: str, addr: str) -> None:
+        ns = f"ea{self.tag}{name}"
+        _ip("netns", "add", ns)
+        self.netns.append(ns)
+        host_if, peer = f"ve{self.tag}{name}", f"vp{self.tag}{name}"
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", ns)
+        _ip("link", "set", host_if, "master", self.bridge, "up")
+        for args in (("link", "set", peer, "name", "eth0"), ("addr", "add", f"{addr}/24", "dev", "eth0"),
+                     ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
+                     ("route", "add", "default", "via", self.gateway)):
+            _ip("-n", ns, *args)
+        out = open(self.workdir / f"{name}.console.log", "wb")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive",
+             "--volatile=overlay", f"--hostname={name}", f"--machine=ea{self.tag}{name}",
+             f"--network-namespace-path=/run/netns/{ns}", "-D", str(self.base)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        out.close()
+        self.hosts[name] = addr
+
+    def wait_ssh(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = dict(self.hosts)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name}: systemd-nspawn exited {proc.returncode}: {self.console(name)}")
+                if self.ssh(name, "true", timeout=10, check=False).returncode == 0:
+                    del pending[name]
+            time.sleep(0.5)
+        if pending:
+            raise RuntimeError(f"no ssh on {sorted(pending)} within {timeout} s: "
+                               + " | ".join(self.console(n) for n in pending))
+
+    # ------------------------------------------------------------------ use
+    def ssh_args(self) -> list[str]:
+        return ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+    def ssh(self, name: str, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(["ssh", *self.ssh_args(), f"root@{self.hosts[name]}", command], capture_output=True,
+                           text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{name}: {command!r} -> {r.returncode}: {r.stderr or r.stdout}")
+        return r
+
+    def console(self, name: str) -> str:
+        p = self.workdir / f"{name}.console.log"
+        return p.read_text(errors="replace")[-3000:] if p.exists() else ""
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        t0 = time.monotonic()
+        for proc in self.procs.values():  # SIGTERM: nspawn asks the container's systemd to power off
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 20
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log(f"{name}: no clean poweroff within 20 s; killing the container")
+                self._kill_container(proc)
+        for ns in self.netns:  # the veth pairs go with their namespaces
+            _ip("netns", "del", ns, check=False)
+        if self._bridge_up:
+            _ip("link", "del", self.bridge, check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.log(f"fleet torn down in {time.monotonic() - t0:.1f} s")
+
+    @staticmethod
+    def _kill_container(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the container's init (its whole PID namespace dies with it), then nspawn."""
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(10)
