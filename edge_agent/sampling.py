@@ -51,6 +51,7 @@ class SensorRunner:
         self.taken = 0
         self.skipped = 0
         self.errors = 0
+        self.dropped = 0  # readings the sink raised on
         self.exhausted = False
         self.t0 = 0.0  # monotonic start of the current schedule (after start, a reschedule or a recovery)
         self.last_tick = time.monotonic()
@@ -140,7 +141,15 @@ class SensorRunner:
                     reading = Reading(self.sensor.name, out.ts, out.data, self.cls)
                 else:
                     reading = Reading(self.sensor.name, self.clock(), out, self.cls)
-                self.sink(reading)
+                try:
+                    self.sink(reading)
+                except Exception as e:  # the pipeline refused (closed at stop, or a bug): keep sampling
+                    if self._stop.is_set():
+                        break
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        log.error("sensor %s: reading not stored (%d so far): %s: %s", self.sensor.name,
+                                  self.dropped, type(e).__name__, e)
                 self.taken += 1
                 if self.count and self.taken >= self.count:
                     break
@@ -166,4 +175,4 @@ class SensorRunner:
 
 def describe(runner: SensorRunner) -> dict[str, Any]:
     return {"interval": runner.interval, "taken": runner.taken, "skipped": runner.skipped,
-            "errors": runner.errors, "exhausted": runner.exhausted}
+            "errors": runner.errors, "dropped": runner.dropped, "exhausted": runner.exhausted}

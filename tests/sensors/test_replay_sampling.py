@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -232,3 +233,27 @@ def test_runner_set_interval_and_stop() -> None:
     t = time.monotonic()
     r.stop()
     assert r.done.wait(2) and time.monotonic() - t < 1
+
+
+def test_runner_survives_a_failing_sink() -> None:
+    s = Clocked()
+    got: list[Reading] = []
+
+    def sink(r: Reading) -> None:
+        if len(s.times) == 2:
+            raise RuntimeError("pipeline hiccup")
+        got.append(r)
+
+    r = SensorRunner(s, 0.01, 4, "telemetry", sink, lambda *a: None)
+    r.start()
+    assert r.done.wait(5)
+    assert [x.data["n"] for x in got] == [1, 3, 4] and r.dropped == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EDGE_AGENT_LONG") != "1", reason="60 s drift run: EDGE_AGENT_LONG=1")
+def test_runner_no_drift_over_a_minute_at_50_hz() -> None:
+    s = Clocked()
+    runner, _out, _ = _run(s, interval=0.02, count=3000, timeout=120)
+    last = s.times[-1] - (runner.t0 + (len(s.times) - 1 + runner.skipped) * 0.02)
+    assert abs(last) < 0.02, f"drift {last * 1000:.1f} ms after 60 s"
