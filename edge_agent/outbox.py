@@ -42,6 +42,7 @@ reservation that is always >= every committed seq, and the fresh database contin
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
@@ -92,6 +93,7 @@ CORRUPT_STREAM = "events/outbox_corrupt"
 SEQ_RESERVE = 10000  # seqs reserved per sidecar write; a corruption recovery skips (and reports) at most this
 MAX_BATCH = 2000
 REPORT_TTL = 100 * 365 * 86400.0
+ACKED_LIMIT = 200_000  # acked rows kept (not yet deleted) before they are deleted row by row
 PRIOS = tuple(range(len(MESSAGE_CLASSES) - 1, -1, -1))  # highest class first
 
 
@@ -327,7 +329,16 @@ class Outbox:
         self._last_seq = max(self._meta_int("last_seq"), self._last_seq_floor)
         for name in COUNTERS:
             self.counters[name] = self._meta_int(f"c.{name}")
-        self._pending = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        # Acked rows are not deleted one by one (a B-tree delete rewrites every page it touches, doubling
+        # the bytes written per message): their seqs are kept as ranges in meta.acked, and once every
+        # stored row is acked the table is emptied with one unqualified DELETE, which frees the pages
+        # without writing them. See _transaction.
+        self._acked: list[list[int]] = []
+        self._acked_starts: list[int] = []
+        self._acked_rows = 0
+        self._purge_acked = False
+        self._purge_stored_acks()
+        self._pending = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] - self._acked_rows
         self._load_topics()
         rid = self._topic_ids.get(self._topic(DROPPED_STREAM))
         if rid is not None:
@@ -460,12 +471,15 @@ class Outbox:
                     meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
                     last = int(meta.get("last_seq", 0))
                     counters.update({k[2:]: int(v) for k, v in meta.items() if str(k).startswith("c.")})
+                acked = _meta_ranges(src, "acked")
                 names: dict[int, str] = {}
                 with contextlib.suppress(sqlite3.Error):
                     names = dict(src.execute("SELECT id, topic FROM topics").fetchall())
                 try:
                     for r in src.execute("SELECT seq, prio, topic, payload, created, expires, qos, retain, props "
                                          "FROM messages ORDER BY seq"):
+                        if any(a <= r[0] <= b for a, b in acked):
+                            continue  # acked before the damage: already delivered
                         topic = names.get(r[2]) if isinstance(r[2], int) else r[2]
                         if topic is None or not isinstance(r[3], bytes):
                             continue
@@ -505,6 +519,29 @@ class Outbox:
         if lost:
             with self._cond:
                 self._account_locked("corrupt", lost)
+
+    def _purge_stored_acks(self) -> None:
+        """At open: delete the rows a previous run had acked but not yet deleted."""
+        rngs = _meta_ranges(self._db, "acked")
+        if not rngs:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in rngs])
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked', ?)", (codec.encode([]),))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:  # e.g. disk full at start: keep skipping them, delete later
+            log.warning("outbox: cannot delete acked rows at start: %s", e)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._acked = rngs
+            self._acked_starts = [r[0] for r in rngs]
+            self._acked_rows = sum(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq BETWEEN ? AND ?",
+                                                    (a, b)).fetchone()[0] for a, b in rngs)
+
+    def _is_acked(self, seq: int) -> bool:
+        i = bisect.bisect_right(self._acked_starts, seq) - 1
+        return i >= 0 and self._acked[i][1] >= seq
 
     def _meta_int(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -648,7 +685,7 @@ class Outbox:
             rows = self._rdb.execute(sql, args).fetchall()
             for seq, topic, payload, qos, retain, props, created in rows:
                 cur = seq
-                if seq in self._claimed:
+                if seq in self._claimed or self._is_acked(seq):
                     continue
                 self._claimed[seq] = p
                 out.append(Pending(seq, p, self._topic_names.get(topic) or self._topic_name(topic), payload,
@@ -705,7 +742,7 @@ class Outbox:
         while True:
             with self._cond:
                 while not (self._batch or self._acks or self._closed or self._flush_req > self._flush_done
-                           or time.monotonic() >= self._next_maint):
+                           or time.monotonic() >= self._next_maint or self._purge_acked):
                     self._cond.wait(max(0.01, min(1.0, self._next_maint - time.monotonic())))
                     self.heartbeat()
                 # group commit: let more readings and acks join, bounded by commit_interval (acks alone
@@ -770,18 +807,24 @@ class Outbox:
             after["evicted"] += n_evicted
             after["expired"] += n_expired
             counters_snapshot = [(f"c.{k}", v) for k, v in after.items()]
-        if not (batch or acks or victims):
+        if not (batch or acks or victims or self._purge_acked):
             return True
         last_seq = max(self._last_seq, max((r[0] for r in batch), default=0))
         try:
             if last_seq > self._sidecar.reserved:
                 self._write_sidecar(last_seq + SEQ_RESERVE)
-            deleted = self._transaction(batch, acks, victims, last_seq, counters_snapshot)
+            deleted, n_acked, acked, acked_rows = self._transaction(batch, acks, victims, last_seq,
+                                                                    counters_snapshot)
             with self._lock:
                 self._last_seq = last_seq
-                self._pending += len(batch) - deleted
+                self._pending += len(batch) - deleted - n_acked
                 for s in acks:
                     self._claimed.pop(s, None)
+                self._acked = acked
+                self._acked_starts = [r[0] for r in acked]
+                self._acked_rows = acked_rows
+                if not acked:
+                    self._purge_acked = False
         except (sqlite3.Error, OSError) as e:
             if self._db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -822,7 +865,9 @@ class Outbox:
         return True
 
     def _transaction(self, batch: list[_Row], acks: list[int], victims: dict[str, list[int]], last_seq: int,
-                     counters: list[tuple[str, int]]) -> int:
+                     counters: list[tuple[str, int]]) -> tuple[int, int, list[list[int]], int]:
+        """Insert the batch, delete victims, record acks; returns (victims deleted, rows newly acked, acked
+        ranges still stored, acked rows still stored)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         new_topics: list[str] = []
@@ -836,21 +881,42 @@ class Outbox:
                 new_topics.append(r[2])
             rows.append((r[0], r[1], tid, *r[3:]))
         try:
-            if rows:
-                db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
             deleted = 0
-            gone = acks + [s for v in victims.values() for s in v]
+            gone = {s for v in victims.values() for s in v}
             if gone:
                 cur = db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?",
                                      [(a, b) for a, b in ranges(gone)])
                 deleted = max(cur.rowcount, 0)
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", [("last_seq", last_seq), *counters])
+            new_acks = [s for s in sorted(set(acks)) if s not in gone and not self._is_acked(s)]
+            acked = merge_ranges([*self._acked, *ranges(new_acks)])
+            acked_rows = self._acked_rows + len(new_acks)
+            if acked_rows and self._pending - deleted - len(new_acks) <= 0:
+                # every stored row is acked: empty the table (pages freed, not rewritten). Verified
+                # first: a miscount here must never delete an un-acked row.
+                total = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+                in_acked = sum(db.execute("SELECT COUNT(*) FROM messages WHERE seq BETWEEN ? AND ?",
+                                          (a, b)).fetchone()[0] for a, b in acked)
+                if total == in_acked:
+                    db.execute("DELETE FROM messages")
+                else:
+                    log.error("outbox: pending count off (%d stored, %d acked); deleting acked rows only",
+                              total, in_acked)
+                    db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in acked])
+                    self._pending = total - in_acked + deleted + len(new_acks)
+                acked, acked_rows = [], 0
+            elif acked_rows > ACKED_LIMIT or (self._purge_acked and acked_rows):
+                db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in acked])
+                acked, acked_rows = [], 0
+            if rows:
+                db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
+                           [("last_seq", last_seq), ("acked", codec.encode(acked)), *counters])
             db.execute("COMMIT")
         except BaseException:
             for t in new_topics:
                 self._topic_names.pop(self._topic_ids.pop(t, -1), None)
             raise
-        return deleted
+        return deleted, len(new_acks), acked, acked_rows
 
     def _store_failed(self, batch: list[_Row], acks: list[int], victims: dict[str, list[int]],
                       err: BaseException) -> None:
@@ -907,7 +973,7 @@ class Outbox:
             expired = self._select_expired(now_ms, claimed, rid)
             self._next_expiry_ms = None  # recomputed below
         used, inner_free = self._used_bytes()
-        pending = max(self._pending, 1)
+        pending = max(self._pending + self._acked_rows, 1)  # rows stored
         try:
             st = os.statvfs(self.path.parent)
             disk_free = st.f_bavail * st.f_frsize
@@ -918,12 +984,16 @@ class Outbox:
         cap = min(self.max_bytes, disk_cap)
         reason = "capacity" if cap == self.max_bytes else "disk_full"
         victims: list[int] = []
+        if self._disk_full and self._acked_rows:
+            self._purge_acked = True
         if self._disk_full:
             # the disk refused a write: free a tenth of the rows (at least 1 MiB worth) to make room
             per_row = max(used / pending, 64.0)
             victims = self._select_victims(max(pending // 10, math.ceil(1024 * 1024 / per_row)),
                                            claimed | set(expired), rid)
             reason = "disk_full"
+        elif used > cap and self._acked_rows:
+            self._purge_acked = True  # acked rows still stored go first: they cost nothing to drop
         elif used > cap:
             per_row = max(used / pending, 64.0)
             target = int(cap * 0.9)
@@ -950,7 +1020,7 @@ class Outbox:
             return
         with self._cond:
             for seq, payload in rows:
-                if seq in claimed:
+                if seq in claimed or self._is_acked(seq):
                     continue
                 try:
                     data = codec.decode_envelope(payload)["data"]
@@ -976,12 +1046,13 @@ class Outbox:
                 if created + max_age_ms > now_ms:
                     stop = True
                     break
-                if seq not in claimed:
+                if seq not in claimed and not self._is_acked(seq):
                     out.append(seq)
             if stop or len(rows) < 1000:
                 break
         out += [s for (s, t) in self._db.execute("SELECT seq, topic FROM messages WHERE expires IS NOT NULL "
-                                                 "AND expires <= ?", (now_ms,)) if s not in claimed and t != rid]
+                                                 "AND expires <= ?", (now_ms,))
+                if s not in claimed and t != rid and not self._is_acked(s)]
         return out
 
     def _min_expiry_after(self, now_ms: int, gone: set[int]) -> int | None:
@@ -1007,7 +1078,7 @@ class Outbox:
             where = "prio = 0" if p == 0 else f"prio > 0 AND prio = {p}"
             for (seq, topic) in self._db.execute(f"SELECT seq, topic FROM messages WHERE {where} ORDER BY seq "
                                                  "LIMIT ?", (n - len(out) + len(exclude) + self._report_rows,)):
-                if seq in exclude or topic == rid:
+                if seq in exclude or topic == rid or self._is_acked(seq):
                     continue
                 out.append(seq)
                 if len(out) >= n:
@@ -1083,7 +1154,7 @@ class Outbox:
     def status(self) -> dict[str, Any]:
         """Cheap figures for the retained status message (no table scan)."""
         with self._lock:
-            row = self._rdb.execute("SELECT created FROM messages ORDER BY seq LIMIT 1").fetchone()
+            row = _oldest(self._rdb, self._acked)
         with self._cond:
             c = dict(self.counters)
             mem = len(self._batch)
@@ -1092,12 +1163,38 @@ class Outbox:
                 "memory": mem, "disk_full": self._disk_full, **c}
 
 
+def _meta_ranges(db: sqlite3.Connection, key: str) -> list[list[int]]:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return merge_ranges(codec.decode(row[0])) if row and isinstance(row[0], bytes) else []
+    except (sqlite3.Error, ValueError, TypeError):
+        return []
+
+
+def _oldest(db: sqlite3.Connection, acked: list[list[int]]) -> tuple[int] | None:
+    """``(created,)`` of the lowest stored seq that is not acked, or None."""
+    cur = 0
+    while True:
+        row = db.execute("SELECT seq, created FROM messages WHERE seq > ? ORDER BY seq LIMIT 1", (cur,)).fetchone()
+        if row is None:
+            return None
+        hit = next((b for a, b in acked if a <= row[0] <= b), None)
+        if hit is None:
+            return (row[1],)
+        cur = hit
+
+
 def _stats(db: sqlite3.Connection, path: Path, now: float) -> OutboxStats:
+    acked = _meta_ranges(db, "acked")
     pending = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-    row = db.execute("SELECT created FROM messages ORDER BY seq LIMIT 1").fetchone()
-    by_class = {MESSAGE_CLASSES[p]: n for p, n in
-                db.execute("SELECT prio, COUNT(*) FROM messages GROUP BY prio").fetchall()
-                if 0 <= p < len(MESSAGE_CLASSES)}
+    by_prio = dict(db.execute("SELECT prio, COUNT(*) FROM messages GROUP BY prio").fetchall())
+    for a, b in acked:  # stored but acked: not pending
+        for p, n in db.execute("SELECT prio, COUNT(*) FROM messages WHERE seq BETWEEN ? AND ? GROUP BY prio",
+                               (a, b)).fetchall():
+            by_prio[p] -= n
+            pending -= n
+    row = _oldest(db, acked)
+    by_class = {MESSAGE_CLASSES[p]: n for p, n in by_prio.items() if 0 <= p < len(MESSAGE_CLASSES) and n}
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     counters = {k: int(meta.get(f"c.{k}", 0)) for k in COUNTERS}
     size = 0

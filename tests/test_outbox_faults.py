@@ -286,3 +286,29 @@ def test_disk_full_keeps_sampling_bounded_then_recovers(tmp_path: Path) -> None:
         assert integrity_check(state / "o.db") == "ok"
     finally:
         cm.__exit__(None, None, None)
+
+
+def test_acked_rows_leave_without_row_deletes(tmp_path: Path) -> None:
+    """Acks are kept as ranges and the table is emptied in one go once everything is acked; stats and
+    restarts never count or replay an acked row."""
+    ob = Outbox(tmp_path / "o.db", "d1")
+    put_n(ob, 100)
+    ob.flush()
+    rows = ob.begin(100)
+    ob.accept(r.seq for r in rows[:60])
+    ob.flush()
+    db = sqlite3.connect(tmp_path / "o.db")
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 100  # acked rows still stored
+    assert ob.pending == 40 and read_stats(tmp_path / "o.db").pending == 40
+    assert ob.stats().by_class == {"telemetry": 40}
+    ob.release(r.seq for r in rows[60:])
+    assert [r.seq for r in ob.begin(100)] == list(range(61, 101)), "acked rows are never handed out again"
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", "d1")  # restart: the acked rows are deleted, the rest replayed
+    assert ob.pending == 40 and [r.seq for r in ob.begin(100)][:1] == [61]
+    ob.accept(range(61, 101))
+    ob.flush()
+    assert ob.pending == 0
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    db.close()
+    ob.close()
