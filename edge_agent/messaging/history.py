@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS messages (
     expires  REAL,
     unread   INTEGER NOT NULL DEFAULT 0,
     notified INTEGER NOT NULL DEFAULT 1,
+    rcpt     INTEGER NOT NULL DEFAULT 0,
     updated  REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ts     ON messages (ts, id);
@@ -77,6 +78,7 @@ CREATE INDEX IF NOT EXISTS messages_stream ON messages (stream, ts, id) WHERE st
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender, ts, id);
 CREATE INDEX IF NOT EXISTS messages_unread ON messages (conv) WHERE unread = 1;
 CREATE INDEX IF NOT EXISTS messages_notify ON messages (id) WHERE notified = 0;
+CREATE INDEX IF NOT EXISTS messages_rcpt   ON messages (id) WHERE outgoing = 0 AND kind != 'stream' AND rcpt < 2;
 CREATE INDEX IF NOT EXISTS messages_open   ON messages (expires)
     WHERE outgoing = 1 AND status IN ('pending', 'queued', 'sent');
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(body, content='messages', content_rowid='id');
@@ -386,6 +388,28 @@ class History:
         with self._tx() as db:
             db.execute("UPDATE messages SET mid=? WHERE mid=?", (new_mid, mid))
             db.execute("UPDATE outseq SET mid=? WHERE mid=?", (new_mid, mid))
+
+    def set_receipt_stored(self, mids: Sequence[str], level: int) -> None:
+        """The receipt for these received messages is committed in the outbox (1 delivered, 2 read)."""
+        with self._tx() as db:
+            for i in range(0, len(mids), 500):
+                part = list(mids[i:i + 500])
+                db.execute(f"UPDATE messages SET rcpt=? WHERE rcpt<? AND mid IN ({','.join('?' * len(part))})",
+                           (level, level, *part))
+
+    def receipts_owed(self) -> list[tuple[str, str, str]]:
+        """(mid, sender, 'delivered'|'read') for received messages whose receipt never reached the outbox
+        (the agent died within a group commit of storing the message or marking it read)."""
+        with self._lock:
+            rows = self._db.execute("SELECT mid, sender, status, rcpt FROM messages WHERE outgoing=0 AND "
+                                    "kind != 'stream' AND rcpt < 2 ORDER BY id").fetchall()
+        out = []
+        for mid, sender, status, rcpt in rows:
+            if status == READ:
+                out.append((mid, sender, "read"))
+            elif rcpt < 1:
+                out.append((mid, sender, "delivered"))
+        return out
 
     def set_notified(self, mids: Iterable[str]) -> None:
         with self._tx() as db:

@@ -129,6 +129,7 @@ class MessagingService:
         self.connection_listeners: list[Listener] = []
         self._lock = threading.RLock()
         self._tracked: dict[int, str] = {}
+        self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # outbox seq of a receipt -> (mids, level)
         self._filling: set[str] = set()
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._wake = threading.Event()
@@ -138,8 +139,8 @@ class MessagingService:
         self._inbox = inbox_topic(self.prefix, self.dev)
         self._receipts = receipts_topic(self.prefix, self.dev)
         self._group_topics = {group_msg_topic(self.prefix, g): g for g in self.groups}
-        self._reconcile()
         app.outbox.on_committed(self._on_committed)
+        self._reconcile()
         on_dropped = getattr(app.outbox, "on_dropped", None)
         if on_dropped is not None:
             on_dropped(self._on_dropped)
@@ -189,6 +190,15 @@ class MessagingService:
         for mid, status, _seq in self.history.open_outgoing():
             if status == "pending" and (self.history.min_outseq_state(mid) or 0) >= 1:
                 self.history.set_status(mid, "queued")
+        # receipts lost with the process (the history commit is synchronous, the outbox's group commit
+        # is not): send them again; the sender ignores what it already knows
+        owed: dict[tuple[str, str], list[str]] = {}
+        for mid, sender, status in self.history.receipts_owed():
+            owed.setdefault((sender, status), []).append(mid)
+        for (sender, status), mids in owed.items():
+            log.info("re-sending %d %s receipt(s) to %s lost at the last stop", len(mids), status, sender)
+            for i in range(0, len(mids), 500):
+                self._receipt(sender, mids[i:i + 500], status)
 
     # ------------------------------------------------------------------ listeners (user side)
     def add_listener(self, kind: str, fn: Listener) -> None:
@@ -384,6 +394,14 @@ class MessagingService:
 
     def _on_committed(self, seqs: list[int]) -> None:
         with self._lock:
+            if self._receipt_seqs:
+                for s in seqs:
+                    rc = self._receipt_seqs.pop(s, None)
+                    if rc is not None:
+                        try:
+                            self.history.set_receipt_stored(*rc)
+                        except HistoryError as e:
+                            log.debug("receipt commit not recorded: %s", e)
             hits = [s for s in seqs if s in self._tracked]
             if not hits:
                 return
@@ -549,11 +567,16 @@ class MessagingService:
             self._wake.set()
 
     def _receipt(self, to: str, mids: list[str], status: str, **more: Any) -> None:
-        try:
-            self.app.outbox.put(Outgoing(topic=receipts_topic(self.prefix, to), stream="receipts",
-                                         data={"status": status, "ids": mids, **more}, cls="event"))
-        except EdgeAgentError as e:
-            log.warning("receipt %s for %d message(s) to %s not queued: %s", status, len(mids), to, e)
+        level = {"delivered": 1, "read": 2}.get(status)
+        with self._lock:  # so the commit callback cannot run before the seq is recorded
+            try:
+                seq = self.app.outbox.put(Outgoing(topic=receipts_topic(self.prefix, to), stream="receipts",
+                                                   data={"status": status, "ids": mids, **more}, cls="event"))
+            except EdgeAgentError as e:
+                log.warning("receipt %s for %d message(s) to %s not queued: %s", status, len(mids), to, e)
+                return
+            if level is not None:
+                self._receipt_seqs[seq] = (list(mids), level)
 
     def _on_receipt(self, env: dict[str, Any]) -> None:
         by, d = env["dev"], env.get("data")

@@ -166,8 +166,8 @@ def test_file_transfer_resumes_across_a_recipient_restart(broker: DevBroker, tmp
     b = make_agent(broker, tmp_path, "456")
     with b:
         assert b.wait_online(10)
-    # a queues the file while offline, then drains it at 25 chunks/s so b can be restarted mid-transfer
-    a = make_agent(broker, tmp_path, "123", mqtt={"max_rate": 25.0}, messaging={"chunk_size": 1024})
+    # a queues the file while offline, then drains it at 15 chunks/s so b can be restarted mid-transfer
+    a = make_agent(broker, tmp_path, "123", mqtt={"max_rate": 15.0}, messaging={"chunk_size": 1024})
     ra = Recorder(a)
     f = a.send_file("456", src)
     assert f.kind == "file" and f.data["chunks"] == 120 and f.data["sha256"] == hashlib.sha256(data).hexdigest()
