@@ -232,11 +232,13 @@ class Agent:
     # ------------------------------------------------------------------ history
     def history(self, *, peer: str | None = None, group: str | None = None, stream: str | None = None,
                 sender: str | None = None, since: Any = None, until: Any = None, search: str | None = None,
-                unread: bool | None = None, limit: int | None = None, newest_first: bool = False) -> Iterator[Message]:
+                unread: bool | None = None, kind: str | None = None, limit: int | None = None,
+                newest_first: bool = False) -> Iterator[Message]:
         """Messages sent and received, filtered (all filters combine); ``search`` is full-text (words,
-        ``word*`` for a prefix); ``since``/``until`` take epoch seconds, datetimes, ISO text or '2h'."""
+        ``word*`` for a prefix); ``since``/``until`` take epoch seconds, datetimes, ISO text or '2h';
+        ``kind`` is msg, file or stream."""
         return self.service.history.query(peer=peer, group=group, stream=stream, sender=sender, since=since,
-                                          until=until, search=search, unread=unread, limit=limit,
+                                          until=until, search=search, unread=unread, kind=kind, limit=limit,
                                           newest_first=newest_first)
 
     def summary(self) -> list[ConvSummary]:

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--until", help="same forms as --since")
     sp.add_argument("--search", help="full-text search (words; word* for a prefix)")
     sp.add_argument("--unread", action="store_true", help="only received messages not yet read")
+    sp.add_argument("--kind", choices=("msg", "file", "stream"), help="only messages, files or stream messages")
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0 = all)")
     sp.add_argument("--newest-first", action="store_true", help="newest first (default: the newest N, oldest first)")
     sp.add_argument("--summary", action="store_true", help="last message and unread count per conversation")
@@ -77,7 +78,8 @@ def cmd_messages(args: argparse.Namespace) -> int:
         limit = args.limit or None
         rows = list(h.query(peer=args.peer, group=args.group, stream=args.stream, sender=args.sender,
                             since=args.since, until=args.until, search=args.search,
-                            unread=True if args.unread else None, limit=limit, newest_first=True))
+                            unread=True if args.unread else None, kind=args.kind, limit=limit,
+                            newest_first=True))
         if not args.newest_first:
             rows.reverse()
         for m in rows:

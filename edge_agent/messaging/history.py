@@ -45,6 +45,7 @@ _RANK = {s: i for i, s in enumerate(STATUSES)}
 FINAL = ("failed", "expired")
 # Status of an incoming message.
 RECEIVED, READ = "received", "read"
+KINDS = ("msg", "file", "stream")  # direct/group message, file, telemetry-style stream message
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -512,12 +513,12 @@ class History:
 
     def query(self, *, peer: str | None = None, group: str | None = None, stream: str | None = None,
               sender: str | None = None, since: Any = None, until: Any = None, search: str | None = None,
-              unread: bool | None = None, limit: int | None = None, newest_first: bool = False,
-              page: int = 500) -> Iterator[Message]:
+              unread: bool | None = None, kind: str | None = None, limit: int | None = None,
+              newest_first: bool = False, page: int = 500) -> Iterator[Message]:
         """Messages matching every filter given, ordered by time (then arrival). Lazy: rows are read
         ``page`` at a time (keyset pagination), so iterating a large history does not load it all."""
         where, args = self._filters(peer=peer, group=group, stream=stream, sender=sender, since=since,
-                                    until=until, search=search, unread=unread)
+                                    until=until, search=search, unread=unread, kind=kind)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise HistoryError(f"limit must be a non-negative integer, got {limit!r}")
         order = "DESC" if newest_first else "ASC"
@@ -546,7 +547,8 @@ class History:
                 left -= len(rows)
 
     def _filters(self, *, peer: str | None, group: str | None, stream: str | None, sender: str | None,
-                 since: Any, until: Any, search: str | None, unread: bool | None) -> tuple[list[str], list[Any]]:
+                 since: Any, until: Any, search: str | None, unread: bool | None,
+                 kind: str | None = None) -> tuple[list[str], list[Any]]:
         where: list[str] = []
         args: list[Any] = []
         for col, val, name in (("peer", peer, "peer"), ("grp", group, "group"), ("stream", stream, "stream"),
@@ -558,6 +560,11 @@ class History:
                 args.append(val)
         if peer is not None:
             where.append("grp IS NULL")
+        if kind is not None:
+            if kind not in KINDS:
+                raise HistoryError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            where.append("kind = ?")
+            args.append(kind)
         lo, hi = to_epoch(since, "since"), to_epoch(until, "until")
         if lo is not None:
             where.append("ts >= ?")

@@ -612,7 +612,7 @@ class MessagingService:
     def history_query(self, **filters: Any) -> list[dict[str, Any]]:
         """The ``history.query`` command: filters as for :meth:`History.query` (default: newest 100 first);
         JSON-safe rows (bytes as base64)."""
-        allowed = {"peer", "group", "stream", "sender", "since", "until", "search", "unread", "limit",
+        allowed = {"peer", "group", "stream", "sender", "since", "until", "search", "unread", "kind", "limit",
                    "newest_first"}
         unknown = sorted(set(filters) - allowed)
         if unknown:

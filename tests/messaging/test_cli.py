@@ -52,6 +52,9 @@ def test_messages_cli_filters_search_summary_json(tmp_path: Path, capsys: pytest
                  "1", "--newest-first", "--json"]) == 0
     assert [json.loads(x)["id"] for x in capsys.readouterr().out.strip().splitlines()] == ["ann:9"]
 
+    assert main(["messages", "--config", str(cfg), "--kind", "file", "--json"]) == 0
+    assert [json.loads(x)["id"] for x in capsys.readouterr().out.strip().splitlines()] == ["me:2"]
+
     assert main(["messages", "--config", str(cfg), "--summary", "--json"]) == 0
     summ = {s["conv"]: s for s in map(json.loads, capsys.readouterr().out.strip().splitlines())}
     assert summ["peer:bob"]["unread"] == 1 and summ["peer:bob"]["last"]["id"] == "me:2"
@@ -94,3 +97,33 @@ def test_async_agent_and_history_query(broker: DevBroker, tmp_path: Path) -> Non
                 return got
 
     assert asyncio.run(scenario()) == ["via asyncio"]
+
+
+def test_daemon_receives_stores_and_acknowledges(broker: DevBroker, tmp_path: Path) -> None:
+    """The daemon (``edge-agent run``) is the other user of the messaging service: it stores what it
+    receives, returns delivered receipts, and ``edge-agent messages`` reads its history while it runs."""
+    import subprocess
+    import sys
+
+    from tests.helpers import AgentProcess, write_config
+
+    cfg = write_config(tmp_path / "dev-1.toml", broker.port, tmp_path / "dev-1-state", device="dev-1")
+    daemon = AgentProcess(cfg).start()
+    try:
+        a = make_agent(broker, tmp_path, "app-1")
+        with a:
+            assert a.wait_online(10)
+            m = a.send("dev-1", {"text": "calibrate sensor s1"})
+            g = a.send_group("lab", "lab meeting at 3")
+            a.wait_status(m, "delivered", timeout=30)
+            a.wait_status(g, "delivered", timeout=30)
+            assert a.message(g.id).receipts == {"dev-1": "delivered"}  # type: ignore[union-attr]
+        out = subprocess.run([sys.executable, "-m", "edge_agent", "messages", "--config", str(cfg), "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(x) for x in out.stdout.strip().splitlines()]
+        assert [(r["id"], r["data"]) for r in rows] == [(m.id, {"text": "calibrate sensor s1"}),
+                                                         (g.id, "lab meeting at 3")]
+        assert rows[1]["group"] == "lab" and rows[0]["peer"] == "app-1" and rows[0]["unread"]
+    finally:
+        assert daemon.terminate() == 0, daemon.output()[-3000:]

@@ -47,6 +47,8 @@ def test_each_filter(tmp_path: Path) -> None:
     assert ids(h.query(limit=2, newest_first=True)) == ["cid:7", "bob:2"]
     assert ids(h.query(peer="bob", newest_first=True, limit=1)) == ["bob:2"]
     assert ids(h.query(unread=True)) == ["bob:1", "ann:5", "bob:2"]
+    assert ids(h.query(kind="stream")) == ["me:3", "cid:7"]
+    assert ids(h.query(kind="msg", sender="me")) == ["me:1", "me:2"]
     # pagination gives the same answer as one page
     assert ids(h.query(page=2)) == ids(h.query())
     assert ids(h.query(page=2, newest_first=True, limit=5)) == ids(h.query(newest_first=True, limit=5))
@@ -144,6 +146,8 @@ def test_bad_queries_are_refused_clearly(tmp_path: Path) -> None:
         list(h.query(since=T0 + 5, until=T0))
     with pytest.raises(HistoryError, match="limit must be a non-negative integer"):
         list(h.query(limit=-1))
+    with pytest.raises(HistoryError, match="kind must be one of msg, file, stream"):
+        list(h.query(kind="sms"))
     with pytest.raises(HistoryError, match="peer must be a non-empty string"):
         list(h.query(peer=""))
     assert isinstance(HistoryError("x"), EdgeAgentError) and isinstance(HistoryError("x"), ValueError)
