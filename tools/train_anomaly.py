@@ -3,7 +3,7 @@
     /tmp/venv/bin/python tools/train_anomaly.py            # writes edge_agent/data/models/machine_temp_ae.*
 
 Model: a dense autoencoder over a window of 32 standardised readings, 32 -> 16 -> 8 -> 16 -> 32 (tanh
-hidden layers, linear output), 1,400 float32 parameters, ~6 KB as .tflite. The anomaly score is the mean
+hidden layers, linear output), 1,352 float32 parameters, ~6 KB as .tflite. The anomaly score is the mean
 squared reconstruction error of the standardised window: windows shaped like the training data
 reconstruct well, anything else does not.
 
