@@ -312,3 +312,28 @@ def test_missing_chunks_are_reported_and_resent(broker: DevBroker, tmp_path: Pat
         assert [e["data"]["i"] for e in again] == [1, 3] and all(e["data"]["transfer"] == f.id for e in again)
         assert again[0]["data"]["chunk"] == src.read_bytes()[1024:2048]
         pub.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EDGE_AGENT_LONG"), reason="long variant: set EDGE_AGENT_LONG=1")
+def test_long_offline_backlog_in_order_exactly_once(broker: DevBroker, tmp_path: Path) -> None:
+    n = 5000
+    b = make_agent(broker, tmp_path, "456")
+    with b:
+        assert b.wait_online(10)
+    a = make_agent(broker, tmp_path, "123")
+    with a:
+        sent = [a.send("456", {"n": i}) for i in range(n)]
+        a.wait_status(sent[-1], "sent", timeout=120)
+        b = make_agent(broker, tmp_path, "456")
+        rb = Recorder(b, read=True)
+        t0 = time.monotonic()
+        with b:
+            wait_for(lambda: len(rb.messages) >= n, 300, interval=0.2, msg=f"{n} delivered")
+            elapsed = time.monotonic() - t0
+            for m in sent[-10:]:
+                a.wait_status(m, "read", timeout=120)
+            time.sleep(1.0)
+            assert [d["n"] for d in rb.data()] == list(range(n))
+        print(f"\n{n} messages from an offline backlog reached the app in {elapsed:.1f} s "
+              f"({n / elapsed:.0f} msg/s)")
