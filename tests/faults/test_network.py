@@ -116,6 +116,11 @@ def test_proxy_cut_stall_throttle(tmp_path: Path, broker: DevBroker) -> None:
         proxy.throttle(None)
         wait_for(lambda: app.transport.connected and app.outbox.pending < 50, 30)
         assert app.transport.reconnects >= 3
+        st = app.status_dict()["outbox"]  # what the retained status message carries
+        for k in ("pending", "backlog", "oldest_age_s", "last_seq", "enqueued", "sent", "acked", "evicted",
+                  "expired", "reconnects"):
+            assert k in st, k
+        assert st["reconnects"] >= 3 and st["sent"] >= st["acked"] > 0 and st["enqueued"] > 0
         app.stop()
         acc = final_check(col, tmp_path / "state")
         print(f"after 3 cuts, a stall and a throttle: {acc.summary()}")
