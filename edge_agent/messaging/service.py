@@ -128,6 +128,7 @@ class MessagingService:
         self.status_listeners: list[Listener] = []
         self.connection_listeners: list[Listener] = []
         self._lock = threading.RLock()
+        self._asm_lock = threading.Lock()  # chunk writes fsync: kept apart from the status lock
         self._tracked: dict[int, str] = {}
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # outbox seq of a receipt -> (mids, level)
         self._filling: set[str] = set()
@@ -167,7 +168,8 @@ class MessagingService:
         self._stop.set()
         self._wake.set()
         for t in self._threads:
-            t.join(5.0)
+            if t is not threading.current_thread():  # stop() called from a callback
+                t.join(5.0)
         self._threads.clear()
 
     def close(self) -> None:
@@ -537,7 +539,7 @@ class MessagingService:
         if not isinstance(tid, str) or not tid.startswith(f"{dev}:"):
             log.warning("file chunk %s:%s dropped: transfer id %r is not the sender's", dev, seq, tid)
             return
-        with self._lock:
+        with self._asm_lock:
             try:
                 st = self.assembler.add(tid, d.get("i"), d.get("n"), d["chunk"], d.get("sha256"),  # type: ignore[arg-type]
                                         name=d.get("name"))
@@ -646,7 +648,10 @@ class MessagingService:
                     if self._stop.is_set():
                         return
                     self._call(self.message_listeners, m)
-                    self.history.set_notified([m.id])
+                    try:
+                        self.history.set_notified([m.id])
+                    except HistoryError:  # closed by a stop() from inside the callback
+                        return
                 if len(batch) == 100:
                     self._wake.set()
 

@@ -127,3 +127,22 @@ def test_daemon_receives_stores_and_acknowledges(broker: DevBroker, tmp_path: Pa
         assert rows[1]["group"] == "lab" and rows[0]["peer"] == "app-1" and rows[0]["unread"]
     finally:
         assert daemon.terminate() == 0, daemon.output()[-3000:]
+
+
+def test_stop_from_inside_a_callback(broker: DevBroker, tmp_path: Path) -> None:
+    a = make_agent(broker, tmp_path, "123")
+    b = make_agent(broker, tmp_path, "456")
+    got: list[str] = []
+
+    @b.on_message
+    def on(msg):  # type: ignore[no-untyped-def]
+        got.append(msg.data)
+        b.stop()
+
+    with a:
+        b.start()
+        a.send("456", "bye")
+        from tests.helpers import wait_for
+
+        wait_for(lambda: b._stopped and b.service.history.closed, 15, msg="b stopped itself")
+    assert got == ["bye"]
