@@ -36,23 +36,28 @@ class Pipeline:
         self.taps: list[Tap] = []
 
     def submit(self, r: Reading) -> int | None:
-        """Store one reading (or add it to its sensor's batch). Returns the seq once stored."""
+        """Store one reading (or add it to its sensor's batch). Returns the seq once stored.
+
+        Taps see every reading, with the seq of the message that carries it (for a batched sensor,
+        all readings of a batch share the batch message's seq and reach the taps when it is stored).
+        """
         n = self.batches.get(r.sensor, 1)
         if n > 1:
             with self._lock:
                 buf = self._pending.setdefault(r.sensor, [])
                 buf.append(r)
-                if len(buf) < n:
-                    batch = None
-                else:
-                    batch = self._pending.pop(r.sensor)
-            seq = self._put_batch(batch) if batch else None
+                batch = None if len(buf) < n else self._pending.pop(r.sensor)
+            if not batch:
+                return None
+            seq = self._put_batch(batch)
+            readings = batch
         else:
             seq = self.publish(r.stream or f"telemetry/{r.sensor}", r.data, cls=r.cls, ts=r.ts)
-        if seq is not None:
-            for tap in self.taps:
+            readings = [r]
+        for tap in self.taps:
+            for reading in readings:
                 try:
-                    tap(r, seq)
+                    tap(reading, seq)
                 except Exception:
                     log.exception("pipeline tap failed")
         return seq

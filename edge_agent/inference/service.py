@@ -105,13 +105,6 @@ class InferenceService:
 
     @classmethod
     def from_app(cls, app: Any) -> InferenceService:
-        for m in app.cfg.models:
-            for s in m.inputs:
-                sc = app.cfg.sensor(s)
-                if sc is not None and sc.batch > 1:
-                    log.warning("inference: model %s: sensor %s has batch = %d, so the model sees only the last "
-                                "reading of each batch (taps run once per stored message); use batch = 1",
-                                m.name, s, sc.batch)
         return cls(list(app.cfg.models), app.pipeline, app.state_dir)
 
     # ------------------------------------------------------------------ lifecycle

@@ -104,3 +104,21 @@ def test_raw_payload_and_props_roundtrip(tmp_path: Path) -> None:
     assert row.payload == b'{"status":"ok"}'
     assert row.props == {"correlation_data": b"\x01\x02", "content_type": "application/json"}
     ob.close()
+
+
+def test_pipeline_taps_see_every_reading_of_a_batch(tmp_path: Path) -> None:
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sensors.base import Reading
+
+    ob = Outbox(tmp_path / "o.db", "d1")
+    p = Pipeline(ob, "edge", "d1", {"s": 3})
+    seen: list[tuple[float, int]] = []
+    p.taps.append(lambda r, seq: seen.append((r.data["value"], seq)))
+    seqs = [p.submit(Reading("s", 100.0 + i, {"value": float(i)})) for i in range(7)]
+    assert seqs == [None, None, 1, None, None, 2, None]
+    assert seen == [(0.0, 1), (1.0, 1), (2.0, 1), (3.0, 2), (4.0, 2), (5.0, 2)]
+    ob.flush()
+    env = codec.decode_envelope(ob.begin(1)[0].payload)
+    assert env["data"] == {"ts": [100.0, 101.0, 102.0], "value": [0.0, 1.0, 2.0]} and env["ts"] == 100.0
+    p.flush()
+    ob.close()
