@@ -14,6 +14,7 @@ from edge_agent.config import (
     DeviceConfig,
     LoggingConfig,
     MessagingConfig,
+    ModelConfig,
     MqttConfig,
     StorageConfig,
 )
@@ -77,6 +78,7 @@ def render() -> str:
             cls = actuators.plugin_class(name)
             parts.append(f"# --- {name}\n" + "\n".join("# " + ln for ln in (cls.SAMPLE or "").splitlines()))
     parts.append("# ---------------------------------------------------------------- models\n"
-                 "# [[models]]\n# name = \"anomaly\"\n# path = \"/var/lib/edge-agent/models/anomaly.tflite\"\n"
-                 "# inputs = [\"s1\"]\n# window = 32\n# threshold = 0.5")
+                 + "\n".join("# " + ln if ln else "#" for ln in section("models", ModelConfig).splitlines())
+                 .replace("# [models]", "# [[models]]\n# name = \"anomaly\"\n# path = \"builtin:machine_temp_ae\""
+                          "  # the shipped anomaly model\n# inputs = [\"s1\"]"))
     return "\n\n".join(parts) + "\n"
