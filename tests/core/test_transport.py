@@ -1,0 +1,134 @@
+"""The paho-mqtt traps, each provoked for real against Mosquitto (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent import config
+from edge_agent.app import App
+from edge_agent.devbroker import DevBroker
+from edge_agent.transport import mqtt as mqtt_mod
+from edge_agent.transport.mqtt import backoff_delay
+from tests.helpers import Collector, unique, wait_for, write_config
+
+
+def missing(seqs: list[int], last: int) -> list[int]:
+    got = set(seqs)
+    return [s for s in range(1, last + 1) if s not in got]
+
+
+def fill(app: App, n: int) -> None:
+    for i in range(n):
+        app.pipeline.publish("bulk/x", {"i": i})
+
+
+def test_backoff_full_jitter_is_bounded_and_spread() -> None:
+    rng = random.Random(7)
+    for attempt in range(12):
+        ceiling = min(60.0, 0.5 * 2**attempt)
+        xs = [backoff_delay(attempt, 0.5, 60.0, rng) for _ in range(300)]
+        assert all(0 <= x <= ceiling for x in xs)
+        assert max(xs) > 0.8 * ceiling and min(xs) < 0.2 * ceiling  # full jitter, not "ceiling +- a bit"
+
+
+def test_broker_receive_maximum_caps_what_paho_holds(tmp_path: Path) -> None:
+    """Never more unacked publishes than the broker's Receive Maximum, even after reconnects."""
+    b = DevBroker(workdir=tmp_path / "b", extra_conf="max_inflight_messages 10\n").start()
+    prefix = unique("rm")
+    try:
+        cfg = config.load(write_config(tmp_path / "c.toml", b.port, tmp_path / "s", prefix=prefix))
+        with Collector(b.port, f"{prefix}/#") as col:
+            app = App(cfg, with_sensors=False)
+            fill(app, 3000)
+            peak = [0]
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], app.transport.inflight())
+
+            t = threading.Thread(target=sample, daemon=True)
+            t.start()
+            app.start()
+            assert app.transport.wait_online(10)
+            wait_for(lambda: app.outbox.pending < 1500, 30)
+            app.transport.drop_connection("test: reconnect mid-drain")
+            wait_for(lambda: app.outbox.pending == 0, 60, msg="drain")
+            stop.set()
+            t.join()
+            app.stop()
+            assert app.transport.receive_maximum == 10 and app.transport.window == 10
+            assert 1 <= peak[0] <= 10, peak[0]
+            wait_for(lambda: not missing(col.seqs("bulk"), 3000), 20)
+    finally:
+        b.close()
+
+
+def test_ack_before_publish_returns_is_not_lost(tmp_path: Path, broker: DevBroker,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho #482: on_publish may run before publish() returns. Force it: deliver every PUBACK early."""
+    real = mqtt_mod.MqttTransport._make_client
+
+    def make_client(self: mqtt_mod.MqttTransport) -> Any:
+        client = real(self)
+        orig_publish = client.publish
+        gen = self._gen
+
+        def publish(*a: Any, **kw: Any) -> Any:
+            info = orig_publish(*a, **kw)
+            if kw.get("qos", 1):
+                self._handle_publish(gen, info.mid, 0)  # the ack overtakes the return of publish()
+            return info
+
+        client.publish = publish
+        client.on_publish = lambda *a: None  # the real PUBACK then finds nothing to do
+        return client
+
+    monkeypatch.setattr(mqtt_mod.MqttTransport, "_make_client", make_client)
+    cfg = config.load(write_config(tmp_path / "c.toml", broker.port, tmp_path / "s", prefix=unique("ea")))
+    app = App(cfg, with_sensors=False)
+    fill(app, 500)
+    app.start()
+    try:
+        wait_for(lambda: app.outbox.pending == 0, 30, msg="all acked although every ack came early")
+        assert app.transport.inflight() == 0
+    finally:
+        app.stop()
+
+
+def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, broker: DevBroker,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho #856: a full paho queue returns MQTT_ERR_QUEUE_SIZE without raising; rows go back and retry."""
+    real = mqtt_mod.MqttTransport._make_client
+
+    def make_client(self: mqtt_mod.MqttTransport) -> Any:
+        client = real(self)
+        client.max_queued_messages_set(3)  # far below the window of 20: refusals guaranteed
+        return client
+
+    monkeypatch.setattr(mqtt_mod.MqttTransport, "_make_client", make_client)
+    prefix = unique("qs")
+    cfg = config.load(write_config(tmp_path / "c.toml", broker.port, tmp_path / "s", prefix=prefix))
+    refused = []
+    orig = mqtt_mod.PublishRefused.__init__
+
+    def spy(self: Exception, *a: Any) -> None:
+        refused.append(a)
+        orig(self, *a)
+
+    monkeypatch.setattr(mqtt_mod.PublishRefused, "__init__", spy)
+    with Collector(broker.port, f"{prefix}/#") as col:
+        app = App(cfg, with_sensors=False)
+        fill(app, 1000)
+        app.start()
+        try:
+            wait_for(lambda: app.outbox.pending == 0, 60)
+        finally:
+            app.stop()
+        wait_for(lambda: not missing(col.seqs("bulk"), 1000), 20)
+    assert refused and "queue" in str(refused[0]).lower()
