@@ -35,6 +35,7 @@ setup() {
 case "${1:-demo}" in
   setup) setup ;;
   demo) setup; shift || true; exec "$VENV/bin/edge-agent" demo "$@" ;;
-  test) setup; shift || true; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) setup; shift || true; PATH="$PWD/$VENV/bin:$PATH"; export PATH
+        "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: ./dev.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
 esac
