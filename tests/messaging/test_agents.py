@@ -32,6 +32,7 @@ def test_every_status_transition_direct_and_group(broker: DevBroker, tmp_path: P
     ra, rb, rc = Recorder(a), Recorder(b, read=True), Recorder(c, read=True)
     with a, b, c:
         assert a.wait_online(10) and b.wait_online(10) and c.wait_online(10)
+        time.sleep(0.3)  # first connections: let the brokers' SUBACKs for b's and c's new sessions land
         m = a.send("456", {"text": "hello 456"})
         assert m.id == f"123:{m.seq}" and m.status == "pending" and m.outgoing
         assert a.wait_status(m, "read", timeout=15).status == "read"

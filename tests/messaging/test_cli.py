@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,11 @@ def test_daemon_receives_stores_and_acknowledges(broker: DevBroker, tmp_path: Pa
     cfg = write_config(tmp_path / "dev-1.toml", broker.port, tmp_path / "dev-1-state", device="dev-1")
     daemon = AgentProcess(cfg).start()
     try:
+        from tests.helpers import wait_for
+
+        # its first connection creates its session (inbox + group subscriptions): wait for it
+        wait_for(lambda: "mqtt online" in daemon.output(), 30, msg="daemon online")
+        time.sleep(0.5)
         a = make_agent(broker, tmp_path, "app-1")
         with a:
             assert a.wait_online(10)

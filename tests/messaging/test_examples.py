@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from edge_agent.devbroker import DevBroker
@@ -58,6 +59,7 @@ def test_chat_example_two_terminals(broker: DevBroker, tmp_path: Path) -> None:
               str(tmp_path / "b"), *common], tmp_path)
     try:
         wait_for(lambda: a.has("* online") and b.has("* online"), 20, msg="both chats online")
+        time.sleep(0.5)  # first connections: let the new sessions' SUBACKs land
         a.send("hello from 123")
         wait_for(lambda: b.has("123: hello from 123"), 15, msg=f"b got it:\n{b.output()}")
         wait_for(lambda: a.has("[123:1] read"), 15, msg=f"a saw read:\n{a.output()}")
