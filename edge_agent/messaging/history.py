@@ -347,6 +347,10 @@ class History:
         with self._lock:
             return self._db.execute("SELECT MIN(state) FROM outseq WHERE mid=?", (mid,)).fetchone()[0]
 
+    def outseq_count(self, mid: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outseq WHERE mid=?", (mid,)).fetchone()[0])
+
     def forget_mid(self, mid: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM outseq WHERE mid=?", (mid,))

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -75,8 +76,6 @@ class MessagingError(EdgeAgentError, ValueError):
 
 
 def _check_id(value: Any, what: str) -> str:
-    import re
-
     if not isinstance(value, str) or not re.match(ID_PATTERN, value):
         raise MessagingError(f"{what} must be a device/app id (letters, digits and . _ : -, 1-64 characters), "
                              f"got {value!r}")
@@ -190,6 +189,14 @@ class MessagingService:
             if state == 0:
                 self.history.mark_outseqs([seq], 1)
         for mid, status, _seq in self.history.open_outgoing():
+            m = self.history.get(mid)
+            if m is not None and m.kind == "file" and isinstance(m.data, dict):
+                have = self.history.outseq_count(mid)
+                if have < int(m.data.get("chunks", 0)):
+                    log.warning("file %s was interrupted while being queued (%d of %s chunks); marked failed",
+                                mid, have, m.data.get("chunks"))
+                    self.history.set_status(mid, "failed", "interrupted while being queued: send it again")
+                    continue
             if status == "pending" and (self.history.min_outseq_state(mid) or 0) >= 1:
                 self.history.set_status(mid, "queued")
         # receipts lost with the process (the history commit is synchronous, the outbox's group commit
@@ -278,8 +285,6 @@ class MessagingService:
         if not p.is_file():
             raise MessagingError(f"send_file: {p} is not a readable file")
         name = name or p.name
-        import re
-
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}$", name):
             raise MessagingError(f"send_file: file name {name!r} must be letters, digits and _ . + @ - (no '/')")
         ttl_s, explicit = self._ttl(ttl)
