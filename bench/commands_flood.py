@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--flood-rate", type=float, default=1000.0, help="commands/s during phase 2")
     ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--null-handler", action="store_true",
+                    help="replace the dispatcher by a no-op after start: the cost of the transport alone")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp, DevBroker(workdir=Path(tmp) / "broker") as broker:
@@ -98,6 +100,9 @@ def main() -> None:
         app = App(cfg)
         app.start()
         app.transport.wait_online(10)
+        if a.null_handler:
+            app.message_handlers[:] = [(m, (lambda msg: None) if getattr(fn, "__self__", None) is
+                                        app.service("commands") else fn) for m, fn in app.message_handlers]
         time.sleep(1.0)
         t0 = time.time()
         time.sleep(a.seconds)

@@ -224,12 +224,21 @@ class CommandService:
             self._workers.append(t)
         self._resume()
         self.app.add_message_handler(self._matches, self.on_message)
-        for f in cmd_filters(self.prefix, self.device, self.groups):
-            self.app.transport.subscribe(f, qos=1)
+        # The transport re-subscribes after every reconnect. Subscribing again from on_connected as well
+        # closes a window: a subscribe() racing the CONNACK handling would otherwise wait for the next
+        # reconnect (a duplicate SUBSCRIBE is harmless).
+        listeners = getattr(self.app, "connected_listeners", None)
+        if listeners is not None:
+            listeners.append(lambda session_present: self._subscribe())
+        self._subscribe()
         self.started = True
         log.info("commands: listening on %s (%d command(s), %d operator key(s))",
                  ", ".join(cmd_filters(self.prefix, self.device, self.groups)), len(self.registry.names()),
                  len(self.cfg.keys))
+
+    def _subscribe(self) -> None:
+        for f in cmd_filters(self.prefix, self.device, self.groups):
+            self.app.transport.subscribe(f, qos=1)
 
     def _warn_config(self) -> None:
         if self.cfg.insecure:

@@ -316,3 +316,15 @@ def test_megabyte_of_nil_is_not_a_million_item_list(make_app, signer: Signer) ->
         with pytest.raises(DecodeError):
             svc._decode(payload, False)
         assert time.monotonic() - t0 < 0.5
+
+
+def test_subscriptions_survive_broker_restart(make_app, broker, requester: Requester) -> None:
+    """The broker restarts without persistence (session lost): commands arrive again afterwards."""
+    app = make_app()
+    assert requester.request(T + "ping", {})["status"] == "ok"
+    broker.stop()
+    wait_for(lambda: not app.transport.connected, 15)
+    broker.start()
+    wait_for(lambda: app.transport.connected and requester.t.connected, 20)
+    time.sleep(0.5)  # SUBACKs
+    assert requester.request(T + "ping", {}, timeout=20)["status"] == "ok"
