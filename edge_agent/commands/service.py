@@ -184,6 +184,8 @@ class CommandService:
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
         self._log_window = (0.0, 0)
+        self._adds = 0
+        self._waiters: dict[str, list[ReplyTo]] = {}  # repeats of commands still running: final reply owed
         self.counters: dict[str, int] = {"received": 0, "executed": 0, "refused": 0, "replayed": 0,
                                          "rate_limited": 0, "replies_suppressed": 0}
         self.refusals: dict[str, int] = {}
@@ -337,8 +339,12 @@ class CommandService:
         self._enqueue(job, digest, req)
 
     def _reply_topic(self, response_topic: str | None, name: str) -> str:
+        """The request's Response Topic, unless it is unusable or inside another device's namespace (a
+        request must not make this device publish on, say, another device's telemetry topic)."""
         if response_topic and len(response_topic) <= 512 and not any(c in response_topic for c in "+#\x00"):
-            return response_topic
+            parts = response_topic.split("/")
+            if parts[0] != self.prefix or (len(parts) > 1 and parts[1] in (self.device, "_ctl")):
+                return response_topic
         safe = name if name and all(c not in name for c in "+#/\x00") else "invalid"
         return cmd_reply_topic(self.prefix, self.device, safe)
 
@@ -458,6 +464,13 @@ class CommandService:
                                                              "different command"))
             return
         self.counters["replayed"] += 1
+        with self._lock:
+            if rec.state != "done":
+                latest = self.store.get(rec.id)
+                rec = latest if latest is not None else rec
+            if rec.state != "done":
+                # still queued or running in this process: the final result follows when it is done
+                self._waiters.setdefault(rec.id, []).append(reply)
         if rec.state == "done" and rec.result is not None:
             log.warning("command %s %s repeated: stored result returned, not run again", rec.name, rec.id)
             self.send_reply(rec.id, reply, {**rec.result, "replay": True})
@@ -470,7 +483,14 @@ class CommandService:
         if self.queue.full():
             self._refuse(job.id, job.reply, Refused("busy", f"{self.cfg.queue} commands already waiting"))
             return
-        if job.id is not None and digest is not None:
+        spec = self.registry.get(job.name)
+        # Unsigned read-only commands are not persisted: anonymous traffic never touches the disk, and
+        # running a read-only command twice is harmless.
+        read_only_unsigned = job.operator == "unsigned" and spec is not None and spec.read_only
+        if not read_only_unsigned and job.id is not None and digest is not None:
+            self._adds += 1
+            if self._adds % 1000 == 0 and self.clock_sane():
+                self.store.prune(self.clock() - self.cfg.max_clock_skew)
             expires = job.expires_at if job.expires_at is not None else self.clock() + self.cfg.max_lifetime
             stored = {"args": job.args, "kind": job.kind, "target": job.target, "operator": job.operator,
                       "expires_at": job.expires_at}
@@ -590,9 +610,14 @@ class CommandService:
                 outcome = {"status": "error", "error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}
         log.info("command %s %s from %s: %s in %.0f ms", job.name, job.id or "-", job.operator, outcome["status"],
                  (time.monotonic() - t0) * 1000)
+        waiters: list[ReplyTo] = []
         if job.persisted and job.id is not None:
-            self.store.set_done(job.id, outcome)
+            with self._lock:
+                self.store.set_done(job.id, outcome)
+                waiters = self._waiters.pop(job.id, [])
         self.send_reply(job.id, job.reply, outcome)
+        for w in waiters:
+            self.send_reply(job.id, w, {**outcome, "replay": True})
         after = getattr(ctx, "after_reply", None)
         if after is not None:
             after()

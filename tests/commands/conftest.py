@@ -64,7 +64,7 @@ class Requester:
     """A real MQTT 5 client that publishes requests with a Response Topic and collects replies."""
 
     def __init__(self, port: int, prefix: str = "edge") -> None:
-        self.reply_topic = f"{prefix}/_test/{uuid.uuid4().hex[:8]}/reply"
+        self.reply_topic = f"{prefix}/_ctl/test-{uuid.uuid4().hex[:8]}/reply"
         self.replies: list[InMessage] = []
         self.cond = threading.Condition()
         self.t = MqttTransport(MqttConfig(host="127.0.0.1", port=port, keepalive=10, session_expiry=0,
@@ -100,7 +100,7 @@ class Requester:
                 for m in self.replies:
                     if m.correlation_data == corr:
                         rep = json.loads(m.payload) if m.payload[:1] == b"{" else codec.decode(m.payload)
-                        if not final or rep.get("status") != "accepted" or rep.get("replay"):
+                        if not final or rep.get("status") != "accepted":
                             return rep
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -328,3 +328,24 @@ def test_subscriptions_survive_broker_restart(make_app, broker, requester: Reque
     wait_for(lambda: app.transport.connected and requester.t.connected, 20)
     time.sleep(0.5)  # SUBACKs
     assert requester.request(T + "ping", {}, timeout=20)["status"] == "ok"
+
+
+def test_response_topic_in_another_devices_namespace_is_not_used(make_app, broker) -> None:
+    """A request must not make this device publish on another device's topics: default reply topic instead."""
+    from tests.helpers import Collector
+
+    make_app()
+    with Collector(broker.port, "edge/#") as col:
+        r = Requester(broker.port).start()
+        r.t.publish(T + "ping", b"{}", props={"response_topic": "edge/dev-2/telemetry/s1", "correlation_data": b"z"})
+        wait_for(lambda: any(m.topic == "edge/dev-1/cmd-reply/ping" for m in col.messages), 10)
+        r.stop()
+        assert not [m for m in col.messages if m.topic == "edge/dev-2/telemetry/s1"]
+
+
+def test_model_update_without_inference_is_refused_cleanly(make_app, requester: Requester, signer: Signer) -> None:
+    app = make_app(keys=key_snippet(signer))
+    args = {"model": "m", "transfer": "t1", "index": 0, "total": 1, "data": b"x", "sha256": "0" * 64}
+    rep = requester.request(T + "model.update", sign(signer, "model.update", args))
+    assert rep["status"] == "error" and rep["error"]["code"] == "unavailable"
+    assert not (app.state_dir / "model-transfers").exists()
