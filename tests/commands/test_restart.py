@@ -79,3 +79,17 @@ def test_sigkill_during_command_then_redelivery_runs_once(broker, tmp_path: Path
     finally:
         if agent.alive():
             agent.terminate()
+
+
+def test_agent_restart_replies_then_exits_nonzero(broker, tmp_path: Path, signer: Signer,
+                                                  requester: Requester) -> None:
+    agent = _agent(tmp_path, broker.port, signer)
+    try:
+        _ready(requester)
+        rep = requester.wait_reply(requester.publish(T + "agent.restart", codec.encode(
+            signer.sign("device", "dev-1", "agent.restart", {}))))
+        assert rep["status"] == "ok" and rep["result"]["exit_code"] == 75
+        assert agent.wait(20) == 75  # systemd's Restart=on-failure starts it again
+    finally:
+        if agent.alive():
+            agent.terminate()
