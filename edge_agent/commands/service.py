@@ -298,35 +298,19 @@ class CommandService:
         reply = ReplyTo(self._reply_topic(msg.response_topic, name), msg.correlation_data, is_json, name)
         self.counters["received"] += 1
 
-        req: Any = None
-        problem: CommandError | None = None
         too_large = len(payload) > self.cfg.max_payload
-        # Without a key id the request can only be anonymous: charge the bucket before decoding, so a flood
-        # of junk costs one byte search each, not a decode.
-        anonymous = too_large or b"kid" not in payload
-        bucket = self._bucket("anonymous") if anonymous else None
-        if bucket is None or bucket.take():
-            if too_large:
-                problem = Refused("too_large", f"payload of {len(payload)} bytes exceeds commands.max_payload "
-                                               f"({self.cfg.max_payload})")
-            else:
-                try:
-                    req = self._decode(payload, is_json)
-                except DecodeError as e:
-                    problem = Refused("decode_error", str(e))
-            if bucket is None:
-                bucket = self._bucket(self._source(req))
-                charged = bucket.take()
-            else:
-                charged = True
+        if too_large or b"kid" not in payload:
+            # Without a key id the request can only be anonymous: charge the bucket before decoding, so
+            # a flood of junk costs a byte search each, not a decode.
+            source = "anonymous"
+            if not self._rate_ok(source, reply):
+                return
+            req, problem = self._try_decode(payload, is_json, too_large)
         else:
-            charged = False
-        source = "anonymous" if anonymous else self._source(req)
-        if not charged:
-            self.counters["rate_limited"] += 1
-            self._refuse(None, reply, Refused("rate_limited", f"more than {self.cfg.rate:g} commands/s from "
-                                                              f"{source}"), force_reply=bucket.may_reply())
-            return
+            req, problem = self._try_decode(payload, is_json, too_large)
+            source = self._source(req)
+            if not self._rate_ok(source, reply):
+                return
         if problem is not None:
             self._refuse(None, reply, problem)
             return
@@ -337,6 +321,24 @@ class CommandService:
             self._refuse(cmd_id if cmd_id and ID_RE.match(cmd_id) else None, reply, e)
             return
         self._enqueue(job, digest, req)
+
+    def _rate_ok(self, source: str, reply: ReplyTo) -> bool:
+        bucket = self._bucket(source)
+        if bucket.take():
+            return True
+        self.counters["rate_limited"] += 1
+        self._refuse(None, reply, Refused("rate_limited", f"more than {self.cfg.rate:g} commands/s from {source}"),
+                     force_reply=bucket.may_reply())
+        return False
+
+    def _try_decode(self, payload: bytes, is_json: bool, too_large: bool) -> tuple[Any, CommandError | None]:
+        if too_large:
+            return None, Refused("too_large", f"payload of {len(payload)} bytes exceeds commands.max_payload "
+                                              f"({self.cfg.max_payload})")
+        try:
+            return self._decode(payload, is_json), None
+        except DecodeError as e:
+            return None, Refused("decode_error", str(e))
 
     def _reply_topic(self, response_topic: str | None, name: str) -> str:
         """The request's Response Topic, unless it is unusable or inside another device's namespace (a
