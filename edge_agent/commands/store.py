@@ -75,6 +75,7 @@ class CommandStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._floor: float | None = None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -153,14 +154,20 @@ class CommandStore:
 
     # ------------------------------------------------------------------ time floor
     def time_floor(self) -> float:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key='time_floor'").fetchone()
-        return float(row[0]) if row else 0.0
+        if self._floor is None:
+            with self._lock:
+                row = self._db.execute("SELECT value FROM meta WHERE key='time_floor'").fetchone()
+            self._floor = float(row[0]) if row else 0.0
+        return self._floor
 
     def raise_time_floor(self, t: float) -> None:
+        """Persist a larger floor; written at most once a minute of progress (it is a coarse bound)."""
+        if t <= self.time_floor() + 60.0 and self.time_floor() > 0:
+            return
         with self._lock:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('time_floor', ?) ON CONFLICT(key) DO "
                              "UPDATE SET value=max(value, excluded.value)", (float(t),))
+            self._floor = max(self._floor or 0.0, float(t))
 
     def close(self) -> None:
         with self._lock:

@@ -30,7 +30,12 @@ def test_store_states_and_interrupted(tmp_path: Path) -> None:
     assert s.prune(time.time() + 120) == 2 and s.get("a") is None
     s.raise_time_floor(100.0)
     s.raise_time_floor(50.0)
+    s.raise_time_floor(130.0)  # within a minute of progress: not worth a write
     assert s.time_floor() == 100.0
+    s.raise_time_floor(1000.0)
+    s.close()
+    s = CommandStore(tmp_path / "c.db")
+    assert s.time_floor() == 1000.0
     s.close()
 
 
