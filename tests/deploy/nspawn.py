@@ -126,11 +126,22 @@ class Fleet:
         t0 = time.monotonic()
         tar = rootfs_tarball(self.log)
         extract(tar, self.base)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        for old in (self.key, self.key.with_suffix(".pub")):
+            old.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True,
+                       stdin=subprocess.DEVNULL)
         ssh_dir = self.base / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (ssh_dir / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
         (ssh_dir / "authorized_keys").chmod(0o600)
+        # No DNS on the private network: name the hosts in /etc/hosts, and leave resolv.conf without a
+        # server (glibc then asks 127.0.0.1 and is refused at once) instead of the host's unreachable
+        # resolver, which costs Ansible's fact gathering 10 s per host (getfqdn timeouts).
+        names = "".join(f"{self.net}.{10 + i} pi{i}\n" for i in range(1, self.count + 1))
+        with open(self.base / "etc/hosts", "a") as fh:
+            fh.write(names)
+        (self.base / "etc/resolv.conf").unlink(missing_ok=True)
+        (self.base / "etc/resolv.conf").write_text("# no DNS on the test network\n")
         _ip("link", "add", self.bridge, "type", "bridge")
         self._bridge_up = True
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -156,7 +167,7 @@ class Fleet:
             _ip("-n", ns, *args)
         out = open(self.workdir / f"{name}.console.log", "wb")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive",
+            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive", "--resolv-conf=off",
              "--volatile=overlay", f"--hostname={name}", f"--machine=ea{self.tag}{name}",
              f"--network-namespace-path=/run/netns/{ns}", "-D", str(self.base)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
