@@ -316,7 +316,7 @@ class Outbox:
         self._flush_req = 0
         self._flush_done = 0
         self._disk_full = False
-        self._next_maint = 0.0
+        self._next_maint = time.monotonic() + maintenance_interval  # the first commit must not wait for it
         self._next_expiry_ms: int | None = None
         self._last_sidecar = 0.0
         self.heartbeat: Callable[[], None] = lambda: None
@@ -372,8 +372,9 @@ class Outbox:
             cols = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
             if cols and version < SCHEMA_VERSION:
                 self._migrate_v1(db)
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version != SCHEMA_VERSION or not cols:  # no write at all when nothing changes (disk may be full)
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -412,18 +413,40 @@ class Outbox:
             if "interrupt" in str(e).lower():
                 log.warning("outbox: quick_check skipped after %.0f s (database too large/slow)", self.check_timeout)
                 return None
-            return f"quick_check failed: {e}"
+            if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                return f"quick_check failed: {e}"
+            db.close()  # locked, I/O error: not damage, never quarantine a healthy file for it
+            raise OutboxError(f"{self.path}: cannot check outbox database: {e}") from e
         except sqlite3.DatabaseError as e:
             return f"quick_check failed: {e}"
         msgs = [str(r[0]) for r in res]
         return None if msgs == ["ok"] else "quick_check: " + "; ".join(msgs)
+
+    def _open_retrying(self) -> sqlite3.Connection:
+        """``_open()``; a full disk (SQLite needs a few KiB for -wal/-shm even to read) is answered by
+        releasing the reserve file and trying again. Errors that are not damage (full, locked, I/O,
+        permissions) raise OutboxError: a healthy file is never quarantined for them."""
+        for attempt in (1, 2):
+            try:
+                return self._open()
+            except sqlite3.DatabaseError as e:
+                if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) \
+                        or type(e) is sqlite3.DatabaseError:
+                    raise
+                if attempt == 1 and self._reserve_path.exists():
+                    log.error("outbox: cannot open %s (%s); releasing the disk reserve and retrying", self.path, e)
+                    self._drop_reserve()
+                    continue
+                raise OutboxError(f"{self.path}: cannot open outbox database: {e} (disk full? "
+                                  f"{self.path.parent} needs a little free space)") from e
+        raise AssertionError("unreachable")
 
     def _open_checked(self) -> sqlite3.Connection:
         self._last_seq_floor = 0
         problem = precheck(self.path)
         if problem is None:
             try:
-                db = self._open()
+                db = self._open_retrying()
             except sqlite3.DatabaseError as e:
                 problem = f"cannot open: {e}"
             else:
@@ -1008,6 +1031,7 @@ class Outbox:
         if not self._disk_full and disk_free > 2 * self.reserve_bytes + self.min_free:
             self._ensure_reserve()
         if time.monotonic() - self._last_sidecar > 60.0:
+            self._last_sidecar = time.monotonic()  # at most one attempt a minute, even when it fails
             with contextlib.suppress(OSError):
                 self._write_sidecar(max(self._sidecar.reserved, self._last_seq + 1))
 

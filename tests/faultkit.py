@@ -195,11 +195,17 @@ def loop_ext4(workdir: Path, size_mb: int = 16) -> Iterator[Path]:
             img.unlink()
 
 
-def fill_disk(directory: Path, leave: int = 0) -> Path:
-    """Fill the file system holding ``directory`` with a filler file until only ``leave`` bytes are free."""
-    filler = directory / "filler.bin"
+def fill_disk(directory: Path, leave: int = 0, name: str = "filler.bin") -> Path:
+    """Fill the file system holding ``directory`` with a filler file until only ``leave`` bytes are free.
+
+    Returns the filler's path (it may not exist if the disk was already too full to create it)."""
+    filler = directory / name
     chunk = b"\0" * (256 * 1024)
-    with open(filler, "ab") as f:
+    try:
+        f = open(filler, "ab", buffering=0)  # noqa: SIM115  (unbuffered: nothing left to fail at close)
+    except OSError:
+        return filler
+    with contextlib.suppress(OSError), f:
         while True:
             st = os.statvfs(directory)
             free = st.f_bavail * st.f_frsize
@@ -207,7 +213,6 @@ def fill_disk(directory: Path, leave: int = 0) -> Path:
                 break
             try:
                 f.write(chunk[: max(4096, min(len(chunk), free - leave))])
-                f.flush()
                 os.fsync(f.fileno())
             except OSError:
                 break

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent import codec
+from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox, Outgoing, integrity_check, precheck, ranges, read_stats
 from tests.faultkit import disk_free, fill_disk, loop_ext4, loop_mount_unavailable
 
@@ -312,3 +313,46 @@ def test_acked_rows_leave_without_row_deletes(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     db.close()
     ob.close()
+
+
+@needs_loop
+def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> None:
+    try:
+        cm = loop_ext4(tmp_path, size_mb=8)
+        mnt = cm.__enter__()
+    except RuntimeError as e:
+        pytest.skip(f"cannot loop-mount ext4 here: {e}")
+    try:
+        state = mnt / "state"
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024)
+        put_n(ob, 300)
+        ob.flush()
+        ob.close()
+        assert (state / "o.db.reserve").exists()
+        filler = fill_disk(mnt)
+        # a restart while the disk is full: SQLite needs room for -wal/-shm; the reserve gives it
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024)
+        assert ob.recovered is None and not list(state.glob("o.db.corrupt-*"))
+        assert ob.pending == 300
+        put_n(ob, 2000, size=200)  # cannot all be stored: kept in memory, never an exception
+        ob.flush(3.0)
+        ob.close(2.0)
+        filler2 = fill_disk(mnt, name="filler2.bin")
+        # no reserve left and still full: it opens (SQLite can reuse its -wal/-shm) or says why; the
+        # healthy file is never quarantined
+        try:
+            Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).close(2.0)
+        except OutboxError as e:
+            assert "disk full" in str(e)
+        assert not list(state.glob("o.db.corrupt-*"))
+        filler.unlink()
+        filler2.unlink(missing_ok=True)
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0)
+        assert ob.recovered is None and ob.last_seq >= 300
+        seq = ob.put(Outgoing(topic=TOPIC, stream="telemetry/s", data={}))
+        assert ob.flush() and seq == ob.last_seq
+        assert_accounted(drain_all(ob), ob.last_seq)  # whatever the full disk forced out is reported
+        ob.close()
+        assert integrity_check(state / "o.db") == "ok"
+    finally:
+        cm.__exit__(None, None, None)
