@@ -130,6 +130,24 @@ def test_localhost_prefix_install_idempotent_check_diff(tmp_path: Path, wheelhou
     assert r.returncode != 0 and totals["failed"] == 1
     assert "agent.status_interval" in r.stdout, r.stdout[-4000:]
     assert cfg.read_text() == before
+
+    # broker credentials from Ansible Vault: decrypted into config.toml (0640), never shown by --diff
+    secret = "S3cret-" + os.urandom(4).hex()
+    pw = tmp_path / "vault-pass"
+    pw.write_text("test-vault-password\n")
+    enc = subprocess.run([need_tool("ansible-vault", "pip install ansible-core"), "encrypt_string",
+                          "--vault-password-file", str(pw), secret, "--name", "vault_edge_agent_mqtt_password"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert enc.returncode == 0 and "$ANSIBLE_VAULT" in enc.stdout, enc.stderr
+    (tmp_path / "vault.yml").write_text(enc.stdout)
+    r, totals = playbook(inv, "--diff", "--vault-password-file", str(pw), "-e", f"@{tmp_path / 'vault.yml'}",
+                         "--start-at-task", "edge_agent : Configure | config.toml (checked with edge-agent "
+                         "check-config)",
+                         extra={**extra, "edge_agent_mqtt_username": "lab-1",
+                                "edge_agent_mqtt_password": "{{ vault_edge_agent_mqtt_password }}"})
+    assert r.returncode == 0 and totals["changed"] == 1, r.stdout[-4000:]
+    assert f'password = "{secret}"' in cfg.read_text()
+    assert secret not in r.stdout + r.stderr, "the vaulted password leaked into the output"
     print("ansible prefix runs: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
 
 
