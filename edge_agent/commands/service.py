@@ -193,6 +193,14 @@ class CommandService:
         #: Called by agent.restart after the reply is out; replaced in tests.
         self.exit_process: Callable[[int], None] = self._exit_process
         self.started = False
+        self._ready = threading.Event()
+        # Handler and subscriptions now, before the transport starts: the subscriptions go out with the
+        # CONNECT-time SUBSCRIBE (the transport re-applies them after every reconnect), and a command the
+        # broker redelivers from our session right after CONNACK finds its handler, which holds it until
+        # start() has run (see on_message) instead of it being acked unhandled.
+        app.add_message_handler(self._matches, self.on_message)
+        for f in cmd_filters(self.prefix, self.device, self.groups):
+            app.transport.subscribe(f, qos=1)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -225,22 +233,11 @@ class CommandService:
             t.start()
             self._workers.append(t)
         self._resume()
-        self.app.add_message_handler(self._matches, self.on_message)
-        # The transport re-subscribes after every reconnect. Subscribing again from on_connected as well
-        # closes a window: a subscribe() racing the CONNACK handling would otherwise wait for the next
-        # reconnect (a duplicate SUBSCRIBE is harmless).
-        listeners = getattr(self.app, "connected_listeners", None)
-        if listeners is not None:
-            listeners.append(lambda session_present: self._subscribe())
-        self._subscribe()
         self.started = True
+        self._ready.set()
         log.info("commands: listening on %s (%d command(s), %d operator key(s))",
                  ", ".join(cmd_filters(self.prefix, self.device, self.groups)), len(self.registry.names()),
                  len(self.cfg.keys))
-
-    def _subscribe(self) -> None:
-        for f in cmd_filters(self.prefix, self.device, self.groups):
-            self.app.transport.subscribe(f, qos=1)
 
     def _warn_config(self) -> None:
         if self.cfg.insecure:
@@ -281,7 +278,17 @@ class CommandService:
         return parse_cmd_topic(self.prefix, topic) is not None
 
     def on_message(self, msg: Any) -> None:
-        """Validate, persist 'received' and queue. Never raises; quick."""
+        """Validate, persist 'received' and queue. Never raises; quick.
+
+        Before start() has finished (a redelivery right after CONNACK) it waits for it; if the service is
+        stopping or never starts, the message is left unacknowledged so the broker delivers it again
+        to the next connection, rather than acked and lost.
+        """
+        if not self._ready.wait(30.0) or self._stop.is_set():
+            msg._ack = None
+            log.warning("command on %s left unacknowledged: the command service is %s; the broker will "
+                        "deliver it again", msg.topic, "stopping" if self._stop.is_set() else "not started")
+            return
         try:
             self._on_message(msg)
         except Exception:

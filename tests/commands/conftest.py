@@ -18,6 +18,7 @@ from edge_agent.app import App
 from edge_agent.commands.signing import Signer
 from edge_agent.config import MqttConfig
 from edge_agent.devbroker import DevBroker
+from edge_agent.errors import TransportError
 from edge_agent.transport.mqtt import InMessage, MqttTransport
 
 
@@ -90,8 +91,15 @@ class Requester:
             props["response_topic"] = self.reply_topic
         if json_ct:
             props["content_type"] = "application/json"
-        self.t.publish(topic, payload, qos=1, props=props)
-        return corr
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.t.publish(topic, payload, qos=1, props=props)
+                return corr
+            except TransportError:  # e.g. the in-flight window is full: wait for PUBACKs
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def wait_reply(self, corr: bytes, timeout: float = 15.0, final: bool = True) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -93,3 +93,34 @@ def test_agent_restart_replies_then_exits_nonzero(broker, tmp_path: Path, signer
     finally:
         if agent.alive():
             agent.terminate()
+
+
+def test_broker_redelivers_after_agent_killed_before_puback(broker, tmp_path: Path, signer: Signer,
+                                                            requester: Requester) -> None:
+    """The agent is frozen (SIGSTOP) when the command arrives, then SIGKILLed: no PUBACK was ever sent, so the
+    broker redelivers from the agent's persistent session after the restart; it runs once, and a later
+    duplicate gets the stored result."""
+    import signal
+
+    marker = tmp_path / "marker"
+    agent = _agent(tmp_path, broker.port, signer)
+    try:
+        _ready(requester)
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        raw = codec.encode(signer.sign("device", "dev-1", "test.slow", {"seconds": 0, "marker": str(marker)},
+                                       ttl=600))
+        corr = requester.publish(T + "test.slow", raw)
+        time.sleep(0.5)
+        agent.kill()
+        assert not marker.exists()
+        agent = AgentProcess(agent.config).start()
+        rep = requester.wait_reply(corr, timeout=30)  # the redelivered request, answered to its Response Topic
+        assert rep["status"] == "ok" and not rep.get("replay"), rep
+        again = requester.wait_reply(requester.publish(T + "test.slow", raw))
+        assert again.get("replay") is True
+        time.sleep(0.5)
+        assert len(_lines(marker)) == 1
+    finally:
+        if agent.alive():
+            agent.terminate()
