@@ -92,6 +92,7 @@ class App:
         self.sensors: dict[str, Sensor] = {}
         self.services: list[Service] = []
         self._stopped = threading.Event()
+        self._status_due = False  # the last status publish failed (e.g. window full): retry next tick
         self._status_thread: threading.Thread | None = None
         self.pin_factory: Any = None
         self.outputs: dict[str, Actuator] = {}  # opened (safe state) in start(), switched off in stop()
@@ -124,16 +125,21 @@ class App:
     def _on_message(self, msg: InMessage) -> None:
         """Route an incoming message; PUBACK only after the handler returned (it has stored what it must).
 
+        A handler that raises leaves the message unacknowledged, so it is redelivered rather than lost.
         A handler that wants to acknowledge later calls ``msg.ack()`` itself; acking twice is harmless.
         """
-        try:
-            for match, fn in self.message_handlers:
-                if match(msg.topic):
+        for match, fn in self.message_handlers:
+            if match(msg.topic):
+                try:
                     fn(msg)
+                except Exception:
+                    # not acknowledged: the broker redelivers it after the next reconnect
+                    log.exception("handler for %s failed; message left unacknowledged", msg.topic)
                     return
-            log.debug("no handler for message on %s", msg.topic)
-        finally:
-            msg.ack()
+                msg.ack()
+                return
+        log.debug("no handler for message on %s", msg.topic)
+        msg.ack()
 
     def _on_status(self, st: ConnectionStatus) -> None:
         level = logging.WARNING if st.state in ("offline", "auth_failed") else logging.INFO
@@ -168,12 +174,17 @@ class App:
             return json.dumps({"state": "offline", "dev": self.cfg.device.id}).encode()
         return json.dumps(self.status_dict(state), separators=(",", ":")).encode()
 
-    def publish_status(self) -> None:
+    def publish_status(self) -> bool:
+        """Publish the retained online status; False (retried by the status loop) if it could not go out."""
         try:
             self.transport.publish(status_topic(self.prefix, self.cfg.device.id), self._status_payload("online"),
                                    qos=1, retain=True, token=None)
         except Exception as e:
             log.debug("status not published: %s", e)
+            self._status_due = True
+            return False
+        self._status_due = False
+        return True
 
     def _status_loop(self) -> None:
         """Watchdog pings (only while every loop ticks), STATUS= lines, status.json, retained status."""
@@ -198,7 +209,7 @@ class App:
                            + (f"; STALLED: {', '.join(stalled)}" if stalled else ""))
             if status_file is not None:
                 self._write_status_file(status_file, state, stalled)
-            if time.monotonic() >= next_status:
+            if time.monotonic() >= next_status or self._status_due:
                 next_status = time.monotonic() + self.cfg.agent.status_interval
                 if self.transport.connected:
                     self.publish_status()

@@ -36,6 +36,10 @@ class PublishRefused(TransportError):
     """paho refused a publish (return code given)."""
 
 
+class WindowFull(PublishRefused):
+    """As many QoS>0 messages as the broker allows (Receive Maximum) already await their PUBACK."""
+
+
 class AuthError(TransportError, PermissionError):
     """The broker refused our credentials."""
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.errors import NotConnected, PublishRefused
+from edge_agent.errors import NotConnected, PublishRefused, WindowFull
 from edge_agent.outbox import Outbox, Pending
 from edge_agent.transport.mqtt import MqttTransport
 
@@ -79,8 +79,10 @@ class Forwarder:
 
     # called by the transport (network thread)
     def on_ack(self, token: Any, ok: bool, rc: int) -> None:
-        if not isinstance(token, int):
-            return  # not an outbox row (e.g. the retained status message)
+        if not isinstance(token, int):  # not an outbox row (e.g. the retained status message)
+            if self._waiting:
+                self._wake.set()
+            return
         seq = token
         with self._lock:
             self._inflight.discard(seq)
@@ -158,6 +160,11 @@ class Forwarder:
             return []
         return self.outbox.begin(int(budget), live_after=self._boundary, part="backlog")
 
+    def _room(self) -> int:
+        # the transport counts every publisher's unacked messages (status too): the broker's
+        # Receive Maximum is a hard limit
+        return self.transport.window - max(self.inflight(), self.transport.inflight())
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.heartbeat()
@@ -176,10 +183,10 @@ class Forwarder:
                     # throttled: wake for new live rows at once, else when the bucket has refilled a bit
                     self.outbox.wait(0.05 if self._throttled else 0.2)
                     continue
-            room = self.transport.window - self.inflight()
+            room = self._room()
             if room <= 0:
                 self._waiting = True
-                if self.transport.window - self.inflight() <= 0:  # re-check: an ack may have just arrived
+                if self._room() <= 0:  # re-check: an ack may have just arrived
                     self._wake.wait(0.5)
                 self._waiting = False
                 self._wake.clear()
@@ -203,6 +210,8 @@ class Forwarder:
                     self.outbox.release([r.seq for r in rows[i:]] + [r.seq for r in self._buffer])
                     self._buffer = []
                     log.debug("publish stopped: %s", e)
+                    if isinstance(e, WindowFull):
+                        self._stop.wait(0.005)  # another publisher (status) holds a slot: no hot spin
                     break
                 published += 1
             self.sent += published

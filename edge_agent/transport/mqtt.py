@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
-from edge_agent.errors import NotConnected, PublishRefused
+from edge_agent.errors import NotConnected, PublishRefused, WindowFull
 
 log = logging.getLogger("edge_agent.transport")
 
@@ -133,6 +133,7 @@ class MqttTransport:
         self._gen = 0
         self._mids: dict[int, tuple[Any, float]] = {}
         self._early: dict[int, int] = {}
+        self._reserved = 0  # QoS>0 publishes handed to paho and not yet acked: never above window
         self._online = threading.Event()
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -153,8 +154,9 @@ class MqttTransport:
         return max(1, min(self.cfg.max_inflight, self.receive_maximum))
 
     def inflight(self) -> int:
+        """QoS>0 messages handed to the broker and not acknowledged (all publishers together)."""
         with self._lock:
-            return len(self._mids)
+            return self._reserved
 
     def start(self) -> None:
         self._stop.clear()
@@ -183,16 +185,27 @@ class MqttTransport:
                 props: dict[str, Any] | None = None, token: Any = None) -> None:
         """Hand one message to the broker. The ack arrives via ``on_ack(token, ok, reason)``.
 
-        Raises NotConnected when offline and PublishRefused when paho refuses it.
+        Raises NotConnected when offline, WindowFull when ``window`` QoS>0 messages are already
+        unacknowledged (the broker's Receive Maximum is a hard limit, whoever publishes), and
+        PublishRefused when paho refuses it.
         """
         with self._lock:
             client, gen = self._client, self._gen
-        if client is None or not self._online.is_set():
-            raise NotConnected("not connected to the broker")
-        info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
-        if info.rc == paho.MQTT_ERR_NO_CONN:
-            raise NotConnected("connection lost while publishing")
+            if client is None or not self._online.is_set():
+                raise NotConnected("not connected to the broker")
+            if qos > 0:
+                if self._reserved >= self.window:
+                    raise WindowFull(f"{self._reserved} messages already awaiting PUBACK")
+                self._reserved += 1
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
+        except BaseException:
+            self._unreserve(gen, qos)
+            raise
         if info.rc != paho.MQTT_ERR_SUCCESS:
+            self._unreserve(gen, qos)
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                raise NotConnected("connection lost while publishing")
             raise PublishRefused(f"paho refused publish to {topic}: {paho.error_string(info.rc)}")
         if qos == 0:
             self._on_ack(token, True, 0)
@@ -203,8 +216,16 @@ class MqttTransport:
             rc = self._early.pop(info.mid, None)
             if rc is None:
                 self._mids[info.mid] = (token, time.monotonic())
+            else:
+                self._reserved = max(0, self._reserved - 1)
         if rc is not None:
             self._deliver_ack(token, rc)
+
+    def _unreserve(self, gen: int, qos: int) -> None:
+        if qos > 0:
+            with self._lock:
+                if gen == self._gen and self._reserved > 0:
+                    self._reserved -= 1
 
     def stop(self, timeout: float = 5.0, offline: Will | None = None) -> None:
         """Disconnect cleanly: publish ``offline`` (e.g. retained offline status) first if given."""
@@ -316,6 +337,7 @@ class MqttTransport:
             if entry is None:
                 self._early[mid] = code
                 return
+            self._reserved = max(0, self._reserved - 1)
         self._deliver_ack(entry[0], code)
 
     def _handle_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
@@ -351,6 +373,7 @@ class MqttTransport:
                 self._gen += 1
                 self._mids.clear()
                 self._early.clear()
+                self._reserved = 0
                 client = self._client = self._make_client()
             self._lost.clear()
             self._set_status(ConnectionStatus("connecting", f"{self.cfg.host}:{self.cfg.port}", attempt=attempt))
@@ -416,6 +439,7 @@ class MqttTransport:
             lost = [tok for tok, _ in self._mids.values()]
             self._mids.clear()
             self._early.clear()
+            self._reserved = 0
         for tok in lost:
             try:
                 self._on_ack(tok, False, -1)
