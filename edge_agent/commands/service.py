@@ -607,7 +607,8 @@ class CommandService:
         if spec is None:
             outcome = {"status": "error", "error": {"code": "unknown_command", "message": f"no command {job.name!r}"}}
         else:
-            self.counters["executed"] += 1
+            with self._lock:  # workers run concurrently
+                self.counters["executed"] += 1
             try:
                 result = spec.fn(ctx, **job.args)
                 outcome = {"status": "ok", "result": result}
