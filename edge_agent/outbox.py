@@ -1165,7 +1165,9 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Messages not yet acked: stored ones plus those still waiting in memory for their commit (so
+        "pending == 0" really means drained, also right after a burst of put())."""
+        return self._pending + len(self._batch)
 
     def stats(self) -> OutboxStats:
         with self._lock:
@@ -1182,7 +1184,8 @@ class Outbox:
         with self._cond:
             c = dict(self.counters)
             mem = len(self._batch)
-        return {"pending": self._pending, "backlog": self._pending, "last_seq": self._last_seq,
+        pending = self.pending
+        return {"pending": pending, "backlog": pending, "last_seq": self._last_seq,
                 "oldest_age_s": round(max(0.0, self._clock() - row[0] / 1000.0), 3) if row else 0.0,
                 "memory": mem, "disk_full": self._disk_full, **c}
 
