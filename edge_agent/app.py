@@ -138,7 +138,7 @@ class App:
                     return
                 msg.ack()
                 return
-        log.debug("no handler for message on %s", msg.topic)
+        log.warning("no handler for message on %s; acknowledged and dropped", msg.topic)
         msg.ack()
 
     def _on_status(self, st: ConnectionStatus) -> None:
@@ -171,7 +171,8 @@ class App:
 
     def _status_payload(self, state: str) -> bytes:
         if state == "offline":
-            return json.dumps({"state": "offline", "dev": self.cfg.device.id}).encode()
+            return json.dumps({"state": "offline", "dev": self.cfg.device.id,
+                               "groups": list(self.cfg.device.groups)}).encode()
         return json.dumps(self.status_dict(state), separators=(",", ":")).encode()
 
     def publish_status(self) -> bool:

@@ -134,6 +134,7 @@ class MqttTransport:
         self._mids: dict[int, tuple[Any, float]] = {}
         self._early: dict[int, int] = {}
         self._reserved = 0  # QoS>0 publishes handed to paho and not yet acked: never above window
+        self._subs_sent_gen = -1  # the connection generation whose CONNACK re-sent every subscription
         self._online = threading.Event()
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -170,7 +171,9 @@ class MqttTransport:
         """Subscribe now (if online) and after every reconnect."""
         with self._lock:
             self._subs[topic] = qos
-            client = self._client if self._online.is_set() else None
+            # once this connection's CONNACK handler has taken its snapshot of _subs, a new
+            # subscription must be sent now, or it would wait for the next reconnect
+            client = self._client if self._subs_sent_gen == self._gen else None
         if client is not None:
             client.subscribe([(topic, SubscribeOptions(qos=qos))])
 
@@ -312,6 +315,7 @@ class MqttTransport:
         self.max_packet_size = int(mps) if mps else 0
         with self._lock:
             subs = list(self._subs.items())
+            self._subs_sent_gen = gen
         if subs:
             client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])
         session_present = bool(getattr(flags, "session_present", False))
