@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.fsutil import atomic_write
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}$")
@@ -169,13 +170,7 @@ class ChunkAssembler:
         return TransferState(transfer_id, total, str(meta["sha256"]), path, False, missing, len(have), size)
 
     def _write_atomic(self, path: Path, data: bytes | bytearray | memoryview) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, fsync=self.fsync)
 
     def _assemble(self, transfer_id: str, tdir: Path, meta: dict[str, object]) -> TransferState:
         total = int(meta["total"])  # type: ignore[call-overload]

@@ -6,26 +6,14 @@ interface is :class:`edge_agent.actuators.base.Actuator` (``set(value, duration)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_agent.plugins import Registry
 
 PLUGINS: dict[str, str] = {
     "gpio.output": "edge_agent.actuators.gpio_output:GpioOutput",
 }
 
 
-def plugin_names() -> list[str]:
-    return sorted(PLUGINS)
-
-
-def plugin_class(type_name: str) -> Any:
-    target = PLUGINS.get(type_name)
-    if target is None:
-        return None
-    mod, _, cls = target.partition(":")
-    return getattr(importlib.import_module(mod), cls)
-
-
-def options_for(type_name: str) -> type | None:
-    cls = plugin_class(type_name)
-    return None if cls is None else cls.Options
+_registry = Registry(PLUGINS)
+plugin_names = _registry.names
+plugin_class = _registry.plugin_class
+options_for = _registry.options_for

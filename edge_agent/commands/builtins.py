@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 import time
@@ -33,6 +32,7 @@ from edge_agent import config as config_mod
 from edge_agent.commands.registry import Registry
 from edge_agent.commands.schema import Arg
 from edge_agent.errors import CommandError, ConfigError
+from edge_agent.fsutil import atomic_write
 
 _config_lock = threading.Lock()
 _transfer_lock = threading.Lock()  # ChunkAssembler is not thread-safe; commands run on several workers
@@ -206,24 +206,7 @@ def config_set(ctx: Any, changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-    except OSError:
-        pass
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, text, keep_mode=True)
 
 
 # ---------------------------------------------------------------- sensors, outputs, history

@@ -35,7 +35,6 @@ import collections
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
+from edge_agent.fsutil import atomic_write
 from edge_agent.inference import runtime
 from edge_agent.inference.model import Model, metadata_path, parse_metadata, paths
 from edge_agent.inference.window import RowAssembler, Window, Windower, as_float
@@ -338,10 +338,10 @@ class InferenceService:
         prev = path.with_name(path.name + ".prev")
         cur = slot.active
         if cur is not None:
-            _atomic_write(prev, cur.blob)
-            _atomic_write(metadata_path(prev), _meta_bytes(cur.meta.raw))
-        _atomic_write(metadata_path(path), _meta_bytes(new.meta.raw))
-        _atomic_write(path, new.blob)
+            atomic_write(prev, cur.blob)
+            atomic_write(metadata_path(prev), _meta_bytes(cur.meta.raw))
+        atomic_write(metadata_path(path), _meta_bytes(new.meta.raw))
+        atomic_write(path, new.blob)
         slot.load_path = path
 
     def rollback(self, name: str, reason: str = "requested") -> dict[str, Any]:
@@ -355,10 +355,10 @@ class InferenceService:
             path = slot.install_path
             prev_path = path.with_name(path.name + ".prev")
             if bad is not None:  # kept for a post-mortem, never loaded again automatically
-                _atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
-                _atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), _meta_bytes(bad.meta.raw))
-            _atomic_write(metadata_path(path), _meta_bytes(prev.meta.raw))
-            _atomic_write(path, prev.blob)
+                atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
+                atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), _meta_bytes(bad.meta.raw))
+            atomic_write(metadata_path(path), _meta_bytes(prev.meta.raw))
+            atomic_write(path, prev.blob)
             for p in (prev_path, metadata_path(prev_path)):
                 try:
                     p.unlink()
@@ -436,25 +436,3 @@ def _meta_bytes(raw: Any) -> bytes:
     return (json.dumps(dict(raw), indent=1, sort_keys=True) + "\n").encode()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass

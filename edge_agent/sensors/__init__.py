@@ -7,8 +7,7 @@ and a ``SAMPLE`` config block. Register it in :data:`PLUGINS` (type name -> "mod
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_agent.plugins import Registry
 
 PLUGINS: dict[str, str] = {
     "simulated": "edge_agent.sensors.simulated:SimulatedSensor",
@@ -21,18 +20,7 @@ PLUGINS: dict[str, str] = {
 }
 
 
-def plugin_names() -> list[str]:
-    return sorted(PLUGINS)
-
-
-def plugin_class(type_name: str) -> Any:
-    target = PLUGINS.get(type_name)
-    if target is None:
-        return None
-    mod, _, cls = target.partition(":")
-    return getattr(importlib.import_module(mod), cls)
-
-
-def options_for(type_name: str) -> type | None:
-    cls = plugin_class(type_name)
-    return None if cls is None else cls.Options
+_registry = Registry(PLUGINS)
+plugin_names = _registry.names
+plugin_class = _registry.plugin_class
+options_for = _registry.options_for
