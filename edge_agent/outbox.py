@@ -316,6 +316,7 @@ class Outbox:
         self._flush_req = 0
         self._flush_done = 0
         self._disk_full = False
+        self._failed_bytes = 0
         self._next_maint = time.monotonic() + maintenance_interval  # the first commit must not wait for it
         self._next_expiry_ms: int | None = None
         self._last_sidecar = 0.0
@@ -945,6 +946,7 @@ class Outbox:
                       err: BaseException) -> None:
         """Keep what could not be stored in memory (bounded) and retry; on disk full, make room."""
         full = _is_disk_full(err)
+        self._failed_bytes = sum(len(r[3]) + 32 for r in batch)
         with self._cond:
             self.counters["store_errors"] += 1
             self._batch[:0] = batch
@@ -1010,10 +1012,11 @@ class Outbox:
         if self._disk_full and self._acked_rows:
             self._purge_acked = True
         if self._disk_full:
-            # the disk refused a write: free a tenth of the rows (at least 1 MiB worth) to make room
+            # the disk refused a write: free about twice what the failed commit needed (at least 64 KiB),
+            # lowest class first; the next failure frees more. Small steps: alarms are the last to go.
             per_row = max(used / pending, 64.0)
-            victims = self._select_victims(max(pending // 10, math.ceil(1024 * 1024 / per_row)),
-                                           claimed | set(expired), rid)
+            need = max(64 * 1024, 2 * self._failed_bytes)
+            victims = self._select_victims(math.ceil(need / per_row), claimed | set(expired), rid)
             reason = "disk_full"
         elif used > cap and self._acked_rows:
             self._purge_acked = True  # acked rows still stored go first: they cost nothing to drop
