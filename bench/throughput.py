@@ -67,7 +67,7 @@ def baseline(port: int, n: int, window: int, payload: bytes) -> float:
 def agent(port: int, n: int, tmp: Path, rate: float) -> tuple[float, int]:
     state = tmp / "state"
     # offered load: the baseline's rate (a faster sensor only builds a backlog that is drained at the same rate)
-    sensors = f'[[sensors]]\nname = "s1"\ntype = "simulated"\ninterval = {1.0 / rate:.7f}\ncount = {n}\n'
+    sensors = f"[[sensors]]\nname = \"s1\"\ntype = \"simulated\"\ninterval = {1.0 / rate:.7f}\ncount = {n}\n"
     cfg = write_config(tmp / "agent.toml", port, state, prefix="bench", sensors=sensors,
                        extra="[logging]\nlevel = \"warning\"\n")
     col = Collector(port, "bench/dev-1/telemetry/#").start()
@@ -100,11 +100,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--offered", type=float, default=1.0,
+                    help="sensor rate as a multiple of the baseline's rate (e.g. 100: as fast as the sampler runs)")
     a = ap.parse_args()
     payload = codec.encode_envelope("dev-1", 123456, time.time(), "telemetry/s1", {"value": 21.123456})
     with tempfile.TemporaryDirectory() as d, DevBroker(workdir=Path(d) / "broker") as b:
         raw = baseline(b.port, a.n, a.window, payload)
-        ag, rss = agent(b.port, a.n, Path(d), raw)
+        ag, rss = agent(b.port, a.n, Path(d), raw * a.offered)
     print(f"messages: {a.n}, payload {len(payload)} B, QoS 1, window {a.window}, cpus {os.cpu_count()}")
     print(f"raw paho-mqtt QoS1 (paced, all PUBACKs awaited): {raw:10.0f} msg/s")
     print(f"edge-agent durable end to end                  : {ag:10.0f} msg/s")

@@ -132,7 +132,8 @@ def test_replay_config_errors(tmp_path: Path) -> None:
 
 def test_replay_nab_machine_temperature_fast() -> None:
     """The whole NAB recording (22,695 rows, 2.5 months) replays in seconds with its own timestamps."""
-    assert NAB.is_file(), NAB
+    if not NAB.is_file():
+        pytest.skip(f"NAB data not found at {NAB} (../shared/ is not beside this checkout)")
     s = ReplaySensor("machine_temp", ReplayOptions(path=str(NAB), speed=0, use_file_time=True), _ctx())
     s.open()
     t0 = time.monotonic()
