@@ -62,8 +62,6 @@ class Forwarder:
         self.transport = transport
         self._msgs = TokenBucket(max_rate)
         self._bytes = TokenBucket(max_rate_bytes, burst=max(max_rate_bytes, 65536.0))
-        self._lock = threading.Lock()
-        self._inflight: set[int] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,8 +82,6 @@ class Forwarder:
                 self._wake.set()
             return
         seq = token
-        with self._lock:
-            self._inflight.discard(seq)
         if ok:
             self.outbox.accept((seq,))
         elif rc == -1:
@@ -122,8 +118,8 @@ class Forwarder:
             self._thread.join(timeout)
 
     def inflight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        """Messages handed to the broker and not yet acknowledged (the transport keeps the count)."""
+        return self.transport.inflight()
 
     def drain(self, timeout: float) -> bool:
         """Wait until the outbox is empty and nothing is in flight (or timeout). True if drained."""
@@ -163,7 +159,7 @@ class Forwarder:
     def _room(self) -> int:
         # the transport counts every publisher's unacked messages (status too): the broker's
         # Receive Maximum is a hard limit
-        return self.transport.window - max(self.inflight(), self.transport.inflight())
+        return self.transport.window - self.transport.inflight()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -199,14 +195,9 @@ class Forwarder:
                     self.outbox.release([r.seq for r in rows[i:]] + [r.seq for r in self._buffer])
                     self._buffer = []
                     return
-                with self._lock:
-                    self._inflight.add(row.seq)
                 try:
                     self.transport.publish(row.topic, row.payload, row.qos, row.retain, row.props, token=row.seq)
                 except (NotConnected, PublishRefused) as e:
-                    with self._lock:
-                        for r in rows[i:]:
-                            self._inflight.discard(r.seq)
                     self.outbox.release([r.seq for r in rows[i:]] + [r.seq for r in self._buffer])
                     self._buffer = []
                     log.debug("publish stopped: %s", e)

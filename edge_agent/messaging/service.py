@@ -422,6 +422,8 @@ class MessagingService:
                     self._advance(mid, "queued")
 
     def _on_ack(self, seq: int, ok: bool, rc: int) -> None:
+        if seq not in self._tracked:  # telemetry and other rows: no lock on the PUBACK hot path
+            return
         with self._lock:
             mid = self._tracked.get(seq)
             if mid is None or rc == -1:
