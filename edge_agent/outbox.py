@@ -299,6 +299,7 @@ class Outbox:
         self._cond = threading.Condition(threading.Lock())  # guards the memory batch, acks, counters
         self._batch: list[_Row] = []
         self._acks: list[int] = []
+        self._committing = 0  # rows of the batch the writer is committing right now
         self._claimed: dict[int, int] = {}  # seq -> prio
         self._cursor: dict[tuple[int, str], int] = {}
         self._data_ready = threading.Event()
@@ -821,6 +822,7 @@ class Outbox:
                 self._account_locked("disk_full", self._mem_dropped)
                 self._mem_dropped = []
             batch, self._batch = self._batch, []
+            self._committing = len(batch)  # still counted as pending while the transaction runs
             acks, self._acks = self._acks, []
             n_enq = len(batch)
             n_evicted = sum(len(v) for k, v in victims.items() if k not in ("expired", "_folded"))
@@ -853,9 +855,12 @@ class Outbox:
             if self._db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-            self._store_failed(batch, acks, victims, e)
+            self._store_failed(batch, acks, victims, e)  # puts the batch back into _batch
+            with self._cond:
+                self._committing = 0
             return False
         with self._cond:
+            self._committing = 0
             self.counters["enqueued"] += n_enq
             self.counters["acked"] += len(acks)
             self.counters["evicted"] += n_evicted
@@ -1170,7 +1175,8 @@ class Outbox:
     def pending(self) -> int:
         """Messages not yet acked: stored ones plus those still waiting in memory for their commit (so
         "pending == 0" really means drained, also right after a burst of put())."""
-        return self._pending + len(self._batch)
+        with self._cond:  # a batch moves _batch -> _committing -> _pending: never counted as zero
+            return self._pending + len(self._batch) + self._committing
 
     def stats(self) -> OutboxStats:
         with self._lock:

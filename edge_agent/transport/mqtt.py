@@ -134,6 +134,7 @@ class MqttTransport:
         self._mids: dict[int, tuple[Any, float]] = {}
         self._early: dict[int, int] = {}
         self._reserved = 0  # QoS>0 publishes handed to paho and not yet acked: never above window
+        self.peak_inflight = 0  # the most QoS>0 messages ever awaiting PUBACK at once (never above window)
         self._subs_sent_gen = -1  # the connection generation whose CONNACK re-sent every subscription
         self._online = threading.Event()
         self._lost = threading.Event()
@@ -200,6 +201,8 @@ class MqttTransport:
                 if self._reserved >= self.window:
                     raise WindowFull(f"{self._reserved} messages already awaiting PUBACK")
                 self._reserved += 1
+                if self._reserved > self.peak_inflight:
+                    self.peak_inflight = self._reserved
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
         except BaseException:
