@@ -8,6 +8,15 @@ import threading
 
 from edge_agent import Agent
 
+_out = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line per write: the callback thread and the main thread both print."""
+    with _out:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -23,16 +32,16 @@ def main() -> int:
     if args.mode == "recv":
         @agent.on_message
         def got(msg):  # type: ignore[no-untyped-def]
-            print(f"GOT {msg.id} {msg.data['n']}", flush=True)
+            say(f"GOT {msg.id} {msg.data['n']}")
             agent.mark_read([msg])
     agent.start()
     if args.mode == "send":
         msgs = [agent.send(args.to, {"n": i}) for i in range(args.count)]
         for m in msgs:
             agent.wait_status(m, "queued", timeout=30)
-        print("QUEUED " + " ".join(m.id for m in msgs), flush=True)
+        say("QUEUED " + " ".join(m.id for m in msgs))
     else:
-        print("READY", flush=True)
+        say("READY")
     threading.Event().wait()  # until killed
     return 0
 
