@@ -361,9 +361,12 @@ class CommandService:
         if is_json:
             try:
                 obj = json.loads(payload.decode("utf-8"), parse_constant=_bad_constant)
+                # "\ud800" escapes decode to lone surrogates, which no UTF-8 encoder (msgpack for the
+                # signature's canonical bytes, SQLite for the command store) accepts: refuse them here
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
             except DecodeError:
                 raise
-            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            except (UnicodeError, ValueError, RecursionError) as e:
                 raise DecodeError(f"bad JSON: {type(e).__name__}: {e}") from None
         else:
             obj = codec.decode(payload, max_bytes=self.cfg.max_payload, max_str=4096,

@@ -161,3 +161,18 @@ def test_fuzz_command_topics(make_app, requester: Requester, signer: Signer, cap
     print(f"\nfuzz: {sent['n']} payloads ({sent['broker']} also through mosquitto) in {elapsed:.1f} s "
           f"({sent['n'] / elapsed:.0f}/s), RSS +{growth:.1f} MB, "
           f"refusals {dict(sorted(svc.refusals.items()))}")
+
+
+def test_lone_surrogates_in_json_are_refused_not_crashing(make_app, signer: Signer, caplog: Any) -> None:
+    """Found by the fuzz run: a JSON "\\ud800" escape decodes to a str no UTF-8 encoder accepts (the
+    canonical bytes of a signature are msgpack). It must be a decode_error refusal, not a handler crash."""
+    app = make_app(keys=key_snippet(signer), commands='unsigned = []')
+    svc = app.service("commands")
+    bodies = [b'{"id": "a\\ud800", "sig": "AAAA", "kid": "k", "issued_at": 1, "expires_at": 2, "args": {}}',
+              b'{"id": "x", "args": {"k\\udaed": 1}, "sig": "AAAA", "kid": "k", "issued_at": 1, "expires_at": 2}']
+    with caplog.at_level(logging.WARNING, logger="edge_agent.commands"):
+        for body in bodies:
+            svc.on_message(InMessage(topic="edge/all/cmd/ping", payload=body, qos=1, response_topic="r/x",
+                                     correlation_data=b"c", content_type="application/json"))
+    assert not [r for r in caplog.records if "handler failed" in r.getMessage() or r.levelno >= logging.ERROR]
+    assert sum("decode_error" in r.getMessage() for r in caplog.records) == len(bodies)
