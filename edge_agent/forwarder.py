@@ -140,14 +140,13 @@ class Forwarder:
             time.sleep(0.02)
         return False
 
-    def _throttle(self, row: Pending) -> float:
+    def _charge(self, row: Pending) -> None:
         """Charge a backlog row to the buckets. Rows are fetched only within the budget (see _fill), so
         this never makes the loop sleep: a throttled backlog must not hold back live rows behind it."""
-        if not self._throttled or row.seq > self._boundary or row.prio >= 2:
-            return 0.0
+        if row.seq > self._boundary or row.prio >= 2:
+            return
         self._msgs.take(1.0)
         self._bytes.take(float(len(row.payload)))
-        return 0.0
 
     def _fill(self) -> list[Pending]:
         """The next rows to send. Throttled: live rows (alarms, events, anything put after the connect)
@@ -212,7 +211,7 @@ class Forwarder:
                 rows, self._buffer = self._buffer[:room], self._buffer[room:]
             published = 0
             for i, row in enumerate(rows):
-                self._throttle(row)
+                self._charge(row)
                 try:
                     self.transport.publish(row.topic, row.payload, row.qos, row.retain, row.props, token=row.seq)
                 except (NotConnected, PublishRefused) as e:

@@ -29,6 +29,12 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
+def missing(seqs: list[int], last: int) -> list[int]:
+    """The seqs 1..last that never arrived."""
+    got = set(seqs)
+    return [s for s in range(1, last + 1) if s not in got]
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, msg: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from edge_agent import config
 from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import integrity_check, read_stats
-from tests.helpers import AgentProcess, Collector, unique, wait_for, write_config
+from tests.helpers import AgentProcess, Collector, missing, unique, wait_for, write_config
 
 SIM = """
 [[sensors]]
@@ -22,11 +22,6 @@ type = "simulated"
 interval = {interval}
 count = {count}
 """
-
-
-def missing(seqs: list[int], last: int) -> list[int]:
-    got = set(seqs)
-    return [s for s in range(1, last + 1) if s not in got]
 
 
 def test_happy_path_1000_readings_seq_1_to_1000(tmp_path: Path, broker: DevBroker) -> None:

@@ -13,12 +13,7 @@ from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
 from edge_agent.transport import mqtt as mqtt_mod
 from edge_agent.transport.mqtt import backoff_delay
-from tests.helpers import Collector, unique, wait_for, write_config
-
-
-def missing(seqs: list[int], last: int) -> list[int]:
-    got = set(seqs)
-    return [s for s in range(1, last + 1) if s not in got]
+from tests.helpers import Collector, missing, unique, wait_for, write_config
 
 
 def fill(app: App, n: int) -> None:
