@@ -90,6 +90,8 @@ class MqttConfig:
     connect_timeout: float = _f(10.0, "Seconds to wait for CONNACK.", gt=0)
     reconnect_min: float = _f(0.5, "First reconnect delay ceiling in seconds (full jitter).", gt=0)
     reconnect_max: float = _f(60.0, "Longest reconnect delay ceiling in seconds.", gt=0)
+    fast_ack: bool = _f(True, "Decode plain PUBACKs without paho's per-ack objects (about 20% less CPU at "
+                              "full rate). Set false to use paho's own path, e.g. after a paho upgrade.")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class Forwarder:
     # called by the transport (network thread)
     def on_ack(self, token: Any, ok: bool, rc: int) -> None:
         if not isinstance(token, int):  # not an outbox row (e.g. the retained status message)
-            if self._waiting:
+            if self._waiting or (not self._throttled and rc != -1 and not self._pump()):
                 self._wake.set()
             return
         seq = token
@@ -103,10 +103,15 @@ class Forwarder:
                 fn(seq, ok, rc)
             except Exception:
                 log.exception("ack listener failed")
-        if ok and not self._throttled:
-            # send the next row from this (the network) thread: no thread hand-off per message
-            self._pump()
-        if self._waiting or len(self._buffer) < PREFETCH // 2:
+        wake = len(self._buffer) < PREFETCH // 2  # time to refill
+        if not self._throttled:
+            # send the next row from this (the network) thread: no thread hand-off per message. If the
+            # forwarder thread holds the pump, it must look at the room again: wake it.
+            if rc != -1 and not self._pump():
+                wake = True
+        elif self._waiting:
+            wake = True
+        if wake and not self._wake.is_set():
             self._wake.set()
 
     def on_connected(self, session_present: bool) -> None:

@@ -16,6 +16,13 @@ Known paho 2.x traps and how this module avoids them:
   drops the link after ``keepalive`` without a byte from the broker; in addition an unacknowledged
   publish older than ``keepalive`` drops the link. A dead link is thus detected within ``keepalive``.
 * Reconnects use exponential backoff with full jitter: ``uniform(0, min(max, min_delay * 2**n))``.
+
+Hot path (measured with ``py-spy --gil``, see bench/throughput.py): for every PUBACK paho 2.2 builds a
+``ReasonCode`` and a ``Properties`` object even when the packet is the plain 2-byte success ack Mosquitto
+sends, about a fifth of the agent's GIL time at full rate; and with ``max_inflight`` set, every ack
+scans paho's whole out-message dict (``_update_inflight``). :class:`_Client` decodes 2- and 3-byte
+PUBACKs itself (anything longer, i.e. with properties, takes paho's own path), and paho's inflight
+limit is off because :meth:`MqttTransport.publish` already enforces the window (``WindowFull``).
 """
 
 from __future__ import annotations
@@ -81,6 +88,37 @@ class Will:
 AckCallback = Callable[[Any, bool, int], None]  # (token, ok, reason_code)
 
 _AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned, bad auth method
+
+
+class _Client(paho.Client):
+    """paho's client with one hot path shortened: PUBACKs without properties are decoded here.
+
+    Relies on two paho internals (``_in_packet`` and ``_do_on_publish``); if a paho upgrade renames them
+    the stock path is used (checked once per client, see :func:`_fast_ack_supported`).
+    """
+
+    _fast_ack = False
+
+    def _handle_pubackcomp(self, cmd: Any) -> Any:
+        if self._fast_ack and cmd == "PUBACK":
+            packet = self._in_packet["packet"]
+            n = len(packet)
+            if n == 2 or n == 3:  # mid (+ reason code), no properties
+                mid = (packet[0] << 8) | packet[1]
+                code = packet[2] if n == 3 else 0
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        # on_publish gets the reason code as an int (our callback accepts both)
+                        return self._do_on_publish(mid, code, None)  # type: ignore[arg-type]
+                return paho.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
+
+
+def _fast_ack_supported() -> bool:
+    return all(hasattr(paho.Client, a) for a in ("_do_on_publish", "_handle_pubackcomp", "_packet_read"))
+
+
+_FAST_ACK = _fast_ack_supported()
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None = None) -> float:
@@ -152,13 +190,19 @@ class MqttTransport:
         return self._online.is_set()
 
     @property
-    def window(self) -> int:
-        return max(1, min(self.cfg.max_inflight, self.receive_maximum))
+    def receive_maximum(self) -> int:
+        return self._receive_maximum
+
+    @receive_maximum.setter
+    def receive_maximum(self, value: int) -> None:
+        self._receive_maximum = value
+        # a plain attribute, not a property: the forwarder reads it for every message
+        self.window = max(1, min(self.cfg.max_inflight, value))
 
     def inflight(self) -> int:
-        """QoS>0 messages handed to the broker and not acknowledged (all publishers together)."""
-        with self._lock:
-            return self._reserved
+        """QoS>0 messages handed to the broker and not acknowledged (all publishers together).
+        A lock-free read of one int (atomic in CPython): it is read for every message."""
+        return self._reserved
 
     def start(self) -> None:
         self._stop.clear()
@@ -282,9 +326,12 @@ class MqttTransport:
             log.exception("on_ack callback failed")
 
     def _make_client(self) -> paho.Client:
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
-        c.max_inflight_messages_set(max(self.cfg.max_inflight, 1))
+        c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                    protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
+        c._fast_ack = _FAST_ACK and self.cfg.fast_ack
+        # 0 = no paho limit: publish() enforces the window itself and refuses with WindowFull, so paho
+        # never queues (its queue would re-send on its own terms and scan all messages on every ack)
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         c.connect_timeout = self.cfg.connect_timeout
         if self.cfg.username:
