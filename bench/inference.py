@@ -2,14 +2,22 @@
 
     /tmp/venv/bin/python bench/inference.py [--seconds 1.0]
 
-All on the shipped model (``builtin:machine_temp_ae``, 32-16-8-16-32), same interpreter instance, same
-process, measured in alternating blocks so machine noise hits both sides alike:
+All on the shipped model (``builtin:machine_temp_ae`` 1.1.0: 32-16-8-16-32 autoencoder whose graph takes
+the raw window and outputs the score, see tools/tflite_build.anomaly_graph), same interpreter instance,
+same process, measured in alternating blocks so machine noise hits both sides alike:
 
-* **bare**: ``set_tensor(x) + invoke() + get_tensor()`` with a ready standardised float32 input.
+* **bare**: ``set_tensor(x) + invoke() + get_tensor()`` with a ready float32 input of the model's input
+  shape (what the model itself needs: for the shipped model the raw window, since its graph standardises).
 * **agent**: what the service does per window: ``hop`` x ``Windower.push`` (the tap's ring-buffer work,
-  incl. the window copy) + ``Model.infer`` = standardise into the input buffer + the same
-  set_tensor/invoke/get_tensor + the reconstruction MSE and its finiteness check.
+  incl. cutting the window: copy + Window tuple) + the hand-off through a deque (append by the tap,
+  popleft + unpack by the worker) + the bad-input check + ``Model.score`` (for the shipped model:
+  set_tensor of the window as cut + invoke + get_tensor + reading the float + its finiteness check; for a
+  "reconstruction" model also the numpy standardisation and MSE).
   The ratio agent/bare is the overhead (target <= 1.2).
+
+The same two measurements are printed for the previous shipped model (1.0.0, "reconstruction" output:
+standardisation and MSE in numpy, kept in tests/inference/data) and for a larger model (window 256) in
+both formats, to show what the in-graph score buys and that the agent's cost is a fixed few microseconds.
 
 Then **saturation**: windows/s through a running InferenceService worker with a permanently full
 queue, including publishing each result into a real SQLite outbox (the whole stage, not just the model).
@@ -19,6 +27,7 @@ And **RSS**: resident memory of a fresh process before and after loading the run
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import statistics
@@ -39,6 +48,7 @@ from edge_agent.inference.model import BUILTIN_DIR, load  # noqa: E402
 from edge_agent.inference.window import Windower  # noqa: E402
 
 MODEL = BUILTIN_DIR / "machine_temp_ae.tflite"
+OLD_MODEL = ROOT / "tests" / "inference" / "data" / "machine_temp_ae-1.0.0.tflite"
 
 
 def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -48,9 +58,10 @@ def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t) / n
 
 
-def big_model(tmp: Path, window: int = 256) -> Path:
+def big_model(tmp: Path, window: int = 256, score: bool = False) -> Path:
     """A larger autoencoder (window 256, 256-128-32-128-256, ~80k parameters) written by tools/tflite_build,
-    to show the agent's per-window cost is a fixed few microseconds, not a factor."""
+    to show the agent's per-window cost is a fixed few microseconds, not a factor. ``score``: built with
+    anomaly_graph (raw in, score out), else a plain reconstruction output scored by the agent in numpy."""
     sys.path.insert(0, str(ROOT / "tools"))
     import hashlib
 
@@ -60,11 +71,16 @@ def big_model(tmp: Path, window: int = 256) -> Path:
     sizes = (window, 128, 32, 128, window)
     layers = [tb.Dense(rng.normal(0, 1 / np.sqrt(a), (b, a)), np.zeros(b), "tanh" if k < 3 else "none")
               for k, (a, b) in enumerate(itertools.pairwise(sizes))]
-    blob = tb.build(window, layers)
-    path = tmp / "big.tflite"
+    if score:
+        blob = tb.build(window, tb.anomaly_graph(layers, 85.0, 5.0, window))
+        kind = {"output_shape": [1, 1], "output": "score", "mean": [0.0], "std": [1.0]}
+    else:
+        blob = tb.build(window, layers)
+        kind = {"output_shape": [1, window], "output": "reconstruction", "mean": [85.0], "std": [5.0]}
+    path = tmp / f"big-{kind['output']}.tflite"
     path.write_bytes(blob)
     meta = {"name": "big", "version": "1", "sha256": hashlib.sha256(blob).hexdigest(), "input_shape": [1, window],
-            "output_shape": [1, window], "output": "reconstruction", "mean": [85.0], "std": [5.0]}
+            **kind}
     path.with_name(path.name + ".json").write_text(json.dumps(meta))
     return path
 
@@ -76,13 +92,19 @@ def latency(hop: int, blocks: int, n: int, model: Path = MODEL, window: int = 32
     i_idx = it.get_input_details()[0]["index"]
     o_idx = it.get_output_details()[0]["index"]
     rng = np.random.default_rng(0)
-    raw = (85 + 5 * rng.standard_normal(4096)).astype(np.float32)
-    x = ((raw[:window] - m.mean) / m.std).astype(np.float32).reshape(1, window)
-    rawf = [float(v) for v in raw]  # the tap hands the windower Python floats
+    size = 4096
+    raw = (85 + 5 * rng.standard_normal(size + hop)).astype(np.float32)
+    # bare gets exactly what the model's input tensor needs, ready-made: the raw window for a model that
+    # standardises in its graph, else the standardised one
+    x = raw[:window].reshape(1, window).copy() if m.identity else m.preprocess(raw[:window]).reshape(1, window).copy()
+    rawf = [float(v) for v in raw]  # the tap hands the windower Python floats...
+    tsf = [1.7e9 + 300.0 * k for k in range(size + hop)]  # ...and the reading's timestamp
     w = Windower(window, hop)
     for k in range(window):
-        w.push(rawf[k], k, k, float(k))
-    pos = [window]
+        w.push(rawf[k], k, k, tsf[k])
+    spans = [range(k, k + hop) for k in range(0, size, hop)]  # the readings of each window, prebuilt
+    q: collections.deque = collections.deque()
+    j = 0
 
     def bare() -> None:
         it.set_tensor(i_idx, x)
@@ -90,14 +112,15 @@ def latency(hop: int, blocks: int, n: int, model: Path = MODEL, window: int = 32
         it.get_tensor(o_idx)
 
     def agent() -> None:
+        nonlocal j
+        j = j + 1 if j + 1 < len(spans) else 0
         win = None
-        p = pos[0]
-        for _ in range(hop):
-            win = w.push(rawf[p % 4096], p, p, float(p))
-            p += 1
-        pos[0] = p
-        assert win is not None
-        m.infer(win.values)
+        for k in spans[j]:  # the tap, once per reading
+            win = w.push(rawf[k], k, k, tsf[k])
+        q.append(win)  # tap -> worker
+        xw, _first, _last, _t0, _t1, _idx, bad, _ = q.popleft()  # the worker's unpack (as in _run_one)
+        if not bad:
+            m.score(xw)
 
     for f in (bare, agent):
         per_call(f, n // 10)  # warm up
@@ -121,7 +144,7 @@ def saturation(seconds: float) -> tuple[float, float]:
     svc = InferenceService([cfg], pipe, tmp / "state")
     svc.start()
     slot = svc.slots["m"]
-    vals = (85 + 5 * np.random.default_rng(1).standard_normal((32, 1))).astype(np.float32)
+    vals = (85 + 5 * np.random.default_rng(1).standard_normal((1, 32))).astype(np.float32)
     n = 20000
     with slot.cond:  # fill the queue first: the worker then runs flat out
         for k in range(n):
@@ -138,7 +161,7 @@ def saturation(seconds: float) -> tuple[float, float]:
     k = 0
     while time.perf_counter() - t < seconds:
         for _ in range(1000):
-            m.infer(vals)
+            m.score(vals)
         k += 1000
     return n / dt, k / (time.perf_counter() - t)
 
@@ -180,16 +203,24 @@ def main() -> int:
           f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks of {a.n} calls")
     for hop in (1, 4, 32):
         b, g = latency(hop, a.blocks, a.n)
-        print(f"hop {hop:>2}: bare set+invoke+get {b * 1e6:6.2f} us | agent stage ({hop} push + preprocess + "
+        print(f"hop {hop:>2}: bare set+invoke+get {b * 1e6:6.2f} us | agent stage ({hop} push + hand-off + "
               f"set+invoke+get + score) {g * 1e6:6.2f} us | overhead ratio {g / b:.2f} (target <= 1.2)")
-    big = big_model(Path(tempfile.mkdtemp(prefix="bench-big-")))
-    for hop in (1, 4):
-        b, g = latency(hop, a.blocks, max(200, a.n // 10), big, 256)
-        print(f"larger model (window 256, 256-128-32-128-256), hop {hop}: bare {b * 1e6:6.2f} us | "
-              f"agent {g * 1e6:6.2f} us | overhead ratio {g / b:.2f}")
+    if OLD_MODEL.exists():
+        for hop in (1, 4):
+            b, g = latency(hop, a.blocks, a.n, OLD_MODEL)
+            print(f"previous model 1.0.0 (reconstruction output, numpy standardise + MSE), hop {hop}: bare "
+                  f"{b * 1e6:6.2f} us | agent {g * 1e6:6.2f} us | overhead ratio {g / b:.2f}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-big-"))
+    for score in (False, True):
+        big = big_model(tmp, score=score)
+        what = "score in the graph" if score else "reconstruction output, numpy scoring"
+        for hop in (1, 4):
+            b, g = latency(hop, a.blocks, max(200, a.n // 10), big, 256)
+            print(f"larger model (window 256, 256-128-32-128-256, {what}), hop {hop}: bare {b * 1e6:6.2f} us | "
+                  f"agent {g * 1e6:6.2f} us | overhead ratio {g / b:.2f}")
     sat, model_only = saturation(a.seconds)
     print(f"saturation: {sat:,.0f} windows/s through the service worker incl. publishing each result to the "
-          f"SQLite outbox; {model_only:,.0f} windows/s for Model.infer alone")
+          f"SQLite outbox; {model_only:,.0f} windows/s for Model.score alone")
     r0, r1, r2 = rss()
     print(f"RSS: {r0:.1f} MB (python+numpy+edge_agent) -> {r1:.1f} MB after importing the runtime "
           f"(+{r1 - r0:.1f}) -> {r2:.1f} MB with the model loaded (+{r2 - r1:.1f}; +{r2 - r0:.1f} in total)")

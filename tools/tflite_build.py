@@ -13,6 +13,16 @@ A model is a chain of layers applied to one input tensor of shape ``[1, n]``::
 
 ``Dense(w, b)`` computes ``act(x @ w.T + b)`` with ``w`` of shape ``(out, in)`` (TFLite's layout).
 ``Unary(op)`` is one of tanh, relu, logistic, sqrt, abs, exp, neg. ``Scale(k)`` multiplies by a scalar.
+``Sub(v)`` subtracts a constant (a scalar or one value per element). ``SquaredError(w, ref)`` ends a
+reconstruction graph: ``sum_i w_i * (cur_i - ref_i)^2`` as a ``[1, 1]`` tensor (SQUARED_DIFFERENCE, then a
+FULLY_CONNECTED with the weight row ``w``), where ``ref`` names an earlier tensor: 0 = the graph input,
+``k`` = the output of ``layers[k - 1]``.
+
+:func:`anomaly_graph` turns an autoencoder trained on standardised windows into a graph that takes the raw
+readings and outputs the anomaly score itself (metadata ``"output": "score"``): the mean is subtracted
+in the graph (SUB), ``1/std`` is folded into the first layer's weights, ``std`` into the last layer's, and
+the score is the mean squared error in standardised units — exactly the same algebra as the agent's
+numpy path (standardise, run, MSE), with one float32 value out instead of a window.
 
 This is a developer tool (tools/ is not installed with the package); the agent itself only reads models.
 """
@@ -50,7 +60,48 @@ class Scale:
     k: float
 
 
-Layer = Dense | Unary | Scale
+@dataclass(frozen=True)
+class Sub:
+    v: np.ndarray | float  # subtracted from the current tensor: a scalar or one value per element
+
+
+@dataclass(frozen=True)
+class SquaredError:
+    w: np.ndarray  # (width,) weight of each squared difference; the output is their weighted sum, [1, 1]
+    ref: int = 0  # compared against: 0 = the graph input, k = the output of layers[k - 1]
+
+
+Layer = Dense | Unary | Scale | Sub | SquaredError
+
+
+def anomaly_graph(layers: Sequence[Layer], mean: Sequence[float] | float, std: Sequence[float] | float,
+                  window: int) -> list[Layer]:
+    """An autoencoder over standardised windows as a raw-in, score-out graph (see the module doc).
+
+    ``layers`` maps a standardised window ``z = (x - mean) / std`` (row-major ``(window, inputs)``, one
+    mean/std per input or one for all) to its reconstruction; the first and the last layer must be
+    Dense. The result computes ``score = mean((layers(z) - z)^2)`` from the raw ``x``:
+    ``Sub(mean)``, first Dense with ``w / std`` (per input column), the hidden layers unchanged, last
+    Dense with ``w * std`` and ``b * std`` (per output row) — i.e. the reconstruction of ``x - mean`` —
+    then ``SquaredError`` against ``x - mean`` with weights ``1 / (n * std^2)``.
+    """
+    first, last = layers[0], layers[-1]
+    if not isinstance(first, Dense) or not isinstance(last, Dense) or len(layers) < 2:
+        raise ValueError("anomaly_graph needs at least two layers, the first and the last Dense")
+    m = np.atleast_1d(np.asarray(mean, dtype=np.float64))
+    sd = np.atleast_1d(np.asarray(std, dtype=np.float64))
+    n_in = max(len(m), len(sd))
+    m_full = np.tile(np.broadcast_to(m, (n_in,)), window)
+    s_full = np.tile(np.broadcast_to(sd, (n_in,)), window)
+    w1 = np.asarray(first.w, dtype=np.float64)
+    wl, bl = np.asarray(last.w, dtype=np.float64), np.asarray(last.b, dtype=np.float64)
+    if w1.shape[1] != len(m_full) or wl.shape[0] != len(m_full):
+        raise ValueError(f"window {window} x {n_in} input(s) = {len(m_full)} values does not fit layers "
+                         f"{w1.shape[1]} -> ... -> {wl.shape[0]}")
+    sub: Sub = Sub(float(m[0]) if len(m) == 1 else m_full)
+    return [sub, Dense(w1 / s_full[None, :], first.b, first.act), *layers[1:-1],
+            Dense(wl * s_full[:, None], bl * s_full, last.act),
+            SquaredError(1.0 / (len(s_full) * s_full ** 2), ref=1)]
 
 
 class _Graph:
@@ -92,6 +143,7 @@ def build(n_in: int, layers: Sequence[Layer], description: str = "edge-agent tfl
     g = _Graph()
     cur = g.tensor("input", [1, n_in])
     inp, width = cur, n_in
+    outs = [(cur, width)]  # outs[k]: the tensor after layers[:k] and its width (SquaredError's ref)
     for i, layer in enumerate(layers):
         if isinstance(layer, Dense):
             w = np.asarray(layer.w, dtype=np.float32)
@@ -118,8 +170,35 @@ def build(n_in: int, layers: Sequence[Layer], description: str = "edge-agent tfl
             out = g.tensor(f"scale{i}/out", [1, width])
             g.op(s.BuiltinOperator.MUL, [cur, k], [out], s.BuiltinOptions.MulOptions, s.MulOptionsT())
             cur = out
+        elif isinstance(layer, Sub):
+            v = np.atleast_1d(np.asarray(layer.v, dtype=np.float32))
+            if v.shape not in ((1,), (width,)):
+                raise ValueError(f"layer {i}: Sub needs 1 or {width} values, got {v.shape}")
+            k = g.tensor(f"sub{i}/v", [1, width] if len(v) > 1 else [1], v)
+            out = g.tensor(f"sub{i}/out", [1, width])
+            g.op(s.BuiltinOperator.SUB, [cur, k], [out], s.BuiltinOptions.SubOptions, s.SubOptionsT())
+            cur = out
+        elif isinstance(layer, SquaredError):
+            if not 0 <= layer.ref <= i:
+                raise ValueError(f"layer {i}: SquaredError ref {layer.ref} must name an earlier tensor (0..{i})")
+            ref, ref_w = outs[layer.ref]
+            w = np.asarray(layer.w, dtype=np.float32).reshape(1, -1)
+            if ref_w != width or w.shape[1] != width:
+                raise ValueError(f"layer {i}: SquaredError compares width {width} with ref width {ref_w} "
+                                 f"using {w.shape[1]} weights")
+            sq = g.tensor(f"sqerr{i}/sq", [1, width])
+            g.op(s.BuiltinOperator.SQUARED_DIFFERENCE, [cur, ref], [sq], s.BuiltinOptions.SquaredDifferenceOptions,
+                 s.SquaredDifferenceOptionsT())
+            wt = g.tensor(f"sqerr{i}/w", w.shape, w)
+            bt = g.tensor(f"sqerr{i}/b", [1], np.zeros(1, np.float32))
+            out = g.tensor(f"sqerr{i}/out", [1, 1])
+            opt = s.FullyConnectedOptionsT()
+            opt.fusedActivationFunction = s.ActivationFunctionType.NONE
+            g.op(s.BuiltinOperator.FULLY_CONNECTED, [sq, wt, bt], [out], s.BuiltinOptions.FullyConnectedOptions, opt)
+            cur, width = out, 1
         else:  # pragma: no cover - typing guards this
             raise TypeError(f"layer {i}: unknown layer {layer!r}")
+        outs.append((cur, width))
     if not g.ops:  # an identity model still needs one op: multiply by 1
         return build(n_in, [Scale(1.0)], description)
     sg = s.SubGraphT()
@@ -145,8 +224,14 @@ def build(n_in: int, layers: Sequence[Layer], description: str = "edge-agent tfl
 def numpy_forward(x: np.ndarray, layers: Sequence[Layer]) -> np.ndarray:
     """The same network in numpy (float32), to check a built model against."""
     y = np.asarray(x, dtype=np.float32)
+    outs = [y]
     for layer in layers:
-        if isinstance(layer, Dense):
+        if isinstance(layer, Sub):
+            y = y - np.asarray(layer.v, np.float32)
+        elif isinstance(layer, SquaredError):
+            d = y - outs[layer.ref]
+            y = (d * d) @ np.asarray(layer.w, np.float32).reshape(-1, 1)
+        elif isinstance(layer, Dense):
             y = y @ np.asarray(layer.w, np.float32).T + np.asarray(layer.b, np.float32)
             if layer.act == "relu":
                 y = np.maximum(y, 0)
@@ -161,4 +246,6 @@ def numpy_forward(x: np.ndarray, layers: Sequence[Layer]) -> np.ndarray:
                   "sqrt": np.sqrt, "abs": np.abs, "exp": np.exp, "neg": np.negative}[layer.op]
             with np.errstate(invalid="ignore"):
                 y = fn(y)
-    return y.astype(np.float32)
+        y = y.astype(np.float32)
+        outs.append(y)
+    return y

@@ -3,9 +3,17 @@
     /tmp/venv/bin/python tools/train_anomaly.py            # writes edge_agent/data/models/machine_temp_ae.*
 
 Model: a dense autoencoder over a window of 32 standardised readings, 32 -> 16 -> 8 -> 16 -> 32 (tanh
-hidden layers, linear output), 1,352 float32 parameters, ~6 KB as .tflite. The anomaly score is the mean
+hidden layers, linear output), 1,352 float32 parameters, ~7 KB as .tflite. The anomaly score is the mean
 squared reconstruction error of the standardised window: windows shaped like the training data
 reconstruct well, anything else does not.
+
+The written graph does the whole per-window computation (``tflite_build.anomaly_graph``): it takes the
+32 raw readings, subtracts the training mean (SUB), has ``1/std`` folded into the first layer and ``std``
+into the last, and ends in SQUARED_DIFFERENCE + a weighted sum, so it outputs the score itself (metadata
+``"output": "score"``, ``"mean": [0]``, ``"std": [1]``; the real mean/std are in ``training``). Same
+algebra as standardise -> autoencoder -> MSE; the scores agree with that to float32 rounding (~1e-5
+relative), which ``tests/inference/test_shipped_model.py`` checks against the numpy forward pass and
+against the previous (reconstruction-output) model file.
 
 Data and leakage. It is trained on NAB's ``machine_temperature_system_failure.csv`` (../shared/data/nab,
 one reading every 5 min), but **only on the first normal stretch**: from the first reading up to
@@ -39,7 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from tflite_build import Dense, build, numpy_forward  # noqa: E402
+from tflite_build import Dense, anomaly_graph, build, numpy_forward  # noqa: E402
 
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "data" / "nab" / "machine_temperature_system_failure.csv"
@@ -51,7 +59,7 @@ STEPS = 4000
 LR = 3e-3
 SEED = 7
 THRESHOLD_FACTOR = 3.0
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: same weights as 1.0.0, standardisation and score inside the graph
 
 
 def read_series(path: Path = DATA) -> tuple[list[str], np.ndarray]:
@@ -125,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
               for k, (w, b) in enumerate(params)]
     scores = ((numpy_forward(x.astype(np.float32), layers) - x) ** 2).mean(1)
     threshold = float(f"{THRESHOLD_FACTOR * scores.max():.4g}")
-    blob = build(WINDOW, layers, description=f"machine_temp_ae {VERSION}: dense autoencoder 32-16-8-16-32")
+    mean_r, std_r = round(mean, 6), round(std, 6)  # as recorded; the graph uses exactly these
+    graph = anomaly_graph(layers, mean_r, std_r, WINDOW)
+    blob = build(WINDOW, graph, description=f"machine_temp_ae {VERSION}: dense autoencoder 32-16-8-16-32, "
+                                            "raw readings in, reconstruction MSE out")
     meta = {
         "name": "machine_temp_ae", "version": VERSION, "sha256": hashlib.sha256(blob).hexdigest(),
-        "input_shape": [1, WINDOW], "input_dtype": "float32", "output_shape": [1, WINDOW],
-        "output": "reconstruction", "labels": [], "window": WINDOW, "inputs": 1,
-        "mean": [round(mean, 6)], "std": [round(std, 6)], "threshold": threshold,
+        "input_shape": [1, WINDOW], "input_dtype": "float32", "output_shape": [1, 1],
+        "output": "score", "labels": [], "window": WINDOW, "inputs": 1,
+        "mean": [0.0], "std": [1.0], "threshold": threshold,
         "training": {
+            "mean": mean_r, "std": std_r,
+            "graph": "raw window in; SUB mean, first layer weights / std, last layer * std, SQUARED_DIFFERENCE "
+                     "vs the centred input, weighted sum 1/(32 std^2) = MSE of the standardised window out",
             "data": "NAB realKnownCause/machine_temperature_system_failure.csv",
             "rows": f"first {n_train} rows (timestamps < {TRAIN_END}; first labelled window opens 2013-12-10 06:25)",
             "windows": len(x), "hop": 1, "architecture": "-".join(map(str, SIZES)) + " tanh, linear output",

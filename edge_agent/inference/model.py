@@ -5,7 +5,7 @@ Every model file ``X.tflite`` has a metadata file ``X.tflite.json`` beside it::
     {"name": "machine_temp_ae", "version": "1.0.0",
      "sha256": "<hex digest of the .tflite bytes>",
      "input_shape": [1, 32], "input_dtype": "float32", "output_shape": [1, 32],
-     "output": "reconstruction",            # or "scores" (then "labels" names each output)
+     "output": "reconstruction",            # or "score", or "scores" (then "labels" names each output)
      "labels": [],
      "mean": [84.9], "std": [12.4],          # standardisation, one per input (or one for all)
      "threshold": 0.42,                      # default alarm threshold (the config may override)
@@ -16,6 +16,19 @@ its number of inputs or its normalisation silently disagree with what the agent 
 plausible-looking but meaningless scores, and nobody notices. So loading refuses, with a message naming
 the mismatch, any model whose tensors do not fit the config and its own metadata, whose bytes do not
 match the recorded sha256, or whose test invoke is not finite.
+
+Output kinds (``output``):
+
+* ``"reconstruction"``: an autoencoder; the output has as many values as the input, and the agent computes
+  the anomaly score, the mean squared error between output and (standardised) input, with numpy.
+* ``"score"``: the graph computes the anomaly score itself and outputs exactly one value (shape ``[1]``,
+  ``[1, 1]``, ...); the agent reads that float. Runs under the config's ``output = "reconstruction"``
+  (both mean "one anomaly score per window"), so a model of either kind can replace the other by
+  hot-swap. ``tools/tflite_build.anomaly_graph`` turns a trained autoencoder into such a graph and also
+  moves the standardisation into it; such a model takes raw readings and records ``"mean": [0]``,
+  ``"std": [1]`` (the identity), which the agent then skips. This is the fast path: one
+  ``set_tensor`` of the window as cut, ``invoke``, one float out, no numpy call.
+* ``"scores"``: a classifier; one output per entry of ``labels``.
 
 Layout of the input tensor: the window's rows in time order, each row holding one value per input
 (row-major ``(window, inputs)``), reshaped to the model's input shape — ``[1, window*inputs]``,
@@ -38,6 +51,9 @@ from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.inference import runtime
 
+OUTPUT_KINDS = ("reconstruction", "score", "scores")
+# the config's ``output`` says what a result means; which metadata kinds can deliver it
+CONFIG_OUTPUTS = {"reconstruction": ("reconstruction", "score"), "scores": ("scores",)}
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 
@@ -109,14 +125,18 @@ def parse_metadata(d: Any, source: str = "metadata") -> Metadata:
     if dtype != "float32":
         errs.append(f"input_dtype: only float32 models are supported, got {dtype!r}")
     output = d.get("output", "reconstruction")
-    if output not in ("reconstruction", "scores"):
-        errs.append(f"output: must be 'reconstruction' or 'scores', got {output!r}")
+    if output not in OUTPUT_KINDS:
+        errs.append(f"output: must be one of {', '.join(map(repr, OUTPUT_KINDS))}, got {output!r}")
     labels = d.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         errs.append(f"labels: must be a list of strings, got {labels!r}")
         labels = []
     if output == "scores" and not labels:
         errs.append("labels: required for output 'scores'")
+    if output == "score" and labels:
+        errs.append(f"labels: output 'score' is one anomaly score and takes no labels, got {labels!r}")
+    if output == "score" and out_shape and math.prod(out_shape) != 1:
+        errs.append(f"output_shape: output 'score' is one value (e.g. [1, 1]), got {list(out_shape)}")
     mean, std = floats("mean"), floats("std")
     if any(s <= 0 for s in std):
         errs.append(f"std: must be > 0, got {list(std)}")
@@ -154,7 +174,7 @@ class Model:
         digest = sha256_hex(blob)
         if digest != self.meta.sha256:
             raise ModelError(f"{where}: sha256 mismatch: file is {digest}, metadata says {self.meta.sha256}")
-        if self.meta.output != cfg.output:
+        if self.meta.output not in CONFIG_OUTPUTS.get(cfg.output, (cfg.output,)):
             raise ModelError(f"{where}: metadata output is {self.meta.output!r} but the config says "
                              f"output = {cfg.output!r}")
         self.blob = blob
@@ -184,9 +204,12 @@ class Model:
             raise ModelError(f"{where}: input shape {list(in_shape)} does not fit the config: window {cfg.window} x "
                              f"{n_in} input(s) = {want} values per window, batch 1 (e.g. [1, {want}])")
         n_out = math.prod(out_shape)
-        if cfg.output == "reconstruction" and n_out != want:
+        if self.meta.output == "reconstruction" and n_out != want:
             raise ModelError(f"{where}: output 'reconstruction' needs as many outputs as inputs ({want}), model has "
                              f"output shape {list(out_shape)}")
+        if self.meta.output == "score" and n_out != 1:
+            raise ModelError(f"{where}: output 'score' needs exactly one output value, model has output shape "
+                             f"{list(out_shape)}")
         if cfg.output == "scores" and n_out != len(self.meta.labels):
             raise ModelError(f"{where}: output shape {list(out_shape)} does not match its {len(self.meta.labels)} "
                              f"labels")
@@ -202,15 +225,20 @@ class Model:
         self._in_index = i["index"]
         self._out_index = o["index"]
         self._in_shape = in_shape
-        self._buf = np.zeros((cfg.window, n_in), dtype=np.float32)
-        self._flat = self._buf.reshape(-1)
-        self._tensor_in = self._buf.reshape(in_shape)
+        self._window_shape = (cfg.window, n_in)
+        self._tensor_in = np.zeros(in_shape, dtype=np.float32)  # the standardised window, as set_tensor wants it
+        self._rows = self._tensor_in.reshape(cfg.window, n_in)
+        self._flat = self._tensor_in.reshape(-1)
         self._n = float(want)
         self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
-        self._recon = cfg.output == "reconstruction"
+        self.kind = self.meta.output  # "reconstruction", "score" or "scores"
+        self.classifier = self.kind == "scores"
         self._scalar_norm: tuple[float, float] | None = None
         if bool(np.all(self.mean == self.mean[0])) and bool(np.all(self.inv_std == self.inv_std[0])):
             self._scalar_norm = (float(self.mean[0]), float(self.inv_std[0]))
+        # identity standardisation (preprocess "none", or a model standardising in its graph): raw values go in
+        self.identity = bool(np.all(self.mean == 0.0)) and bool(np.all(self.std == 1.0))
+        self._direct = self.kind == "score" and self.identity  # the fast path of score()
 
     def _normalisation(self, where: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
         mode = self.cfg.preprocess
@@ -229,16 +257,23 @@ class Model:
         s = np.broadcast_to(np.asarray(std, dtype=np.float32), (n_in,)).copy()
         return m, s
 
+    def _as_input(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (any shape with ``window * inputs`` elements, row-major) as a float32 input tensor."""
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(self._in_shape)
+
     def preprocess(self, values: np.ndarray) -> np.ndarray:
-        """Standardise ``values`` (window, inputs) into the model's input buffer and return it."""
+        """Standardise ``values`` (window rows, any shape with ``window * inputs`` elements) into the model's
+        input buffer (``_tensor_in``, shaped as the input tensor); return that buffer as (window, inputs) rows."""
         if self._scalar_norm is not None:  # one mean/std for all: scalar ufuncs avoid broadcasting setup
             m, k = self._scalar_norm
-            np.subtract(values, m, out=self._buf)
-            np.multiply(self._buf, k, out=self._buf)
+            if values.shape != self._in_shape:
+                values = values.reshape(self._in_shape)
+            np.subtract(values, m, out=self._tensor_in)
+            np.multiply(self._tensor_in, k, out=self._tensor_in)
         else:
-            np.subtract(values, self.mean, out=self._buf)
-            np.multiply(self._buf, self.inv_std, out=self._buf)
-        return self._buf
+            np.subtract(values.reshape(self._window_shape), self.mean, out=self._rows)
+            np.multiply(self._rows, self.inv_std, out=self._rows)
+        return self._rows
 
     def invoke(self) -> np.ndarray:
         """set_tensor + invoke + get_tensor on the already preprocessed buffer."""
@@ -247,19 +282,58 @@ class Model:
         it.invoke()
         return it.get_tensor(self._out_index)
 
+    def score(self, x: np.ndarray) -> float:
+        """The anomaly score of one raw window (output kinds 'score' and 'reconstruction'); ``x`` is the
+        window as cut (``(1, window * inputs)``) or any array with those elements, row-major.
+        NonFiniteOutput if the model gives NaN/inf."""
+        if not self._direct:
+            return self._score_graph(x) if self.kind == "score" else self._score_reconstruction(x)
+        # output 'score', raw input: the window as cut goes in, one float comes out, no numpy call
+        it = self.interpreter
+        try:
+            it.set_tensor(self._in_index, x)
+        except ValueError:  # another shape (e.g. (window, inputs) rows) or dtype: convert, then retry
+            it.set_tensor(self._in_index, self._as_input(x))
+        it.invoke()
+        score = it.get_tensor(self._out_index).item()
+        if score - score:  # 0.0 for a finite score; NaN (truthy) for NaN or +-inf
+            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
+        return score
+
+    def _score_graph(self, x: np.ndarray) -> float:
+        """Output kind 'score' on a model that wants standardised input."""
+        self.preprocess(x)
+        it = self.interpreter
+        it.set_tensor(self._in_index, self._tensor_in)
+        it.invoke()
+        score = it.get_tensor(self._out_index).item()
+        if not math.isfinite(score):
+            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
+        return score
+
+    def _score_reconstruction(self, x: np.ndarray) -> float:
+        """Output kind 'reconstruction': MSE between the output and the standardised input, with numpy."""
+        self.preprocess(x)
+        z = self._flat
+        it = self.interpreter
+        it.set_tensor(self._in_index, self._tensor_in)
+        it.invoke()
+        d = it.get_tensor(self._out_index).reshape(-1) - z
+        score = float(np.dot(d, d)) / self._n
+        if not math.isfinite(score):
+            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite reconstruction")
+        return score
+
     def infer(self, values: np.ndarray) -> Result:
-        """Preprocess, run, score one raw window. NonFiniteOutput if the model gives NaN/inf."""
+        """Preprocess, run, score one raw window (any shape with ``window * inputs`` elements, row-major).
+        NonFiniteOutput if the model gives NaN/inf."""
+        if not self.classifier:
+            return Result(self.score(values))
         self.preprocess(values)
         it = self.interpreter
         it.set_tensor(self._in_index, self._tensor_in)
         it.invoke()
         y = it.get_tensor(self._out_index).reshape(-1)
-        if self._recon:
-            d = y - self._flat
-            score = float(np.dot(d, d)) / self._n
-            if not math.isfinite(score):
-                raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite reconstruction")
-            return Result(score)
         if not np.isfinite(y).all():
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite class scores")
         scores = {lab: float(v) for lab, v in zip(self.labels, y, strict=True)}
@@ -269,7 +343,7 @@ class Model:
 
     def self_test(self, recent: np.ndarray | None = None) -> None:
         """Test invokes: a window at the mean (standardised zeros) and, if given, a recent real window."""
-        probes = [np.broadcast_to(self.mean, self._buf.shape).copy()]
+        probes = [np.broadcast_to(self.mean, self._window_shape).copy()]
         if recent is not None and np.isfinite(recent).all():
             probes.append(recent)
         for k, p in enumerate(probes):

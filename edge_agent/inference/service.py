@@ -229,23 +229,31 @@ class InferenceService:
                     slot.cond.notify_all()
 
     def _run_one(self, slot: _Slot, model: Model | None, w: Window) -> None:
+        x, first_seq, last_seq, first_ts, last_ts, index, bad, _ = w  # one unpack of the window tuple
         if model is None:  # not loaded (and nothing installed yet): the window is dropped, and counted
             with slot.lock:
                 slot.skipped += 1
             return
-        if w.bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
+        if bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
             return
+        labels: dict[str, float] | None = None
+        top: str | None = None
         try:
-            res = model.infer(w.values)
+            if model.classifier:
+                res = model.infer(x)
+                score, labels, top = res.score, res.labels, res.top
+            else:  # an anomaly score: straight to a float, no Result object
+                score = model.score(x)
         except Exception as e:
             self._failure(slot, model, w, e)
             return
         slot.run += 1
-        slot.last_score = res.score
-        slot.last_seq = [w.first_seq, w.last_seq]
+        slot.last_score = score
+        seq = [first_seq, last_seq]
+        slot.last_seq = seq
         thr = model.threshold
-        above = thr > 0 and res.score >= thr
+        above = thr > 0 and score >= thr
         raise_alarm = False
         if above:
             slot.above += 1
@@ -260,21 +268,21 @@ class InferenceService:
                 if slot.below >= slot.cfg.rearm:
                     slot.in_alarm = False
                     slot.below = 0
-        data: dict[str, Any] = {"model": slot.name, "version": model.version, "score": _round(res.score),
-                                "threshold": thr, "alarm": above, "seq": [w.first_seq, w.last_seq],
-                                "ts": [w.first_ts, w.last_ts], "window": w.index}
-        if res.labels is not None:
-            data["labels"] = {k: _round(v) for k, v in res.labels.items()}
-            data["top"] = res.top
-        self.pipeline.publish(f"inference/{slot.name}", data, cls="inference", ts=w.last_ts)
+        data: dict[str, Any] = {"model": slot.name, "version": model.version, "score": _round(score),
+                                "threshold": thr, "alarm": above, "seq": seq, "ts": [first_ts, last_ts],
+                                "window": index}
+        if labels is not None:
+            data["labels"] = {k: _round(v) for k, v in labels.items()}
+            data["top"] = top
+        self.pipeline.publish(f"inference/{slot.name}", data, cls="inference", ts=last_ts)
         if raise_alarm:
             slot.alarms += 1
             alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
-            if res.top is not None:
-                alarm["top"] = res.top
+            if top is not None:
+                alarm["top"] = top
             log.warning("inference: alarm %s: model %s score %.4g >= %g (seq %d-%d)", slot.alarm_name, slot.name,
-                        res.score, thr, w.first_seq, w.last_seq)
-            self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=w.last_ts)
+                        score, thr, first_seq, last_seq)
+            self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=last_ts)
 
     def _failure(self, slot: _Slot, model: Model, w: Window, err: Exception) -> None:
         slot.errors += 1

@@ -44,6 +44,8 @@ def model_files(dirpath: Path, layers: Sequence[Any], n_in: int = 32, name: str 
     for layer in layers:
         if isinstance(layer, tb.Dense):
             out_w = np.asarray(layer.w).shape[0]
+        elif isinstance(layer, tb.SquaredError):
+            out_w = 1
     meta: dict[str, Any] = {
         "name": name, "version": version, "sha256": __import__("hashlib").sha256(blob).hexdigest(),
         "input_shape": list(in_shape or [1, n_in]), "input_dtype": "float32", "output_shape": [1, out_w],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -133,3 +134,79 @@ def test_threshold_from_config_else_metadata(tmp_path: Path) -> None:
     p, _, _ = model_files(tmp_path, scale(1.0), n_in=8, threshold=0.25)
     assert load(model_cfg(p, window=8), p).threshold == 0.25
     assert load(model_cfg(p, window=8, threshold=2.0), p).threshold == 2.0
+
+
+def _autoencoder(rng: np.random.Generator, sizes: tuple[int, ...]) -> list[tb.Dense]:
+    return [tb.Dense(rng.normal(0, 1 / np.sqrt(a), (b, a)), rng.normal(0, 0.1, b), "tanh" if k < len(sizes) - 2
+                     else "none") for k, (a, b) in enumerate(itertools.pairwise(sizes))]
+
+
+def _numpy_mse(layers: list[tb.Dense], z: np.ndarray) -> float:
+    h = z.astype(np.float64)
+    for la in layers:
+        h = h @ np.asarray(la.w, np.float64).T + la.b
+        if la.act == "tanh":
+            h = np.tanh(h)
+    return float(((h - z) ** 2).mean())
+
+
+def test_score_output_graph_equals_standardise_autoencoder_mse(tmp_path: Path) -> None:
+    # two inputs with their own mean/std: the graph takes raw rows and outputs the MSE of the standardised
+    # window, exactly what the agent computes in numpy for the plain 'reconstruction' model
+    rng = np.random.default_rng(5)
+    layers = _autoencoder(rng, (12, 6, 3, 6, 12))
+    mean, std = [20.0, -300.0], [2.0, 40.0]
+    graph = tb.anomaly_graph(layers, mean, std, window=6)
+    p, _, _ = model_files(tmp_path / "g", graph, n_in=12, output="score", mean=0.0, std=1.0)
+    m = load(model_cfg(p, window=6, inputs=["a", "b"]), p)
+    assert m.kind == "score" and m.identity and m.meta.output_shape == (1, 1)
+    p2, _, _ = model_files(tmp_path / "r", layers, n_in=12, mean=mean, std=std)
+    r = load(model_cfg(p2, window=6, inputs=["a", "b"]), p2)
+    for _ in range(20):
+        rows = (np.array(mean) + np.array(std) * rng.normal(0, 1.5, (6, 2))).astype(np.float32)
+        want = _numpy_mse(layers, ((rows.astype(np.float64) - mean) / std).reshape(1, -1))
+        assert m.score(rows.reshape(1, 12)) == pytest.approx(want, rel=1e-4)
+        assert m.score(rows) == pytest.approx(want, rel=1e-4)  # (window, inputs) rows are reshaped
+        assert m.infer(rows).score == pytest.approx(want, rel=1e-4) and m.infer(rows).labels is None
+        assert r.score(rows) == pytest.approx(want, rel=1e-4)  # the numpy path agrees
+        assert tb.numpy_forward(rows.reshape(1, 12), graph).item() == pytest.approx(want, rel=1e-4)
+
+
+def test_score_output_on_standardised_input_and_refusals(tmp_path: Path) -> None:
+    # a 'score' model that wants standardised input (mean/std in the metadata): the agent standardises
+    rng = np.random.default_rng(6)
+    layers = _autoencoder(rng, (8, 4, 8))
+    graph = [*layers, tb.SquaredError(np.full(8, 1 / 8))]
+    p, _, _ = model_files(tmp_path / "a", graph, n_in=8, output="score", mean=5.0, std=2.0, threshold=0.5)
+    m = load(model_cfg(p, window=8), p)
+    assert not m.identity
+    x = rng.normal(5, 2, (8, 1)).astype(np.float32)
+    assert m.score(x) == pytest.approx(_numpy_mse(layers, (x.reshape(-1).astype(np.float64) - 5) / 2), rel=1e-4)
+    # config output 'scores' (a classifier) cannot run an anomaly score
+    with pytest.raises(ModelError, match="metadata output is 'score' but the config says output = 'scores'"):
+        load(model_cfg(p, window=8, output="scores"), p)
+    # one value, no labels
+    p2, _, _ = model_files(tmp_path / "b", layers, n_in=8, output="score")
+    with pytest.raises(ModelError, match=r"output_shape: output 'score' is one value \(e.g. \[1, 1\]\), got \[1, 8\]"):
+        load(model_cfg(p2, window=8), p2)
+    with pytest.raises(ModelError, match="output 'score' is one anomaly score and takes no labels"):
+        parse_metadata({"name": "x", "version": "1", "sha256": "0" * 64, "input_shape": [1, 8],
+                        "output_shape": [1, 1], "output": "score", "labels": ["a"]})
+    # NaN out of the graph
+    nan = [tb.Dense(np.full((8, 8), np.nan), np.zeros(8)), tb.SquaredError(np.ones(8))]
+    p3, _, _ = model_files(tmp_path / "c", nan, n_in=8, output="score")
+    m3 = load(model_cfg(p3, window=8), p3)
+    with pytest.raises(NonFiniteOutput, match="non-finite score"):
+        m3.score(np.ones((1, 8), np.float32))
+    with pytest.raises(NonFiniteOutput, match="test invoke on a window at the mean"):
+        m3.self_test()
+
+
+def test_anomaly_graph_refuses_layers_that_do_not_fit() -> None:
+    rng = np.random.default_rng(7)
+    with pytest.raises(ValueError, match=r"window 4 x 2 input\(s\) = 8 values does not fit layers 6"):
+        tb.anomaly_graph(_autoencoder(rng, (6, 3, 6)), [0.0, 1.0], [1.0, 1.0], window=4)
+    with pytest.raises(ValueError, match="the first and the last Dense"):
+        tb.anomaly_graph([tb.Unary("tanh"), *_autoencoder(rng, (4, 4))], 0.0, 1.0, window=4)
+    with pytest.raises(ValueError, match="SquaredError ref 3 must name an earlier tensor"):
+        tb.build(4, [tb.Scale(2.0), tb.SquaredError(np.ones(4), ref=3)])

@@ -324,8 +324,8 @@ def test_builtin_model_install_goes_to_state_dir_and_is_preferred(tmp_path: Path
     h = Harness(tmp_path / "a", [cfg]).start()
     try:
         d = h.service.describe()[0]
-        assert d["version"] == "1.0.0" and d["path"] == str(shipped)
         meta = json.loads(shipped.with_name(shipped.name + ".json").read_text())
+        assert d["version"] == meta["version"] and d["path"] == str(shipped)
         blob = shipped.read_bytes()
         new = h.service.install("mt", blob, {**meta, "version": "1.0.1"})
         target = tmp_path / "a" / "state" / "models" / "mt.tflite"
@@ -345,6 +345,6 @@ def test_builtin_model_install_goes_to_state_dir_and_is_preferred(tmp_path: Path
     h3 = Harness(tmp_path / "a", [cfg]).start()
     try:
         d = h3.service.describe()[0]
-        assert d["state"] == "running" and d["version"] == "1.0.0" and d["path"] == str(shipped)
+        assert d["state"] == "running" and d["version"] == meta["version"] and d["path"] == str(shipped)
     finally:
         h3.close()

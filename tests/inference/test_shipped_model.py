@@ -55,3 +55,36 @@ def test_training_is_reproducible_byte_for_byte(tmp_path: Path) -> None:
     assert out.read_bytes() == SHIPPED.read_bytes()
     assert json.loads(out.with_name("m.tflite.json").read_text()) == json.loads(
         SHIPPED.with_name(SHIPPED.name + ".json").read_text())
+
+
+PREVIOUS = Path(__file__).resolve().parent / "data" / "machine_temp_ae-1.0.0.tflite"
+
+
+def test_shipped_model_computes_the_score_in_its_graph_from_raw_readings() -> None:
+    meta = json.loads(SHIPPED.with_name(SHIPPED.name + ".json").read_text())
+    assert meta["output"] == "score" and meta["output_shape"] == [1, 1]
+    assert meta["mean"] == [0.0] and meta["std"] == [1.0]  # identity: the graph standardises
+    assert meta["training"]["std"] > 0 and 50 < meta["training"]["mean"] < 120
+    m = load(model_cfg("builtin:machine_temp_ae"), SHIPPED)
+    assert m.kind == "score" and m.identity and not m.classifier
+
+
+@pytest.mark.skipif(not NAB.exists(), reason=f"NAB data not found at {NAB}")
+def test_shipped_model_scores_equal_the_previous_reconstruction_model_on_the_whole_series() -> None:
+    """1.1.0 is 1.0.0 (same weights) with standardisation and MSE moved into the graph: same scores."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train_anomaly as ta
+
+    _, values = ta.read_series(NAB)
+    x = ta.windows(values, hop=7).astype(np.float32)
+    new = load(model_cfg("builtin:machine_temp_ae"), SHIPPED)
+    old = load(model_cfg(str(PREVIOUS)), PREVIOUS)
+    assert old.kind == "reconstruction" and old.version == "1.0.0"
+    s_new = np.array([new.score(w.reshape(1, -1)) for w in x])
+    s_old = np.array([old.score(w.reshape(1, -1)) for w in x])
+    np.testing.assert_allclose(s_new, s_old, rtol=1e-4)
+    thr = new.threshold
+    assert thr == old.threshold and ((s_new >= thr) == (s_old >= thr)).all()
+    # the standardisation folded into the graph is exactly the one 1.0.0 had the agent apply in numpy
+    mean, std = new.meta.raw["training"]["mean"], new.meta.raw["training"]["std"]
+    assert (old.mean[0], old.std[0]) == (np.float32(mean), np.float32(std))

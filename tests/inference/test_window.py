@@ -74,3 +74,17 @@ def test_bad_rows_flag_exactly_the_windows_that_hold_them() -> None:
     m = Windower(window=2, hop=1, n_inputs=2)
     flags = [x.bad for r in ([1, 2], [3, math.nan], [5, 6], [7, 8]) if (x := m.push(r, 0, 0, 0.0)) is not None]
     assert flags == [True, True, False]
+
+
+def test_window_comes_out_in_the_model_input_layout() -> None:
+    w = Windower(window=3, hop=3, n_inputs=2)
+    win = [w.push([float(i), 10.0 * i], i, i, float(i)) for i in range(3)][-1]
+    assert win is not None and win.x.shape == (1, 6) and win.x.dtype == np.float32 and win.x.flags.c_contiguous
+    assert win.x.tolist() == [[0, 0, 1, 10, 2, 20]]  # rows in time order, row-major
+    assert win.values.tolist() == [[0, 0], [1, 10], [2, 20]] and win.n_inputs == 2
+    one = Windower(window=4, hop=1)
+    for i in range(5):
+        last = one.push(float(i), 100 + i, 100 + i, float(i))
+    assert last is not None and last.x.shape == (1, 4) and last.x.tolist() == [[1, 2, 3, 4]]
+    xs, first, lastseq, t0, t1, idx, bad, n = last  # the worker unpacks it in one step
+    assert xs is last.x and (first, lastseq, t0, t1, idx, bad, n) == (101, 104, 1.0, 4.0, 1, False, 1)
