@@ -13,7 +13,8 @@ A model is a chain of layers applied to one input tensor of shape ``[1, n]``::
 
 ``Dense(w, b)`` computes ``act(x @ w.T + b)`` with ``w`` of shape ``(out, in)`` (TFLite's layout).
 ``Unary(op)`` is one of tanh, relu, logistic, sqrt, abs, exp, neg. ``Scale(k)`` multiplies by a scalar.
-``Sub(v)`` subtracts a constant (a scalar or one value per element). ``SquaredError(w, ref)`` ends a
+``Sub(v)`` subtracts a constant (a scalar or one value per element). ``Centre()`` subtracts the
+tensor's own mean (MEAN + SUB: per-window centring, no weights). ``SquaredError(w, ref)`` ends a
 reconstruction graph: ``sum_i w_i * (cur_i - ref_i)^2`` as a ``[1, 1]`` tensor (SQUARED_DIFFERENCE, then a
 FULLY_CONNECTED with the weight row ``w``), where ``ref`` names an earlier tensor: 0 = the graph input,
 ``k`` = the output of ``layers[k - 1]``.
@@ -66,16 +67,21 @@ class Sub:
 
 
 @dataclass(frozen=True)
+class Centre:
+    """Subtract the tensor's own mean over all its values (MEAN with keep_dims, then SUB): per-window centring."""
+
+
+@dataclass(frozen=True)
 class SquaredError:
     w: np.ndarray  # (width,) weight of each squared difference; the output is their weighted sum, [1, 1]
     ref: int = 0  # compared against: 0 = the graph input, k = the output of layers[k - 1]
 
 
-Layer = Dense | Unary | Scale | Sub | SquaredError
+Layer = Dense | Unary | Scale | Sub | Centre | SquaredError
 
 
 def anomaly_graph(layers: Sequence[Layer], mean: Sequence[float] | float, std: Sequence[float] | float,
-                  window: int) -> list[Layer]:
+                  window: int, centre: bool = False) -> list[Layer]:
     """An autoencoder over standardised windows as a raw-in, score-out graph (see the module doc).
 
     ``layers`` maps a standardised window ``z = (x - mean) / std`` (row-major ``(window, inputs)``, one
@@ -84,6 +90,10 @@ def anomaly_graph(layers: Sequence[Layer], mean: Sequence[float] | float, std: S
     ``Sub(mean)``, first Dense with ``w / std`` (per input column), the hidden layers unchanged, last
     Dense with ``w * std`` and ``b * std`` (per output row) — i.e. the reconstruction of ``x - mean`` —
     then ``SquaredError`` against ``x - mean`` with weights ``1 / (n * std^2)``.
+
+    ``centre=True``: ``layers`` was trained on *centred* standardised windows ``z - mean(z)`` (one input
+    only): the graph starts with ``Centre()`` instead of ``Sub(mean)`` (centring removes any constant, so
+    the training mean is not needed) and the score compares against the centred window.
     """
     first, last = layers[0], layers[-1]
     if not isinstance(first, Dense) or not isinstance(last, Dense) or len(layers) < 2:
@@ -98,7 +108,9 @@ def anomaly_graph(layers: Sequence[Layer], mean: Sequence[float] | float, std: S
     if w1.shape[1] != len(m_full) or wl.shape[0] != len(m_full):
         raise ValueError(f"window {window} x {n_in} input(s) = {len(m_full)} values does not fit layers "
                          f"{w1.shape[1]} -> ... -> {wl.shape[0]}")
-    sub: Sub = Sub(float(m[0]) if len(m) == 1 else m_full)
+    if centre and n_in != 1:
+        raise ValueError("anomaly_graph(centre=True) centres the whole window: one input only")
+    sub: Sub | Centre = Centre() if centre else Sub(float(m[0]) if len(m) == 1 else m_full)
     return [sub, Dense(w1 / s_full[None, :], first.b, first.act), *layers[1:-1],
             Dense(wl * s_full[:, None], bl * s_full, last.act),
             SquaredError(1.0 / (len(s_full) * s_full ** 2), ref=1)]
@@ -115,12 +127,13 @@ class _Graph:
         t = s.TensorT()
         t.name = name
         t.shape = [int(d) for d in shape]
-        t.type = s.TensorType.FLOAT32
+        is_int = data is not None and np.asarray(data).dtype == np.int32  # only MEAN's axis
+        t.type = s.TensorType.INT32 if is_int else s.TensorType.FLOAT32
         if data is None:
             t.buffer = 0
         else:
             b = s.BufferT()
-            b.data = np.ascontiguousarray(data, dtype="<f4").tobytes()
+            b.data = np.ascontiguousarray(data, dtype="<i4" if is_int else "<f4").tobytes()
             self.buffers.append(b)
             t.buffer = len(self.buffers) - 1
         self.tensors.append(t)
@@ -178,6 +191,15 @@ def build(n_in: int, layers: Sequence[Layer], description: str = "edge-agent tfl
             out = g.tensor(f"sub{i}/out", [1, width])
             g.op(s.BuiltinOperator.SUB, [cur, k], [out], s.BuiltinOptions.SubOptions, s.SubOptionsT())
             cur = out
+        elif isinstance(layer, Centre):
+            axis = g.tensor(f"centre{i}/axis", [1], np.array([1], dtype=np.int32))
+            mu = g.tensor(f"centre{i}/mean", [1, 1])
+            opt = s.ReducerOptionsT()
+            opt.keepDims = True
+            g.op(s.BuiltinOperator.MEAN, [cur, axis], [mu], s.BuiltinOptions.ReducerOptions, opt)
+            out = g.tensor(f"centre{i}/out", [1, width])
+            g.op(s.BuiltinOperator.SUB, [cur, mu], [out], s.BuiltinOptions.SubOptions, s.SubOptionsT())
+            cur = out
         elif isinstance(layer, SquaredError):
             if not 0 <= layer.ref <= i:
                 raise ValueError(f"layer {i}: SquaredError ref {layer.ref} must name an earlier tensor (0..{i})")
@@ -228,6 +250,8 @@ def numpy_forward(x: np.ndarray, layers: Sequence[Layer]) -> np.ndarray:
     for layer in layers:
         if isinstance(layer, Sub):
             y = y - np.asarray(layer.v, np.float32)
+        elif isinstance(layer, Centre):
+            y = y - y.mean(axis=-1, keepdims=True, dtype=np.float32)
         elif isinstance(layer, SquaredError):
             d = y - outs[layer.ref]
             y = (d * d) @ np.asarray(layer.w, np.float32).reshape(-1, 1)

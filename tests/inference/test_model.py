@@ -172,6 +172,26 @@ def test_score_output_graph_equals_standardise_autoencoder_mse(tmp_path: Path) -
         assert tb.numpy_forward(rows.reshape(1, 12), graph).item() == pytest.approx(want, rel=1e-4)
 
 
+def test_centred_score_graph_equals_centre_autoencoder_mse_and_ignores_the_level(tmp_path: Path) -> None:
+    # anomaly_graph(centre=True): MEAN + SUB in the graph, i.e. the MSE of the standardised window minus its
+    # own mean; any constant added to the window leaves the score unchanged
+    rng = np.random.default_rng(8)
+    layers = _autoencoder(rng, (8, 4, 8))
+    graph = tb.anomaly_graph(layers, 70.0, 4.0, window=8, centre=True)
+    p, _, _ = model_files(tmp_path / "c", graph, n_in=8, output="score", mean=0.0, std=1.0)
+    m = load(model_cfg(p, window=8), p)
+    assert m.kind == "score" and m.identity
+    for _ in range(20):
+        x = rng.normal(70, 6, 8)
+        z = (x - 70.0) / 4.0
+        want = _numpy_mse(layers, (z - z.mean()).reshape(1, -1))
+        assert m.score(x.astype(np.float32).reshape(1, 8)) == pytest.approx(want, rel=1e-4)
+        assert m.score((x + 25.0).astype(np.float32).reshape(1, 8)) == pytest.approx(want, rel=1e-3)
+        assert tb.numpy_forward(x.reshape(1, 8), graph).item() == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="one input only"):
+        tb.anomaly_graph(_autoencoder(rng, (8, 4, 8)), [0.0, 1.0], [1.0, 1.0], window=4, centre=True)
+
+
 def test_score_output_on_standardised_input_and_refusals(tmp_path: Path) -> None:
     # a 'score' model that wants standardised input (mean/std in the metadata): the agent standardises
     rng = np.random.default_rng(6)

@@ -57,34 +57,55 @@ def test_training_is_reproducible_byte_for_byte(tmp_path: Path) -> None:
         SHIPPED.with_name(SHIPPED.name + ".json").read_text())
 
 
-PREVIOUS = Path(__file__).resolve().parent / "data" / "machine_temp_ae-1.0.0.tflite"
-
-
 def test_shipped_model_computes_the_score_in_its_graph_from_raw_readings() -> None:
     meta = json.loads(SHIPPED.with_name(SHIPPED.name + ".json").read_text())
     assert meta["output"] == "score" and meta["output_shape"] == [1, 1]
-    assert meta["mean"] == [0.0] and meta["std"] == [1.0]  # identity: the graph standardises
+    assert meta["mean"] == [0.0] and meta["std"] == [1.0]  # identity: the graph centres and scales
     assert meta["training"]["std"] > 0 and 50 < meta["training"]["mean"] < 120
+    assert meta["training"]["centred"] is True and meta["version"] == "1.2.0"
     m = load(model_cfg("builtin:machine_temp_ae"), SHIPPED)
     assert m.kind == "score" and m.identity and not m.classifier
 
 
 @pytest.mark.skipif(not NAB.exists(), reason=f"NAB data not found at {NAB}")
-def test_shipped_model_scores_equal_the_previous_reconstruction_model_on_the_whole_series() -> None:
-    """1.1.0 is 1.0.0 (same weights) with standardisation and MSE moved into the graph: same scores."""
+def test_shipped_model_scores_equal_the_training_code_on_the_whole_series() -> None:
+    """1.2.0's graph (raw window in, MEAN + SUB, scaled layers, SQUARED_DIFFERENCE) is the training code's
+    float64 standardise -> centre -> autoencoder -> MSE, to float32 rounding, over the whole series; and
+    the score does not depend on the window's level."""
     sys.path.insert(0, str(ROOT / "tools"))
     import train_anomaly as ta
 
     _, values = ta.read_series(NAB)
-    x = ta.windows(values, hop=7).astype(np.float32)
-    new = load(model_cfg("builtin:machine_temp_ae"), SHIPPED)
-    old = load(model_cfg(str(PREVIOUS)), PREVIOUS)
-    assert old.kind == "reconstruction" and old.version == "1.0.0"
-    s_new = np.array([new.score(w.reshape(1, -1)) for w in x])
-    s_old = np.array([old.score(w.reshape(1, -1)) for w in x])
-    np.testing.assert_allclose(s_new, s_old, rtol=1e-4)
-    thr = new.threshold
-    assert thr == old.threshold and ((s_new >= thr) == (s_old >= thr)).all()
-    # the standardisation folded into the graph is exactly the one 1.0.0 had the agent apply in numpy
-    mean, std = new.meta.raw["training"]["mean"], new.meta.raw["training"]["std"]
-    assert (old.mean[0], old.std[0]) == (np.float32(mean), np.float32(std))
+    x = ta.windows(values, hop=7)
+    m = load(model_cfg("builtin:machine_temp_ae"), SHIPPED)
+    got = np.array([m.score(w.astype(np.float32).reshape(1, -1)) for w in x])
+    tr = m.meta.raw["training"]
+    z = (x - tr["mean"]) / tr["std"]
+    z = z - z.mean(1, keepdims=True)
+    ref = _float64_scores(z, tr["std"])
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-7)
+    thr = m.threshold
+    assert ((got >= thr) == (ref >= thr)).mean() > 0.999
+    shifted = np.array([m.score((w + 20.0).astype(np.float32).reshape(1, -1)) for w in x[::25]])
+    np.testing.assert_allclose(shifted, got[::25], rtol=2e-3, atol=1e-6)
+
+
+def _float64_scores(z: np.ndarray, std: float) -> np.ndarray:
+    """The float64 reference: the float32 weights read back out of the shipped file (std folding undone)."""
+    from edge_agent.inference.runtime import make_interpreter
+
+    it = make_interpreter(SHIPPED.read_bytes())
+    dense = [d for d in it.get_tensor_details() if d["name"].startswith("dense") and d["name"][-2:] in ("/w", "/b")]
+    by = {d["name"]: it.get_tensor(d["index"]).astype(np.float64) for d in dense}
+    names = sorted({n.split("/")[0] for n in by}, key=lambda n: int(n[5:]))
+    layers = [(by[f"{n}/w"], by[f"{n}/b"]) for n in names]
+    h = z
+    for k, (w, b) in enumerate(layers):
+        if k == 0:
+            w = w * std  # the graph has 1/std folded into the first layer
+        if k == len(layers) - 1:
+            w, b = w / std, b / std  # and std into the last
+        h = h @ w.T + b
+        if k < len(layers) - 1:
+            h = np.tanh(h)
+    return ((h - z) ** 2).mean(1)
