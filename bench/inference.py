@@ -2,9 +2,9 @@
 
     /tmp/venv/bin/python bench/inference.py [--seconds 1.0]
 
-All on the shipped model (``builtin:machine_temp_ae`` 1.1.0: 32-16-8-16-32 autoencoder whose graph takes
-the raw window and outputs the score, see tools/tflite_build.anomaly_graph), same interpreter instance,
-same process, measured in alternating blocks so machine noise hits both sides alike:
+All on the shipped model (``builtin:machine_temp_ae`` 1.2.0: 32-16-8-16-32 autoencoder whose graph takes
+the raw window, centres and scales it and outputs the score, see tools/tflite_build.anomaly_graph),
+same interpreter instance, same process, measured in alternating blocks so machine noise hits both sides alike:
 
 * **bare**: ``set_tensor(x) + invoke() + get_tensor()`` with a ready float32 input of the model's input
   shape (what the model itself needs: for the shipped model the raw window, since its graph standardises).
