@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "name": "machine_temp_ae", "version": VERSION, "sha256": hashlib.sha256(blob).hexdigest(),
         "input_shape": [1, WINDOW], "input_dtype": "float32", "output_shape": [1, 1],
-        "output": "score", "labels": [], "window": WINDOW, "inputs": 1,
+        "output": "score", "labels": [], "window": WINDOW, "inputs": 1, "input": "raw",
         "mean": [0.0], "std": [1.0], "threshold": threshold,
         "training": {
             "mean": mean_r, "std": std_r,

@@ -9,7 +9,10 @@ Every model file ``X.tflite`` has a metadata file ``X.tflite.json`` beside it::
      "labels": [],
      "mean": [84.9], "std": [12.4],          # standardisation, one per input (or one for all)
      "threshold": 0.42,                      # default alarm threshold (the config may override)
-     "window": 32, "inputs": 1, "training": {...free-form provenance...}}
+     "window": 32, "inputs": 1,
+     "input": "standardised",               # or "raw": the graph standardises itself (then the config's
+                                            #   preprocess = "standardize" is refused: it would do it twice)
+     "training": {...free-form provenance...}}
 
 Why the metadata is checked so strictly: a model is a black box of float arrays. If its window length,
 its number of inputs or its normalisation silently disagree with what the agent feeds it, it produces
@@ -137,6 +140,9 @@ def parse_metadata(d: Any, source: str = "metadata") -> Metadata:
         errs.append(f"labels: output 'score' is one anomaly score and takes no labels, got {labels!r}")
     if output == "score" and out_shape and math.prod(out_shape) != 1:
         errs.append(f"output_shape: output 'score' is one value (e.g. [1, 1]), got {list(out_shape)}")
+    if d.get("input", "raw") not in ("raw", "standardised"):
+        errs.append(f"input: must be 'raw' (the graph standardises) or 'standardised' (the agent does), "
+                    f"got {d.get('input')!r}")
     mean, std = floats("mean"), floats("std")
     if any(s <= 0 for s in std):
         errs.append(f"std: must be > 0, got {list(std)}")
@@ -218,6 +224,10 @@ class Model:
             expect = cfg.window if key == "window" else n_in
             if v is not None and v != expect:
                 raise ModelError(f"{where}: metadata {key} is {v} but the config gives {expect}")
+        if self.meta.raw.get("input") == "raw" and cfg.preprocess == "standardize":
+            raise ModelError(f"{where}: the model takes raw readings (metadata input = 'raw': its graph "
+                             f"standardises), so preprocess = 'standardize' would standardise twice; use "
+                             f"preprocess = 'metadata' (the default) or 'none'")
         self.mean, self.std = self._normalisation(where, n_in)
         self.inv_std = (1.0 / self.std).astype(np.float32)
         self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)

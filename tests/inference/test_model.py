@@ -230,3 +230,16 @@ def test_anomaly_graph_refuses_layers_that_do_not_fit() -> None:
         tb.anomaly_graph([tb.Unary("tanh"), *_autoencoder(rng, (4, 4))], 0.0, 1.0, window=4)
     with pytest.raises(ValueError, match="SquaredError ref 3 must name an earlier tensor"):
         tb.build(4, [tb.Scale(2.0), tb.SquaredError(np.ones(4), ref=3)])
+
+
+def test_raw_input_model_refuses_a_second_standardisation(tmp_path: Path) -> None:
+    """A model whose graph standardises (metadata input = 'raw') under preprocess = 'standardize' would be
+    standardised twice: refused, naming why. A bad 'input' value is a metadata error."""
+    p, _, _ = model_files(tmp_path, scale(1.0), n_in=8, input="raw")
+    assert load(model_cfg(p, window=8), p).identity
+    assert load(model_cfg(p, window=8, preprocess="none"), p)
+    with pytest.raises(ModelError, match="standardise twice"):
+        load(model_cfg(p, window=8, preprocess="standardize", mean=80.0, std=8.0), p)
+    with pytest.raises(ModelError, match="input: must be 'raw'"):
+        parse_metadata({"name": "m", "version": "1", "sha256": "0" * 64, "input_shape": [1, 8],
+                        "output_shape": [1, 8], "input": "normalised"})
