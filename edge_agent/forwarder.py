@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.errors import NotConnected, PublishRefused, WindowFull
+from edge_agent.errors import NotConnected, PublishRefused
 from edge_agent.outbox import Outbox, Pending
 from edge_agent.transport.mqtt import MqttTransport
 
@@ -212,21 +212,9 @@ class Forwarder:
                 self._waiting = False
                 self._wake.clear()
                 continue
-            with self._buf_lock:
-                rows, self._buffer = self._buffer[:room], self._buffer[room:]
-            published = 0
-            for i, row in enumerate(rows):
-                self._charge(row)
-                try:
-                    self.transport.publish(row.topic, row.payload, row.qos, row.retain, row.props, token=row.seq)
-                except (NotConnected, PublishRefused) as e:
-                    self._give_back(rows[i:], e)
-                    if isinstance(e, WindowFull):
-                        self._stop.wait(0.005)  # another publisher (status) holds a slot: no hot spin
-                    break
-                published += 1
-            self.sent += published
-            self.outbox.count("sent", published)
+            # A refusal (e.g. WindowFull because the status message took the last slot) gives the rows
+            # back; the next pass then finds no room and waits for an ack instead of spinning.
+            self._pump()
 
     def _give_back(self, rows: list[Pending], e: Exception) -> None:
         """A publish failed: these rows and the rest of the buffer go back to the outbox, in order."""
@@ -236,8 +224,9 @@ class Forwarder:
         log.debug("publish stopped: %s", e)
 
     def _pump(self) -> bool:
-        """Publish buffered rows while the window has room. Called by the forwarder thread and, after
-        each PUBACK, by the network thread; the pump lock keeps one publisher at a time (rows in order)."""
+        """Publish buffered rows while the window has room. Called by the forwarder thread and, when not
+        throttled, after each PUBACK by the network thread; the pump lock keeps one publisher at a time
+        (rows in order). Throttled, every backlog row is charged to the token buckets."""
         if not self._pump_lock.acquire(blocking=False):
             return False
         published = 0
@@ -251,6 +240,8 @@ class Forwarder:
                 if not rows:
                     break
                 for i, row in enumerate(rows):
+                    if self._throttled:
+                        self._charge(row)
                     try:
                         self.transport.publish(row.topic, row.payload, row.qos, row.retain, row.props,
                                                token=row.seq)
