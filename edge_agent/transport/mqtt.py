@@ -93,8 +93,9 @@ _AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned,
 class _Client(paho.Client):
     """paho's client with one hot path shortened: PUBACKs without properties are decoded here.
 
-    Relies on two paho internals (``_in_packet`` and ``_do_on_publish``); if a paho upgrade renames them
-    the stock path is used (checked once per client, see :func:`_fast_ack_supported`).
+    Relies on paho internals (``_in_packet``, ``_out_messages``, ``_out_message_mutex``,
+    ``_do_on_publish``); if a paho upgrade renames one of them, the stock path is used (checked on each
+    new client, see :meth:`fast_ack_supported`).
     """
 
     _fast_ack = False
@@ -113,12 +114,11 @@ class _Client(paho.Client):
                 return paho.MQTT_ERR_SUCCESS
         return super()._handle_pubackcomp(cmd)
 
-
-def _fast_ack_supported() -> bool:
-    return all(hasattr(paho.Client, a) for a in ("_do_on_publish", "_handle_pubackcomp", "_packet_read"))
-
-
-_FAST_ACK = _fast_ack_supported()
+    def fast_ack_supported(self) -> bool:
+        """Whether this paho has every internal the fast path uses (on the instance: some are set in
+        ``__init__``)."""
+        return all(hasattr(self, a) for a in ("_in_packet", "_out_messages", "_out_message_mutex",
+                                              "_do_on_publish"))
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None = None) -> float:
@@ -328,7 +328,7 @@ class MqttTransport:
     def _make_client(self) -> paho.Client:
         c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                     protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
-        c._fast_ack = _FAST_ACK and self.cfg.fast_ack
+        c._fast_ack = self.cfg.fast_ack and c.fast_ack_supported()
         # 0 = no paho limit: publish() enforces the window itself and refuses with WindowFull, so paho
         # never queues (its queue would re-send on its own terms and scan all messages on every ack)
         c.max_inflight_messages_set(0)

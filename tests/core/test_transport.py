@@ -133,7 +133,9 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, fast_ack=fast_ack))
         with Collector(b.port, f"{prefix}/#") as col:
             app = App(cfg, with_sensors=False)
-            assert isinstance(app.transport._make_client(), mqtt_mod._Client)
+            client = app.transport._make_client()
+            assert isinstance(client, mqtt_mod._Client)
+            assert client._fast_ack is fast_ack  # this paho has every internal the fast path uses
             for i in range(50):
                 app.pipeline.publish("bulk/x", {"i": i})
                 if i == 25:
