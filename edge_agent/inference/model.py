@@ -313,10 +313,7 @@ class Model:
     def _score_graph(self, x: np.ndarray) -> float:
         """Output kind 'score' on a model that wants standardised input."""
         self.preprocess(x)
-        it = self.interpreter
-        it.set_tensor(self._in_index, self._tensor_in)
-        it.invoke()
-        score = it.get_tensor(self._out_index).item()
+        score = self.invoke().item()
         if not math.isfinite(score):
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
         return score
@@ -324,11 +321,7 @@ class Model:
     def _score_reconstruction(self, x: np.ndarray) -> float:
         """Output kind 'reconstruction': MSE between the output and the standardised input, with numpy."""
         self.preprocess(x)
-        z = self._flat
-        it = self.interpreter
-        it.set_tensor(self._in_index, self._tensor_in)
-        it.invoke()
-        d = it.get_tensor(self._out_index).reshape(-1) - z
+        d = self.invoke().reshape(-1) - self._flat
         score = float(np.dot(d, d)) / self._n
         if not math.isfinite(score):
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite reconstruction")
@@ -340,10 +333,7 @@ class Model:
         if not self.classifier:
             return Result(self.score(values))
         self.preprocess(values)
-        it = self.interpreter
-        it.set_tensor(self._in_index, self._tensor_in)
-        it.invoke()
-        y = it.get_tensor(self._out_index).reshape(-1)
+        y = self.invoke().reshape(-1)
         if not np.isfinite(y).all():
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite class scores")
         scores = {lab: float(v) for lab, v in zip(self.labels, y, strict=True)}
