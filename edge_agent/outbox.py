@@ -52,7 +52,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -497,13 +497,14 @@ class Outbox:
                     last = int(meta.get("last_seq", 0))
                     counters.update({k[2:]: int(v) for k, v in meta.items() if str(k).startswith("c.")})
                 acked = _meta_ranges(src, "acked")
+                acked_starts = [r[0] for r in acked]
                 names: dict[int, str] = {}
                 with contextlib.suppress(sqlite3.Error):
                     names = dict(src.execute("SELECT id, topic FROM topics").fetchall())
                 try:
                     for r in src.execute("SELECT seq, prio, topic, payload, created, expires, qos, retain, props "
                                          "FROM messages ORDER BY seq"):
-                        if any(a <= r[0] <= b for a, b in acked):
+                        if _range_end(acked, acked_starts, r[0]) is not None:
                             continue  # acked before the damage: already delivered
                         topic = names.get(r[2]) if isinstance(r[2], int) else r[2]
                         if topic is None or not isinstance(r[3], bytes):
@@ -552,21 +553,24 @@ class Outbox:
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in rngs])
+            _delete_ranges(self._db, rngs)
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked', ?)", (codec.encode([]),))
             self._db.execute("COMMIT")
         except sqlite3.Error as e:  # e.g. disk full at start: keep skipping them, delete later
             log.warning("outbox: cannot delete acked rows at start: %s", e)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._acked = rngs
-            self._acked_starts = [r[0] for r in rngs]
-            self._acked_rows = sum(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq BETWEEN ? AND ?",
-                                                    (a, b)).fetchone()[0] for a, b in rngs)
+            self._set_acked(rngs, _count_in_ranges(self._db, rngs))
+
+    def _set_acked(self, rngs: list[list[int]], rows: int) -> None:
+        """Acked rows still stored: their ranges (sorted, disjoint), the ranges' first seqs (for bisect)
+        and how many rows they hold."""
+        self._acked = rngs
+        self._acked_starts = [r[0] for r in rngs]
+        self._acked_rows = rows
 
     def _is_acked(self, seq: int) -> bool:
-        i = bisect.bisect_right(self._acked_starts, seq) - 1
-        return i >= 0 and self._acked[i][1] >= seq
+        return _range_end(self._acked, self._acked_starts, seq) is not None
 
     def _meta_int(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -846,9 +850,7 @@ class Outbox:
                 self._pending += len(batch) - deleted - n_acked
                 for s in acks:
                     self._claimed.pop(s, None)
-                self._acked = acked
-                self._acked_starts = [r[0] for r in acked]
-                self._acked_rows = acked_rows
+                self._set_acked(acked, acked_rows)
                 if not acked:
                     self._purge_acked = False
         except (sqlite3.Error, OSError) as e:
@@ -913,9 +915,7 @@ class Outbox:
             deleted = 0
             gone = {s for v in victims.values() for s in v}
             if gone:
-                cur = db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?",
-                                     [(a, b) for a, b in ranges(gone)])
-                deleted = max(cur.rowcount, 0)
+                deleted = _delete_ranges(db, ranges(gone))
             new_acks = [s for s in sorted(set(acks)) if s not in gone and not self._is_acked(s)]
             acked = merge_ranges([*self._acked, *ranges(new_acks)])
             acked_rows = self._acked_rows + len(new_acks)
@@ -923,18 +923,17 @@ class Outbox:
                 # every stored row is acked: empty the table (pages freed, not rewritten). Verified
                 # first: a miscount here must never delete an un-acked row.
                 total = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-                in_acked = sum(db.execute("SELECT COUNT(*) FROM messages WHERE seq BETWEEN ? AND ?",
-                                          (a, b)).fetchone()[0] for a, b in acked)
+                in_acked = _count_in_ranges(db, acked)
                 if total == in_acked:
                     db.execute("DELETE FROM messages")
                 else:
                     log.error("outbox: pending count off (%d stored, %d acked); deleting acked rows only",
                               total, in_acked)
-                    db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in acked])
+                    _delete_ranges(db, acked)
                     self._pending = total - in_acked + deleted + len(new_acks)
                 acked, acked_rows = [], 0
             elif acked_rows > ACKED_LIMIT or (self._purge_acked and acked_rows):
-                db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [tuple(r) for r in acked])
+                _delete_ranges(db, acked)
                 acked, acked_rows = [], 0
             if rows:
                 db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
@@ -1207,14 +1206,33 @@ def _meta_ranges(db: sqlite3.Connection, key: str) -> list[list[int]]:
         return []
 
 
+def _range_end(rngs: list[list[int]], starts: list[int], seq: int) -> int | None:
+    """The last seq of the range in ``rngs`` (sorted, disjoint; ``starts`` their first seqs) that holds
+    ``seq``, or None."""
+    i = bisect.bisect_right(starts, seq) - 1
+    return rngs[i][1] if i >= 0 and rngs[i][1] >= seq else None
+
+
+def _delete_ranges(db: sqlite3.Connection, rngs: Iterable[Sequence[int]]) -> int:
+    """Delete the rows whose seq lies in any ``[first, last]`` range; how many were deleted."""
+    cur = db.executemany("DELETE FROM messages WHERE seq BETWEEN ? AND ?", [(a, b) for a, b in rngs])
+    return max(cur.rowcount, 0)
+
+
+def _count_in_ranges(db: sqlite3.Connection, rngs: Iterable[Sequence[int]]) -> int:
+    return sum(db.execute("SELECT COUNT(*) FROM messages WHERE seq BETWEEN ? AND ?", (a, b)).fetchone()[0]
+               for a, b in rngs)
+
+
 def _oldest(db: sqlite3.Connection, acked: list[list[int]]) -> tuple[int] | None:
     """``(created,)`` of the lowest stored seq that is not acked, or None."""
+    starts = [r[0] for r in acked]
     cur = 0
     while True:
         row = db.execute("SELECT seq, created FROM messages WHERE seq > ? ORDER BY seq LIMIT 1", (cur,)).fetchone()
         if row is None:
             return None
-        hit = next((b for a, b in acked if a <= row[0] <= b), None)
+        hit = _range_end(acked, starts, row[0])
         if hit is None:
             return (row[1],)
         cur = hit
