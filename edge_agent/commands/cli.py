@@ -29,6 +29,7 @@ from typing import Any
 from edge_agent import codec
 from edge_agent.commands.signing import Signer
 from edge_agent.config import Config
+from edge_agent.fsutil import atomic_write
 
 DEFAULT_KEY_ENV = "EDGE_AGENT_KEY"
 
@@ -222,9 +223,7 @@ class Sender:
         data[self._cache_key()] = entry
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(data), fsync=False)  # a cache: a lost update is harmless
         except OSError:
             pass
 
