@@ -93,6 +93,21 @@ class Collector:
         self.stop()
 
 
+SIM = """
+[[sensors]]
+name = "{name}"
+type = "simulated"
+interval = {interval}
+count = {count}
+cls = "{cls}"
+"""
+
+
+def sensors(*specs: tuple[str, float, int, str]) -> str:
+    """``(name, interval, count, cls)`` tuples -> [[sensors]] tables of simulated sensors."""
+    return "".join(SIM.format(name=n, interval=i, count=c, cls=k) for n, i, c, k in specs)
+
+
 def write_config(path: Path, port: int, state: Path, device: str = "dev-1", extra: str = "",
                  sensors: str = "", prefix: str = "edge", keepalive: int = 10) -> Path:
     text = f"""

@@ -13,21 +13,13 @@ from edge_agent import config
 from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import integrity_check, read_stats
-from tests.helpers import AgentProcess, Collector, missing, unique, wait_for, write_config
-
-SIM = """
-[[sensors]]
-name = "s1"
-type = "simulated"
-interval = {interval}
-count = {count}
-"""
+from tests.helpers import AgentProcess, Collector, missing, sensors, unique, wait_for, write_config
 
 
 def test_happy_path_1000_readings_seq_1_to_1000(tmp_path: Path, broker: DevBroker) -> None:
     prefix = unique("e")
     cfg_file = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state", prefix=prefix,
-                            sensors=SIM.format(interval=0.002, count=1000))
+                            sensors=sensors(("s1", 0.002, 1000, "telemetry")))
     with Collector(broker.port, f"{prefix}/dev-1/telemetry/#") as col:
         agent = AgentProcess(cfg_file, args=["--exit-when-done"]).start()
         assert agent.wait(120) == 0, agent.output()
@@ -66,7 +58,7 @@ def test_sigkill_three_times_no_seq_missing(tmp_path: Path, broker: DevBroker) -
     prefix = unique("k")
     state = tmp_path / "state"
     cfg_file = write_config(tmp_path / "c.toml", broker.port, state, prefix=prefix,
-                            sensors=SIM.format(interval=0.0002, count=20000))
+                            sensors=sensors(("s1", 0.0002, 20000, "telemetry")))
     rng = random.Random()
     kills = 0
     with Collector(broker.port, f"{prefix}/dev-1/telemetry/#") as col:
@@ -94,7 +86,7 @@ def test_broker_outage_no_gap_and_sampling_continues(tmp_path: Path) -> None:
     b = DevBroker(workdir=tmp_path / "broker", persistence=True).start()
     try:
         cfg_file = write_config(tmp_path / "c.toml", b.port, tmp_path / "state", prefix=prefix,
-                                sensors=SIM.format(interval=0.01, count=0))
+                                sensors=sensors(("s1", 0.01, 0, "telemetry")))
         col = Collector(b.port, f"{prefix}/dev-1/telemetry/#", client_id=unique("col"), persistent=True).start()
         time.sleep(1.5)  # let mosquitto autosave the collector's session
         agent = AgentProcess(cfg_file).start()
@@ -136,7 +128,7 @@ def test_more_than_65535_messages_do_not_stall(tmp_path: Path, broker: DevBroker
 
 def test_outbox_stats_cli_json(tmp_path: Path, broker: DevBroker) -> None:
     cfg_file = write_config(tmp_path / "c.toml", broker.port + 1, tmp_path / "state",  # nothing listens there
-                            sensors=SIM.format(interval=0.01, count=50))
+                            sensors=sensors(("s1", 0.01, 50, "telemetry")))
     agent = AgentProcess(cfg_file).start()
     wait_for(lambda: (tmp_path / "state" / "outbox.db").exists(), 10)
     time.sleep(1.5)

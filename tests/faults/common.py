@@ -19,21 +19,6 @@ from tests.helpers import Collector, wait_for
 LONG = os.environ.get("EDGE_AGENT_LONG") == "1"
 long_only = pytest.mark.skipif(not LONG, reason="long variant: set EDGE_AGENT_LONG=1")
 
-SIM = """
-[[sensors]]
-name = "{name}"
-type = "simulated"
-interval = {interval}
-count = {count}
-cls = "{cls}"
-"""
-
-
-def sensors(*specs: tuple[str, float, int, str]) -> str:
-    """``(name, interval, count, cls)`` tuples -> [[sensors]] tables."""
-    return "".join(SIM.format(name=n, interval=i, count=c, cls=k) for n, i, c, k in specs)
-
-
 class StampCollector(Collector):
     """A Collector that also records when each envelope arrived (``_rx``, epoch seconds)."""
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import read_stats
 from tests.faultkit import FaultProxy
-from tests.faults.common import StampCollector, final_check, ostats, outbox_file, sensors
-from tests.helpers import AgentProcess, unique, wait_for, write_config
+from tests.faults.common import StampCollector, final_check, ostats, outbox_file
+from tests.helpers import AgentProcess, sensors, unique, wait_for, write_config
 
 RATE = 150
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import read_stats
-from tests.faults.common import final_check, long_only, outbox_file, sensors
-from tests.helpers import AgentProcess, Collector, unique, write_config
+from tests.faults.common import final_check, long_only, outbox_file
+from tests.helpers import AgentProcess, Collector, sensors, unique, write_config
 
 
 def kill_loop(tmp_path: Path, broker: DevBroker, kills: int, interval: float, final_count: int,

@@ -19,8 +19,8 @@ from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
 from edge_agent.transport.mqtt import ConnectionStatus
 from tests.faultkit import FaultProxy
-from tests.faults.common import final_check, sensors
-from tests.helpers import Collector, unique, wait_for, write_config
+from tests.faults.common import final_check
+from tests.helpers import Collector, sensors, unique, wait_for, write_config
 
 KEEPALIVE = 4
 

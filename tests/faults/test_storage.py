@@ -18,8 +18,8 @@ import pytest
 from edge_agent.devbroker import DevBroker
 from edge_agent.outbox import read_stats
 from tests.faultkit import FaultProxy, disk_free, fill_disk, loop_ext4, loop_mount_unavailable
-from tests.faults.common import StampCollector, final_check, ostats, outbox_file, sensors
-from tests.helpers import AgentProcess, unique, wait_for, write_config
+from tests.faults.common import StampCollector, final_check, ostats, outbox_file
+from tests.helpers import AgentProcess, sensors, unique, wait_for, write_config
 
 
 def test_capacity_eviction_while_down_alarms_survive_oldest_telemetry_first(tmp_path: Path,
