@@ -1,14 +1,19 @@
-"""Windows cut from numpy ring buffers, O(1) per reading.
+"""Windows read in place from numpy ring buffers, O(1) per reading.
 
 A model sees a window of ``window`` rows, one column per input sensor. Rows are appended by the pipeline
 tap (a sensor thread), so :meth:`Windower.push` must be cheap and must never block: it writes one row
-into a preallocated ring and, every ``hop`` rows once the ring is full, returns a copy of the last
-``window`` rows. Each row is written twice (at ``i`` and ``i + window``) so the latest window is always
-one contiguous slice and the copy is a single memcpy, whatever the ring position.
+into a preallocated ring and says when a window is due (every ``hop`` rows once ``window`` rows are in).
+It copies nothing and allocates nothing per window: the worker reads window ``k`` straight out of the ring
+with :meth:`Windower.get`, a view that goes to ``set_tensor`` as it is, and checks :meth:`Windower.intact`
+afterwards (a lock-free read: if the writer has lapped the window meanwhile, the result is discarded and
+the window counted as skipped). Rows at the start of the ring are written twice (at ``i`` and
+``i + capacity``) so every window is one contiguous slice, whatever the ring position.
 
-The copy comes out already in the model's usual input layout, ``(1, window * inputs)`` float32 (rows in
-time order, row-major), so it can go to ``set_tensor`` as it is: :attr:`Window.x`. :attr:`Window.values`
-is the same data as ``(window, inputs)`` rows.
+The ring holds ``keep`` due windows (the config's ``queue``) plus a margin, so a worker that falls behind
+loses the oldest windows, counted, and memory never grows.
+
+A window comes out in the model's usual input layout, ``(1, window * inputs)`` float32 (rows in time
+order, row-major): :attr:`Window.x`. :attr:`Window.values` is the same data as ``(window, inputs)`` rows.
 
 Every row carries the seqs of the readings it was made of, so a result can name exactly which stored
 readings produced it (``[first_seq, last_seq]``), and a test can prove none was lost.
@@ -17,8 +22,7 @@ With several inputs, :class:`RowAssembler` aligns them by sample-and-hold on the
 "clock"): each reading of the first input makes a row with the latest value of every other input; rows
 are made only once every input has reported at least once.
 
-Cost (single input, float readings, CPython 3.11): ~0.2 us per push, plus ~0.3 us when it cuts a window
-(the 128-byte copy and the :class:`Window` tuple); see ``bench/inference.py``.
+Cost (single input, float readings, CPython 3.11): ~0.25 us per push; see ``bench/inference.py``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ import numpy as np
 
 
 class Window(tuple):  # type: ignore[type-arg]
-    """One cut window: ``(x, first_seq, last_seq, first_ts, last_ts, index, bad, n_inputs)``.
+    """One window: ``(x, first_seq, last_seq, first_ts, last_ts, index, bad, n_inputs)``.
 
-    A tuple subclass rather than a dataclass because one is made per window on the sensor thread: the
+    A tuple subclass rather than a dataclass because one is made per window on the worker's hot path: the
     windower builds it with a single ``tuple.__new__`` call (~0.1 us less than a slotted dataclass's
     ``__init__``) and the worker unpacks it in one step; the named properties are for everyone else.
     """
@@ -45,7 +49,8 @@ class Window(tuple):  # type: ignore[type-arg]
         return _tuple_new(cls, (x, first_seq, last_seq, first_ts, last_ts, index, bad, n_inputs))
 
     x = property(itemgetter(0), doc="(1, window * n_inputs) float32, raw (not preprocessed), rows in time "
-                                    "order, row-major: the model's usual input layout")
+                                    "order, row-major: the model's usual input layout. From "
+                                    "Windower.get a view of the ring (see Windower.intact)")
     first_seq = property(itemgetter(1), doc="seq of the oldest reading in the window")
     last_seq = property(itemgetter(2), doc="seq of the newest reading in the window")
     first_ts = property(itemgetter(3))
@@ -64,80 +69,130 @@ _tuple_new = tuple.__new__
 
 
 class Windower:
-    def __init__(self, window: int, hop: int, n_inputs: int = 1) -> None:
-        if window < 1 or hop < 1 or n_inputs < 1:
-            raise ValueError(f"window ({window}), hop ({hop}) and inputs ({n_inputs}) must be >= 1")
+    """A ring of the newest rows of one model's input(s); windows are read from it in place.
+
+    ``keep`` is how many due windows may wait for the worker: the ring holds ``window + hop * keep`` rows
+    plus a margin (at least ``hop`` and 16 rows) for readings that arrive while the worker reads.
+    """
+
+    def __init__(self, window: int, hop: int, n_inputs: int = 1, keep: int = 1) -> None:
+        if window < 1 or hop < 1 or n_inputs < 1 or keep < 1:
+            raise ValueError(f"window ({window}), hop ({hop}), inputs ({n_inputs}) and keep ({keep}) must be >= 1")
         self.window = window
         self.hop = hop
         self.n_inputs = n_inputs
+        self.keep = keep
+        c = window + hop * keep + max(hop, 16)
+        self.capacity = c
         n = n_inputs
-        self._ring = np.zeros(2 * window * n, dtype=np.float32)
-        self._vals = self._ring.reshape(2 * window, n)  # row view (several inputs)
+        # rows 0..c-1, and again the first `window` rows at c..c+window-1: every window is one slice
+        self._ring = np.zeros((c + window) * n, dtype=np.float32)
+        self._vals = self._ring.reshape(c + window, n)  # row view (several inputs)
         # single input: a float store through a memoryview is ~2x cheaper than a numpy scalar store
         self._mv = memoryview(self._ring)
-        # the window starting at ring row k, already shaped as the model input: cutting = one .copy()
-        self._views = [self._ring[k * n:(k + window) * n].reshape(1, window * n) for k in range(window)]
-        # seqs and times live in plain lists: a list store is cheaper than a numpy scalar store
-        self._lo = [0] * (2 * window)
-        self._hi = [0] * (2 * window)
-        self._ts = [0.0] * (2 * window)
-        self._pos = 0  # next write position in [0, window)
-        self._last_bad = -1  # row number of the latest non-finite row: O(1) "does this window hold one?"
-        self._due = window  # the row count at which the next window is cut
+        # the window starting at ring row s, already shaped as the model input: made once (a list lookup),
+        # or for a very large ring a strided view of all of them (indexing it makes the view, ~0.1 us)
+        self._views: list[np.ndarray] | np.ndarray
+        if c <= 4096:
+            self._views = [self._ring[s * n:(s + window) * n].reshape(1, window * n) for s in range(c)]
+        else:
+            item = self._ring.itemsize
+            self._views = np.lib.stride_tricks.as_strided(self._ring, shape=(c, 1, window * n),
+                                                          strides=(n * item, window * n * item, item))
+        # seqs, times and bad-row marks live in plain lists: a list store is cheaper than a numpy scalar
+        # store. _bad[s] is the row number of the latest non-finite row at or before the row at s, so "does
+        # this window hold one?" is one comparison. Lists are mirrored like the ring (several inputs take
+        # min/max over a slice).
+        self._lo = [0] * (c + window)
+        self._hi = [0] * (c + window)
+        self._ts = [0.0] * (c + window)
+        self._bad = [-1] * c
+        self._pos = 0  # ring row of the next write: rows % capacity
+        self._last_bad = -1  # row number of the latest non-finite row
+        self._due = window  # the row count at which the next window is due
         self.rows = 0  # rows pushed since start
-        self.cut = 0  # windows cut
+        self.cut = 0  # windows due since start (window k holds rows k*hop .. k*hop+window-1)
 
-    def push(self, values: Any, seq_lo: int, seq_hi: int, ts: float) -> Window | None:
-        """Append one row (a float for one input, else a sequence of ``n_inputs`` values); return a
-        new window when one is due (every ``hop`` rows, once ``window`` rows have been seen)."""
+    def push(self, values: Any, seq_lo: int, seq_hi: int, ts: float) -> bool:
+        """Append one row (a float for one input, else a sequence of ``n_inputs`` values); True when it
+        completes a window (every ``hop`` rows, once ``window`` rows have been seen): window ``cut - 1``."""
         p = self._pos
-        w = self.window
         rows = self.rows
         if values.__class__ is float and self.n_inputs == 1:  # the tap's case: every line here is counted
             mv = self._mv
-            mv[p] = mv[p + w] = values
+            mv[p] = values
+            if p < self.window:
+                mv[p + self.capacity] = values
             if values - values:  # x - x is 0.0 for a finite x, NaN (truthy) for NaN and +-inf
                 self._last_bad = rows
-            # one input: a window's first seq/ts is its oldest row's, its last are the newest row's (the
-            # arguments), so each is stored once (the oldest row sits where the next write goes)
+            # one input: a window's first seq/ts is its oldest row's and its last its newest row's, read
+            # from the ring position directly, so these lists need no mirror
             self._lo[p] = seq_lo
+            self._hi[p] = seq_hi
             self._ts[p] = ts
         else:
             self._push_row(p, values, seq_lo, seq_hi, ts)
+        self._bad[p] = self._last_bad
         rows += 1
-        self.rows = rows
         p += 1
-        if p == w:
+        if p == self.capacity:
             p = 0
         self._pos = p
+        self.rows = rows  # last: a reader that sees this count sees the row's data
         if rows < self._due:
-            return None
+            return False
         self._due = rows + self.hop
-        idx = self.cut
-        self.cut = idx + 1
-        bad = self._last_bad > rows - 1 - w
-        if self.n_inputs == 1:  # p is now the oldest row of the window
-            return _tuple_new(Window, (self._views[p].copy(), self._lo[p], seq_hi, self._ts[p], ts, idx, bad, 1))
-        end = p + w
-        return _tuple_new(Window, (self._views[p].copy(), min(self._lo[p:end]), max(self._hi[p:end]), self._ts[p],
-                                   ts, idx, bad, self.n_inputs))
+        self.cut += 1
+        return True
 
     def _push_row(self, p: int, values: Any, seq_lo: int, seq_hi: int, ts: float) -> None:
         """The general row write: several inputs, or a non-float value for one input."""
-        q = p + self.window
         self._vals[p] = values
-        self._vals[q] = values
         if not np.isfinite(self._vals[p]).all():
             self._last_bad = self.rows
-        self._lo[p] = self._lo[q] = seq_lo
-        self._hi[p] = self._hi[q] = seq_hi
-        self._ts[p] = self._ts[q] = ts
+        self._lo[p] = seq_lo
+        self._hi[p] = seq_hi
+        self._ts[p] = ts
+        if p < self.window:
+            q = p + self.capacity
+            self._vals[q] = values
+            self._lo[q] = seq_lo
+            self._hi[q] = seq_hi
+            self._ts[q] = ts
+
+    def get(self, k: int) -> Window | None:
+        """Window ``k`` (0 <= k < cut) read in place: its ``x`` is a view of the ring, no copy. None if
+        the ring has already overwritten part of it (the reader fell more than ``keep`` windows behind).
+
+        The view stays valid only while :meth:`intact` says so: a reader on another thread than the
+        writer uses the data (e.g. ``set_tensor``), then checks ``intact(k)`` and discards the result if
+        it is False. A window to keep is copied: ``win.x.copy()``."""
+        r0 = k * self.hop
+        c = self.capacity
+        if k >= self.cut or self.rows >= r0 + c:
+            return None
+        s = r0 % c
+        e = (r0 + self.window - 1) % c
+        x = self._views[s]
+        bad = self._bad[e] >= r0
+        if self.n_inputs == 1:
+            return _tuple_new(Window, (x, self._lo[s], self._hi[e], self._ts[s], self._ts[e], k, bad, 1))
+        end = s + self.window
+        return _tuple_new(Window, (x, min(self._lo[s:end]), max(self._hi[s:end]), self._ts[s], self._ts[e], k,
+                                   bad, self.n_inputs))
+
+    def intact(self, k: int) -> bool:
+        """True while no row of window ``k`` has been overwritten (nor is being written) in the ring."""
+        # the writer may be half-way through row number `rows` (data written, count not yet): that row
+        # overwrites row `rows - capacity`, so the window's first row must be newer than that
+        return self.rows < k * self.hop + self.capacity
 
     def latest(self) -> np.ndarray | None:
         """A copy of the most recent full window's rows, ``(window, n_inputs)`` (for a test invoke), or None."""
         if self.rows < self.window:
             return None
-        return self._vals[self._pos:self._pos + self.window].copy()
+        s = (self.rows - self.window) % self.capacity
+        return self._vals[s:s + self.window].copy()
 
 
 def as_float(v: Any) -> float:

@@ -102,14 +102,7 @@ class Harness:
 
     def messages(self, prefix: str = "") -> list[dict[str, Any]]:
         """Every envelope stored so far whose stream starts with ``prefix`` (read back from SQLite)."""
-        from edge_agent import codec
-
-        assert self.outbox.flush(10)
-        rows = self.outbox.begin(1_000_000)
-        self.outbox.release([r.seq for r in rows])
-        envs = [codec.decode_envelope(r.payload) for r in rows]
-        envs.sort(key=lambda e: e["seq"])
-        return [e for e in envs if str(e["stream"]).startswith(prefix)]
+        return read_messages(self.outbox, prefix)
 
     def close(self) -> None:
         self.service.stop()
@@ -128,3 +121,16 @@ def harness_factory(tmp_path: Path) -> Any:
     yield make
     for h in made:
         h.close()
+
+
+def read_messages(outbox: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """Every envelope stored in ``outbox`` whose stream starts with ``prefix``, in seq order (read back
+    from SQLite, left in place)."""
+    from edge_agent import codec
+
+    assert outbox.flush(10)
+    rows = outbox.begin(1_000_000)
+    outbox.release([r.seq for r in rows])
+    envs = [codec.decode_envelope(r.payload) for r in rows]
+    envs.sort(key=lambda e: e["seq"])
+    return [e for e in envs if str(e["stream"]).startswith(prefix)]
