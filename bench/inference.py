@@ -1,41 +1,42 @@
-"""Inference bench: the agent's per-window cost against a bare interpreter, saturation rate, RSS.
+"""Inference bench: the agent's per-window cost against a bare interpreter, latency, saturation, RSS.
 
-    /tmp/venv/bin/python bench/inference.py [--seconds 1.0]
+    /tmp/venv/bin/python bench/inference.py [--blocks 9]
 
-All on the shipped model (``builtin:machine_temp_ae`` 1.2.0: 32-16-8-16-32 autoencoder whose graph takes
-the raw window, centres and scales it and outputs the score, see tools/tflite_build.anomaly_graph),
-same interpreter instance, same process, measured in alternating blocks so machine noise hits both sides alike:
+Everything runs the agent's real code (``InferenceService`` with its real tap, ring and worker thread) on
+the shipped model (``builtin:machine_temp_ae`` 1.2.0: 32-16-8-16-32 autoencoder whose graph takes the raw
+window, centres and scales it and outputs the score, see tools/tflite_build.anomaly_graph), in the same
+process as the baseline, in alternating blocks so machine noise hits both sides alike:
 
 * **bare**: ``set_tensor(x) + invoke() + get_tensor()`` with a ready float32 input of the model's input
-  shape (what the model itself needs: for the shipped model the raw window, since its graph standardises).
-* **agent**: what the service does per window: ``hop`` x ``Windower.push`` (the tap's ring-buffer work,
-  incl. cutting the window: copy + Window tuple) + the hand-off through a deque (append by the tap,
-  popleft + unpack by the worker) + the bad-input check + ``Model.score`` (for the shipped model:
-  set_tensor of the window as cut + invoke + get_tensor + reading the float + its finiteness check; for a
-  "reconstruction" model also the numpy standardisation and MSE).
-  The ratio agent/bare is the overhead (target <= 1.2).
+  shape, in a tight loop (``invoke()`` alone is printed too).
+* **agent stage**: readings handed to the service's tap one after the other on this thread (as a sensor
+  thread does), the worker thread running the windows (read in place from the ring, model, score, alarm
+  state, the result message built), until every window has been run: wall time / windows. The only thing
+  left out is storing the result: the service publishes into a counting stand-in for the Pipeline, because
+  the outbox insert is the pipeline's cost, not inference's (it is in the saturation figure below).
+  The ratio agent/bare is the overhead (target <= 1.2). A split of the same work single-threaded follows:
+  the tap per reading and the worker per window, called directly.
 
-The same two measurements are printed for the previous shipped model (1.0.0, "reconstruction" output:
-standardisation and MSE in numpy, kept in tests/inference/data) and for a larger model (window 256) in
-both formats, to show what the in-graph score buys and that the agent's cost is a fixed few microseconds.
-
-Then **saturation**: windows/s through a running InferenceService worker with a permanently full
-queue, including publishing each result into a real SQLite outbox (the whole stage, not just the model).
-And **RSS**: resident memory of a fresh process before and after loading the runtime and the model.
+Then: **latency** (paced readings, 1 kHz): from handing the window's last reading to the tap to its result
+message, through the real wake-up of the worker thread; a **model-cost sweep** (window 256, score in the
+graph, hidden width 64..1024) showing where the fixed per-window cost drops below 20 %; **saturation**:
+windows/s through the worker with every result published into a real SQLite outbox; **RSS** added by
+the runtime and the model.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import itertools
 import json
+import logging
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.config import ModelConfig  # noqa: E402
 from edge_agent.inference import runtime  # noqa: E402
-from edge_agent.inference.model import BUILTIN_DIR, load  # noqa: E402
-from edge_agent.inference.window import Windower  # noqa: E402
+from edge_agent.inference.model import BUILTIN_DIR  # noqa: E402
+from edge_agent.inference.service import InferenceService  # noqa: E402
+from edge_agent.sensors.base import Reading  # noqa: E402
 
 MODEL = BUILTIN_DIR / "machine_temp_ae.tflite"
-OLD_MODEL = ROOT / "tests" / "inference" / "data" / "machine_temp_ae-1.0.0.tflite"
+CHUNK = 400  # windows per fill: the tap outruns the worker, so the ring must hold a whole fill (queue)
 
 
 def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -58,112 +60,171 @@ def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t) / n
 
 
-def big_model(tmp: Path, window: int = 256, score: bool = False) -> Path:
-    """A larger autoencoder (window 256, 256-128-32-128-256, ~80k parameters) written by tools/tflite_build,
-    to show the agent's per-window cost is a fixed few microseconds, not a factor. ``score``: built with
-    anomaly_graph (raw in, score out), else a plain reconstruction output scored by the agent in numpy."""
+def big_model(tmp: Path, hidden: int, window: int = 256) -> Path:
+    """An autoencoder window-hidden-32-hidden-window (tanh), score in the graph (raw in, score out), written by
+    tools/tflite_build: a model whose invoke costs more than the shipped one's."""
     sys.path.insert(0, str(ROOT / "tools"))
     import hashlib
 
     import tflite_build as tb
 
     rng = np.random.default_rng(3)
-    sizes = (window, 128, 32, 128, window)
+    sizes = (window, hidden, 32, hidden, window)
     layers = [tb.Dense(rng.normal(0, 1 / np.sqrt(a), (b, a)), np.zeros(b), "tanh" if k < 3 else "none")
               for k, (a, b) in enumerate(itertools.pairwise(sizes))]
-    if score:
-        blob = tb.build(window, tb.anomaly_graph(layers, 85.0, 5.0, window))
-        kind = {"output_shape": [1, 1], "output": "score", "mean": [0.0], "std": [1.0]}
-    else:
-        blob = tb.build(window, layers)
-        kind = {"output_shape": [1, window], "output": "reconstruction", "mean": [85.0], "std": [5.0]}
-    path = tmp / f"big-{kind['output']}.tflite"
+    blob = tb.build(window, tb.anomaly_graph(layers, 85.0, 5.0, window))
+    path = tmp / f"big-{hidden}.tflite"
     path.write_bytes(blob)
     meta = {"name": "big", "version": "1", "sha256": hashlib.sha256(blob).hexdigest(), "input_shape": [1, window],
-            **kind}
+            "output_shape": [1, 1], "output": "score", "mean": [0.0], "std": [1.0]}
     path.with_name(path.name + ".json").write_text(json.dumps(meta))
     return path
 
 
-def latency(hop: int, blocks: int, n: int, model: Path = MODEL, window: int = 32) -> tuple[float, float]:
-    cfg = ModelConfig(name="m", path=str(model), inputs=["s"], window=window, hop=hop)
-    m = load(cfg, model)
+class Counting:
+    """Stands in for the Pipeline: counts the result messages (built by the service) and notes when each
+    arrived; the tap list is where the service would register itself."""
+
+    def __init__(self) -> None:
+        self.taps: list[Any] = []
+        self.n = 0
+        self.stamps: list[tuple[int, float]] | None = None
+
+    def publish(self, stream: str, data: dict[str, Any], **kw: Any) -> int:
+        self.n += 1
+        if self.stamps is not None:
+            self.stamps.append((data["seq"][1], time.perf_counter()))
+        return self.n
+
+    def event(self, name: str, data: Any) -> None:
+        pass
+
+
+def readings(n: int, seed: int = 0) -> list[Reading]:
+    """A temperature-like signal (slow sine + noise) as the sensor would hand it over."""
+    rng = np.random.default_rng(seed)
+    v = 85 + 3 * np.sin(np.arange(n) / 50) + 0.5 * rng.standard_normal(n)
+    return [Reading("s", 1.7e9 + 300.0 * k, {"value": float(x)}) for k, x in enumerate(v)]
+
+
+def service(model: Path, window: int, hop: int, queue: int = CHUNK, start: bool = True
+            ) -> tuple[InferenceService, Counting]:
+    pipe = Counting()
+    # threshold far above any score: the common path (no alarm) is what is measured
+    cfg = ModelConfig(name="m", path=str(model), inputs=["s"], window=window, hop=hop, queue=queue, threshold=1e9)
+    svc = InferenceService([cfg], pipe, tempfile.mkdtemp(prefix="bench-inf-"))
+    if start:
+        svc.start()
+    else:
+        svc._load_at_start(svc.slots["m"])  # the model, but no worker thread: for the single-threaded split
+    return svc, pipe
+
+
+def stage_vs_bare(model: Path, window: int, hop: int, blocks: int, n_bare: int) -> dict[str, float]:
+    svc, _ = service(model, window, hop, queue=CHUNK + 1)  # the first fill also holds the first window
+    slot = svc.slots["m"]
+    m = slot.active
+    assert m is not None
     it = m.interpreter
     i_idx = it.get_input_details()[0]["index"]
     o_idx = it.get_output_details()[0]["index"]
-    rng = np.random.default_rng(0)
-    size = 4096
-    raw = (85 + 5 * rng.standard_normal(size + hop)).astype(np.float32)
-    # bare gets exactly what the model's input tensor needs, ready-made: the raw window for a model that
-    # standardises in its graph, else the standardised one
-    x = raw[:window].reshape(1, window).copy() if m.identity else m.preprocess(raw[:window]).reshape(1, window).copy()
-    rawf = [float(v) for v in raw]  # the tap hands the windower Python floats...
-    tsf = [1.7e9 + 300.0 * k for k in range(size + hop)]  # ...and the reading's timestamp
-    w = Windower(window, hop)
-    for k in range(window):
-        w.push(rawf[k], k, k, tsf[k])
-    spans = [range(k, k + hop) for k in range(0, size, hop)]  # the readings of each window, prebuilt
-    q: collections.deque = collections.deque()
-    j = 0
+    data = readings(window + CHUNK * hop * (blocks + 1))
+    x = np.array([r.data["value"] for r in data[:window]], np.float32).reshape(1, window)
+    seq = 0
 
     def bare() -> None:
         it.set_tensor(i_idx, x)
         it.invoke()
         it.get_tensor(o_idx)
 
-    def agent() -> None:
-        nonlocal j
-        j = j + 1 if j + 1 < len(spans) else 0
-        win = None
-        for k in spans[j]:  # the tap, once per reading
-            win = w.push(rawf[k], k, k, tsf[k])
-        q.append(win)  # tap -> worker
-        xw, _first, _last, _t0, _t1, _idx, bad, _ = q.popleft()  # the worker's unpack (as in _run_one)
-        if not bad:
-            m.score(xw)
+    def stage() -> float:  # one fill of CHUNK windows through the running service
+        nonlocal seq
+        n0 = slot.run
+        tap = svc.tap
+        start = seq
+        end = start + CHUNK * hop + (window if start == 0 else 0)
+        t = time.perf_counter()
+        for k in range(start, end):
+            tap(data[k], k)
+        assert svc.wait_idle(60)
+        dt = time.perf_counter() - t
+        seq = end
+        return dt / (slot.run - n0)
 
-    for f in (bare, agent):
-        per_call(f, n // 10)  # warm up
-    b, a = [], []
+    stage()  # warm up, and the first window
+    per_call(bare, n_bare // 10)
+    b, g, inv = [], [], []
     for _ in range(blocks):
-        b.append(per_call(bare, n))
-        a.append(per_call(agent, n))
-    return statistics.median(b), statistics.median(a)
+        b.append(per_call(bare, n_bare))
+        g.append(stage())
+        inv.append(per_call(it.invoke, n_bare))
+    assert slot.skipped == 0 and slot.errors == 0, (slot.skipped, slot.errors)
+    svc.stop()
+    # the split, single-threaded: the tap per reading (no worker running), then the worker per window
+    svc2, _ = service(model, window, hop, queue=4000, start=False)
+    s2 = svc2.slots["m"]
+    n_read = window + 4000 * hop
+    more = readings(n_read, seed=1)
+    t = time.perf_counter()
+    for k, r in enumerate(more):
+        svc2.tap(r, k)
+    tap = (time.perf_counter() - t) / n_read
+    m2 = s2.active
+    for k in range(s2.windower.cut - 4000, s2.windower.cut - 3800):  # warm-up (a fresh interpreter's
+        svc2._run_one(s2, m2, k)                                     # first invokes are slow)
+    ks = range(s2.windower.cut - 3800, s2.windower.cut)
+    t = time.perf_counter()
+    for k in ks:
+        svc2._run_one(s2, m2, k)
+    worker = (time.perf_counter() - t) / len(ks)
+    assert s2.run == 4000
+    return {"bare": statistics.median(b), "stage": statistics.median(g), "invoke": statistics.median(inv),
+            "tap": tap, "worker": worker}
 
 
-def saturation(seconds: float) -> tuple[float, float]:
-    from edge_agent.inference.service import InferenceService
-    from edge_agent.inference.window import Window
+def latency(rate: float, seconds: float) -> tuple[float, float, float, int]:
+    """Paced readings (hop 1): seconds from handing a window's last reading to the tap to its result."""
+    svc, pipe = service(MODEL, 32, 1, queue=4)
+    pipe.stamps = []
+    n = int(rate * seconds)
+    data = readings(n + 32)
+    pushed = [0.0] * len(data)
+    period = 1.0 / rate
+    t0 = time.perf_counter()
+    for k, r in enumerate(data):
+        while time.perf_counter() < t0 + k * period:  # spin: sleep() is too coarse at 1 kHz
+            time.sleep(0)
+        pushed[k] = time.perf_counter()
+        svc.tap(r, k)
+    assert svc.wait_idle(10)
+    svc.stop()
+    lat = sorted(t - pushed[s] for s, t in pipe.stamps)
+    q = statistics.quantiles(lat, n=100)
+    return statistics.median(lat), q[89], q[98], svc.slots["m"].skipped
+
+
+def saturation() -> tuple[float, int]:
+    """Windows/s through the worker, each result published into a real SQLite outbox: readings pushed
+    first (no worker yet), then the worker started on a ring full of due windows."""
     from edge_agent.outbox import Outbox
     from edge_agent.pipeline import Pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-inf-"))
     ob = Outbox(tmp / "o.db", "bench")
     pipe = Pipeline(ob, "edge", "bench")
-    cfg = ModelConfig(name="m", path=str(MODEL), inputs=["s"], window=32, queue=100000)
-    svc = InferenceService([cfg], pipe, tmp / "state")
-    svc.start()
-    slot = svc.slots["m"]
-    vals = (85 + 5 * np.random.default_rng(1).standard_normal((1, 32))).astype(np.float32)
     n = 20000
-    with slot.cond:  # fill the queue first: the worker then runs flat out
-        for k in range(n):
-            slot.queue.append(Window(vals, k * 32, k * 32 + 31, 0.0, 0.0, k))
-        slot.cond.notify()
+    cfg = ModelConfig(name="m", path=str(MODEL), inputs=["s"], window=32, hop=1, queue=n, threshold=1e9)
+    svc = InferenceService([cfg], pipe, tmp / "state")
+    for k, r in enumerate(readings(n + 31)):
+        svc.tap(r, k)
     t = time.perf_counter()
+    svc.start()
     assert svc.wait_idle(600)
     dt = time.perf_counter() - t
+    run = svc.slots["m"].run
     svc.stop()
     ob.close()
-    # the model alone, same process, for comparison
-    m = load(cfg, MODEL)
-    t = time.perf_counter()
-    k = 0
-    while time.perf_counter() - t < seconds:
-        for _ in range(1000):
-            m.score(vals)
-        k += 1000
-    return n / dt, k / (time.perf_counter() - t)
+    return run / dt, run
 
 
 RSS_CODE = """
@@ -195,32 +256,34 @@ def rss() -> list[float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0)
-    ap.add_argument("--blocks", type=int, default=15)
+    ap.add_argument("--blocks", type=int, default=9)
     ap.add_argument("--n", type=int, default=5000)
     a = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
     print(f"runtime {runtime.runtime_name()}, numpy {np.__version__}, model {MODEL.name} "
-          f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks of {a.n} calls")
+          f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks "
+          f"({a.n} bare calls / {CHUNK} windows through the service)")
     for hop in (1, 4, 32):
-        b, g = latency(hop, a.blocks, a.n)
-        print(f"hop {hop:>2}: bare set+invoke+get {b * 1e6:6.2f} us | agent stage ({hop} push + hand-off + "
-              f"set+invoke+get + score) {g * 1e6:6.2f} us | overhead ratio {g / b:.2f} (target <= 1.2)")
-    if OLD_MODEL.exists():
-        for hop in (1, 4):
-            b, g = latency(hop, a.blocks, a.n, OLD_MODEL)
-            print(f"previous model 1.0.0 (reconstruction output, numpy standardise + MSE), hop {hop}: bare "
-                  f"{b * 1e6:6.2f} us | agent {g * 1e6:6.2f} us | overhead ratio {g / b:.2f}")
+        r = stage_vs_bare(MODEL, 32, hop, a.blocks, a.n)
+        print(f"hop {hop:>2}: bare invoke() {r['invoke'] * 1e6:5.2f} us, set+invoke+get {r['bare'] * 1e6:5.2f} us | "
+              f"agent stage {r['stage'] * 1e6:6.2f} us/window | overhead ratio {r['stage'] / r['bare']:.2f} "
+              f"(target <= 1.2)\n        split, one thread: tap {r['tap'] * 1e6:.2f} us/reading x {hop} + worker "
+              f"{r['worker'] * 1e6:.2f} us/window (model {r['bare'] * 1e6:.2f} + "
+              f"{(r['worker'] - r['bare']) * 1e6:.2f})")
+    med, p90, p99, skipped = latency(1000.0, 3.0)
+    print(f"latency, readings at 1 kHz, hop 1 (last reading handed to the tap -> result message built): median "
+          f"{med * 1e6:.0f} us, p90 {p90 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us ({skipped} windows skipped)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-big-"))
-    for score in (False, True):
-        big = big_model(tmp, score=score)
-        what = "score in the graph" if score else "reconstruction output, numpy scoring"
-        for hop in (1, 4):
-            b, g = latency(hop, a.blocks, max(200, a.n // 10), big, 256)
-            print(f"larger model (window 256, 256-128-32-128-256, {what}), hop {hop}: bare {b * 1e6:6.2f} us | "
-                  f"agent {g * 1e6:6.2f} us | overhead ratio {g / b:.2f}")
-    sat, model_only = saturation(a.seconds)
-    print(f"saturation: {sat:,.0f} windows/s through the service worker incl. publishing each result to the "
-          f"SQLite outbox; {model_only:,.0f} windows/s for Model.score alone")
+    for hidden in (64, 256, 1024, 2048):
+        # bare blocks about as long as a stage block (CHUNK windows), so both see the same noise
+        r = stage_vs_bare(big_model(tmp, hidden), 256, 1, a.blocks, {64: 2000, 256: 1000}.get(hidden, CHUNK))
+        print(f"model 256-{hidden}-32-{hidden}-256 (score in graph), hop 1: bare {r['bare'] * 1e6:6.2f} us | "
+              f"agent stage {r['stage'] * 1e6:6.2f} us | overhead {(r['stage'] - r['bare']) * 1e6:5.2f} us, "
+              f"ratio {r['stage'] / r['bare']:.2f} | split: worker {r['worker'] * 1e6:6.2f} us "
+              f"(+{(r['worker'] - r['bare']) * 1e6:.2f}), tap {r['tap'] * 1e6:.2f} us")
+    sat, run = saturation()
+    print(f"saturation: {sat:,.0f} windows/s through the worker ({run} windows), each result stored in the "
+          f"SQLite outbox")
     r0, r1, r2 = rss()
     print(f"RSS: {r0:.1f} MB (python+numpy+edge_agent) -> {r1:.1f} MB after importing the runtime "
           f"(+{r1 - r0:.1f}) -> {r2:.1f} MB with the model loaded (+{r2 - r1:.1f}; +{r2 - r0:.1f} in total)")

@@ -131,6 +131,9 @@ class OutputConfig:
     options: Any = _f(None, "Plugin options.")
 
 
+MODEL_RING_ROWS_MAX = 1_000_000  # ~36 MB of ring for one input (edge_agent.inference.window.ROW_BYTES)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _f(doc="Model name; results on 'inference/<name>'.", pattern=ID_PATTERN)
@@ -153,7 +156,8 @@ class ModelConfig:
                     pattern=ID_PATTERN)
     alarm_after: int = _f(1, "Windows in a row at or above the threshold before the alarm is raised.", ge=1)
     rearm: int = _f(1, "Windows in a row below the threshold before a new alarm can be raised.", ge=1)
-    queue: int = _f(4, "Windows waiting for the worker; when full the oldest is skipped and counted.",
+    queue: int = _f(4, "Windows that may wait for the worker; beyond, the oldest are skipped and counted. "
+                       "Sizes the model's ring buffer: window + hop x queue rows (at most 1,000,000).",
                     ge=1, le=100000)
     max_failures: int = _f(3, "Run-time failures (exception or NaN/inf output) of a newly installed model "
                               "before it is rolled back automatically to the previous one.", ge=1)
@@ -456,6 +460,13 @@ def _cross_checks(cfg: Config, errors: _Errors) -> None:
     for i, m in enumerate(cfg.models):
         if m is None:
             continue
+        hop = m.hop or m.window
+        rows = m.window + hop * m.queue
+        if rows > MODEL_RING_ROWS_MAX:
+            mib = rows * (32 + 4 * max(1, len(m.inputs))) / 2**20
+            errors.add(f"models[{i}].queue", f"window + hop x queue = {m.window} + {hop} x {m.queue} = {rows:,} rows "
+                                             f"of ring buffer (~{mib:,.0f} MiB) is more than {MODEL_RING_ROWS_MAX:,}; "
+                                             "lower queue (the windows that may wait for the worker) or hop")
         for j, inp in enumerate(m.inputs):
             if inp not in names:
                 close = difflib.get_close_matches(inp, sorted(names), n=1)

@@ -2,13 +2,14 @@
 
 ::
 
-    Pipeline tap (reading, seq) --O(1)--> window.Windower (numpy ring) --full window--> bounded deque
-        --> worker thread per model: preprocess -> interpreter -> score -> publish inference/<model>
-                                                                      '--> events/<alarm> (cls alarm)
+    Pipeline tap (reading, seq) --O(1), no allocation--> window.Windower (fixed numpy ring)
+        --(wake-up only if asleep)--> worker thread per model: due windows read in place from the ring
+        -> interpreter (set_tensor straight from the ring) -> score -> publish inference/<model>
+                                                                   '--> events/<alarm> (cls alarm)
 
 * :mod:`.runtime` is the only importer of a TFLite runtime (tflite-runtime or ai-edge-litert).
 * :mod:`.model` loads a model with its metadata file and refuses any mismatch with a clear error.
-* :mod:`.window` cuts windows from numpy ring buffers.
+* :mod:`.window` keeps the numpy ring buffers windows are read from.
 * :mod:`.service` is the agent service (tap, workers, hot-swap with rollback).
 
 Importing this package never imports a runtime; that happens when the first model is loaded.

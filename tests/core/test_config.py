@@ -157,3 +157,16 @@ def test_version() -> None:
 
     r = run_cli("--version")
     assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_model_ring_size_is_capped_with_the_arithmetic_in_the_error() -> None:
+    """window + hop x queue rows are allocated up front: an absurd queue is refused at config check,
+    not discovered as an out-of-memory kill on a 512 MB device."""
+    base = '[[sensors]]\nname = "t"\ntype = "simulated"\n[[models]]\nname = "m"\npath = "x.tflite"\ninputs = ["t"]\n'
+    ok = config.loads(base + "window = 32\nhop = 4\nqueue = 100000\n")  # 400,032 rows: fine
+    assert ok.models[0].queue == 100000
+    with pytest.raises(ConfigError) as ei:
+        config.loads(base + "window = 32\nhop = 32\nqueue = 100000\n", "/etc/edge-agent.toml")
+    assert ei.value.errors == ["models[0].queue: window + hop x queue = 32 + 32 x 100000 = 3,200,032 rows of ring "
+                               "buffer (~110 MiB) is more than 1,000,000; lower queue (the windows that may wait "
+                               "for the worker) or hop"]
