@@ -250,6 +250,8 @@ class InferenceService:
             return
         labels: dict[str, float] | None = None
         top: str | None = None
+        failed: Exception | None = None
+        score = 0.0
         try:
             if model.classifier:
                 res = model.infer(x)
@@ -257,13 +259,12 @@ class InferenceService:
             else:  # an anomaly score: straight to a float, no Result object
                 score = model.score(x)
         except Exception as e:
-            if slot.windower.intact(k):
-                self._failure(slot, model, w, e)
-            else:
-                slot.skipped += 1
+            failed = e
+        if not slot.windower.intact(k):  # the ring moved on while the model read it: neither the result
+            slot.skipped += 1            # nor a failure says anything about the model
             return
-        if not slot.windower.intact(k):  # the ring moved on while the model read it: not trustworthy
-            slot.skipped += 1
+        if failed is not None:
+            self._failure(slot, model, w, failed)
             return
         slot.run += 1
         slot.last_score = score
