@@ -131,7 +131,8 @@ class OutputConfig:
     options: Any = _f(None, "Plugin options.")
 
 
-MODEL_RING_ROWS_MAX = 1_000_000  # ~36 MB of ring for one input (edge_agent.inference.window.ROW_BYTES)
+MODEL_RING_ROWS_MAX = 1_000_000  # ~36 MB of ring for one input
+MODEL_RING_ROW_BYTES = 32  # a ring row besides 4 bytes per input: 2 seqs, a time, a bad-row mark (inference.window)
 
 
 @dataclass(frozen=True)
@@ -463,7 +464,7 @@ def _cross_checks(cfg: Config, errors: _Errors) -> None:
         hop = m.hop or m.window
         rows = m.window + hop * m.queue
         if rows > MODEL_RING_ROWS_MAX:
-            mib = rows * (32 + 4 * max(1, len(m.inputs))) / 2**20
+            mib = rows * (MODEL_RING_ROW_BYTES + 4 * max(1, len(m.inputs))) / 2**20
             errors.add(f"models[{i}].queue", f"window + hop x queue = {m.window} + {hop} x {m.queue} = {rows:,} rows "
                                              f"of ring buffer (~{mib:,.0f} MiB) is more than {MODEL_RING_ROWS_MAX:,}; "
                                              "lower queue (the windows that may wait for the worker) or hop")

@@ -69,14 +69,6 @@ class Window(tuple):  # type: ignore[type-arg]
 _tuple_new = tuple.__new__
 
 
-ROW_BYTES = 32  # ring memory per row besides 4 bytes per input: 2 seqs, a time, a bad-row mark
-
-
-def ring_rows(window: int, hop: int, keep: int) -> int:
-    """Rows of a Windower's ring: the window, ``keep`` hops of due windows, and a margin."""
-    return window + hop * keep + max(hop, 16)
-
-
 class Windower:
     """A ring of the newest rows of one model's input(s); windows are read from it in place.
 
@@ -91,7 +83,7 @@ class Windower:
         self.hop = hop
         self.n_inputs = n_inputs
         self.keep = keep
-        c = ring_rows(window, hop, keep)
+        c = window + hop * keep + max(hop, 16)
         self.capacity = c
         n = n_inputs
         # rows 0..c-1, and again the first `window` rows at c..c+window-1: every window is one slice
@@ -112,7 +104,7 @@ class Windower:
         # ~80 ns, a list store 13 ns but a list also keeps a Python object per row alive: 3x the memory).
         # _bad[s] is the row number of the latest non-finite row at or before the row at s, so "does this
         # window hold one?" is one comparison. Mirrored like the ring (several inputs take min/max over a
-        # slice). Memory: ~4 bytes per input + 32 bytes per row (ROW_BYTES).
+        # slice). Memory: 4 bytes per input + 32 per row (config.MODEL_RING_ROW_BYTES, for its size check).
         self._lo = array("q", bytes(8 * (c + window)))
         self._hi = array("q", bytes(8 * (c + window)))
         self._ts = array("d", bytes(8 * (c + window)))
