@@ -34,7 +34,7 @@ import paho.mqtt.client as paho
 from edge_agent import config as config_mod
 from edge_agent.app import App
 from edge_agent.devbroker import DevBroker, free_port
-from edge_agent.outbox import Outgoing
+from edge_agent.message import Outgoing
 
 
 def write_bytes() -> int:

@@ -30,17 +30,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.errors import ConfigError
+from edge_agent.message import MESSAGE_CLASSES
 
 EX_CONFIG = 78
 
 # Message classes, lowest first. Eviction drops the lowest class first; the forwarder sends the highest
 # class first. Alarms are the last thing ever dropped.
-MESSAGE_CLASSES: tuple[str, ...] = ("telemetry", "inference", "event", "alarm")
 MessageClass = Literal["telemetry", "inference", "event", "alarm"]
-
-
-def class_rank(cls: str) -> int:
-    return MESSAGE_CLASSES.index(cls)
 
 
 def _f(default: Any = dataclasses.MISSING, doc: str = "", **meta: Any) -> Any:

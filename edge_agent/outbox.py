@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import codec
-from edge_agent.config import MESSAGE_CLASSES, class_rank
 from edge_agent.errors import OutboxClosed, OutboxError
+from edge_agent.message import MESSAGE_CLASSES, Outgoing, class_rank
 
 log = logging.getLogger("edge_agent.outbox")
 
@@ -95,28 +95,6 @@ MAX_BATCH = 2000
 REPORT_TTL = 100 * 365 * 86400.0
 ACKED_LIMIT = 200_000  # acked rows kept (not yet deleted) before they are deleted row by row
 PRIOS = tuple(range(len(MESSAGE_CLASSES) - 1, -1, -1))  # highest class first
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to store and forward.
-
-    ``data`` goes into a msgpack envelope built with the assigned seq, unless ``raw`` is given (e.g. a
-    JSON command reply), which is stored and sent as is. ``ttl`` (seconds from ``ts``) overrides
-    ``storage.max_age`` for this message.
-    """
-
-    topic: str
-    stream: str
-    data: Any = None
-    cls: str = "telemetry"
-    ts: float | None = None
-    ttl: float | None = None
-    qos: int = 1
-    retain: bool = False
-    props: dict[str, Any] | None = None
-    raw: bytes | None = None
-    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.outbox import Outbox, Outgoing
+from edge_agent.message import Outgoing
+from edge_agent.outbox import Outbox
 from edge_agent.sensors.base import Reading
 from edge_agent.transport.topics import stream_topic
 

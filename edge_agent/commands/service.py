@@ -285,7 +285,7 @@ class CommandService:
         to the next connection, rather than acked and lost.
         """
         if not self._ready.wait(30.0) or self._stop.is_set():
-            msg._ack = None
+            msg.acker = None  # left unacknowledged: redelivered
             log.warning("command on %s left unacknowledged: the command service is %s; the broker will "
                         "deliver it again", msg.topic, "stopping" if self._stop.is_set() else "not started")
             return
@@ -546,7 +546,7 @@ class CommandService:
 
     # ------------------------------------------------------------------ replies
     def send_reply(self, cmd_id: str | None, reply: ReplyTo, outcome: dict[str, Any]) -> None:
-        from edge_agent.outbox import Outgoing
+        from edge_agent.message import Outgoing
 
         body = {"id": cmd_id, "device": self.device, "name": reply.name, **outcome}
         if reply.json:

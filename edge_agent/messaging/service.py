@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import codec
-from edge_agent.config import ID_PATTERN, MESSAGE_CLASSES
+from edge_agent.config import ID_PATTERN
 from edge_agent.errors import DecodeError, EdgeAgentError
+from edge_agent.message import MESSAGE_CLASSES, Outgoing
 from edge_agent.messaging.history import FINAL, HISTORY_FILE, STATUSES, History, HistoryError, Message
-from edge_agent.outbox import Outgoing
 from edge_agent.transfer import ChunkAssembler, TransferError, file_sha256
 from edge_agent.transport.mqtt import ConnectionStatus, InMessage
 from edge_agent.transport.topics import (

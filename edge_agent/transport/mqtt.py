@@ -34,7 +34,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -44,45 +43,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
 from edge_agent.errors import NotConnected, PublishRefused, WindowFull
+from edge_agent.transport.types import ConnectionStatus, InMessage, Will
 
 log = logging.getLogger("edge_agent.transport")
-
-
-@dataclass(frozen=True)
-class ConnectionStatus:
-    """``state`` is one of connecting, online, offline, auth_failed, stopped."""
-
-    state: str
-    reason: str = ""
-    session_present: bool = False
-    attempt: int = 0
-
-
-@dataclass
-class InMessage:
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    content_type: str | None = None
-    user_properties: list[tuple[str, str]] = field(default_factory=list)
-    _ack: Callable[[], None] | None = None
-
-    def ack(self) -> None:
-        """With ``manual_ack=True``: tell the broker this message is safely handled."""
-        if self._ack is not None:
-            self._ack()
-            self._ack = None
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
 
 
 AckCallback = Callable[[Any, bool, int], None]  # (token, ok, reason_code)
@@ -405,7 +368,7 @@ class MqttTransport:
                       correlation_data=getattr(p, "CorrelationData", None) if p else None,
                       content_type=getattr(p, "ContentType", None) if p else None,
                       user_properties=list(getattr(p, "UserProperty", []) or []) if p else [],
-                      _ack=ack)
+                      acker=ack)
         try:
             self._on_message(m)
         except Exception:

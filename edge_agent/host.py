@@ -1,0 +1,98 @@
+"""The Host: everything a service (commands, messaging, inference) may touch of the agent.
+
+Services never import ``app`` and never reach into another object's fields; the composition root
+(:mod:`edge_agent.app`) hands each service an object that satisfies :class:`Host`. Tests hand them a
+small fake (``tests/fakes.py``).
+
+Inbound messages: a service registers a handler with :meth:`Host.subscribe`; the router calls it on the
+network thread and acts on the :class:`Disposition` it returns. A handler that raises is treated as a
+refusal: the message is acknowledged (a poison message must never hold the receive window), the error is
+logged with a rate limit and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_agent.message import Outgoing
+from edge_agent.transport.types import (
+    ACCEPTED,
+    LINK_LOST,
+    Accepted,
+    Ack,
+    ConnectionStatus,
+    InMessage,
+    LinkLost,
+    Refused,
+)
+
+if TYPE_CHECKING:
+    from edge_agent.config import Config
+
+__all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Host",
+           "InMessage", "LinkLost", "Outgoing", "Refused"]
+
+
+class Disposition(Enum):
+    """What the router does with an inbound QoS 1/2 message after its handler returned."""
+
+    ACK = "ack"  # handled, or refused for good: acknowledge now
+    DEFER = "defer"  # a transient local condition: the handler calls ``msg.ack()`` later, or never (redelivery)
+
+
+Handler = Callable[[InMessage], Disposition]
+
+
+class AgentControl(Protocol):
+    """What the command handlers may ask of the agent as a whole (status, reload, sensors, outputs)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def reload(self) -> bool: ...
+
+    def set_interval(self, sensor: str, interval: float) -> None: ...
+
+    def output(self, name: str) -> Any | None: ...
+
+    def output_names(self) -> list[str]: ...
+
+    def shutdown(self, drain_timeout: float) -> None: ...
+
+
+class Host(Protocol):
+    """The agent as a service sees it."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def control(self) -> AgentControl: ...
+
+    # outbox
+    def put(self, msg: Outgoing) -> int: ...
+
+    def flush(self, timeout: float = 10.0) -> bool: ...
+
+    def last_seq(self) -> int: ...
+
+    def on_committed(self, fn: Callable[[list[int]], None]) -> None: ...
+
+    def on_dropped(self, fn: Callable[[list[int], str], None]) -> None: ...
+
+    # transport
+    def subscribe(self, topic_filter: str, match: Callable[[str], bool], handler: Handler, qos: int = 1) -> None: ...
+
+    def on_ack(self, fn: Callable[[int, Ack], None]) -> None: ...
+
+    def on_connection(self, fn: Callable[[ConnectionStatus], None]) -> None: ...
+
+    def connection(self) -> ConnectionStatus: ...
+
+    # other services (e.g. commands asking inference for its status)
+    def service(self, name: str) -> Any | None: ...
