@@ -32,7 +32,7 @@ from edge_agent.transport.types import (
 if TYPE_CHECKING:
     from edge_agent.config import Config
 
-__all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Host",
+__all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Handler", "Host",
            "InMessage", "LinkLost", "Outgoing", "Refused"]
 
 
