@@ -32,8 +32,8 @@ from edge_agent.transport.types import (
 if TYPE_CHECKING:
     from edge_agent.config import Config
 
-__all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Handler", "Host",
-           "InMessage", "LinkLost", "Outgoing", "Refused"]
+__all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Handler",
+           "Host", "InMessage", "LinkLost", "Outgoing", "Refused"]
 
 
 class Disposition(Enum):
