@@ -91,11 +91,13 @@ class Analyst:
         self.lookback = lookback
         self.first, self.last = first, last
         self.series: dict[str, Series] = {}
+        self.count = 0  # quotes taken in (repeats not counted)
 
     def add(self, month: str, symbol: str, price: float) -> dict[str, Any] | None:
         s = self.series.setdefault(symbol, Series())
         if s.months and month <= s.months[-1]:
             return None  # a repeat (QoS 1 redelivery) or out of order: already counted
+        self.count += 1
         s.months.append(month)
         s.prices.append(price)
         p = np.asarray(s.prices)
@@ -162,27 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     brain = Analyst(z_limit=args.z, lookback=args.lookback, first=args.first, last=args.last)
     alerts: list[str] = []
     quotes_seen = threading.Event()
-    n_seen = 0
+    expected: list[int] = []  # the count the feed announced at its end
 
     # --- the analyst: quotes in, alerts out -------------------------------------------------------
     analyst.subscribe(f"{prefix}/quote-feed/quotes/+")
 
     @analyst.on_message
     def on_quote(msg: Any) -> None:
-        nonlocal n_seen
         if msg.kind != "stream" or not msg.stream.startswith("quotes/"):
             return
         if msg.stream == "quotes/END":
+            expected.append(msg.data["count"])
+        else:
+            d = msg.data
+            alert = brain.add(d["month"], d["symbol"], d["price"])
+            if alert is not None and len(alerts) < args.max_alerts:
+                m = analyst.send_group(GROUP, alert, ttl=3600)
+                alerts.append(m.id)
+                out(f"analyst -> {GROUP} [{m.id}]: {alert['text']}")
+        if expected and brain.count >= expected[0]:
             quotes_seen.set()
-            return
-        n_seen += 1
-        d = msg.data
-        alert = brain.add(d["month"], d["symbol"], d["price"])
-        if alert is None or len(alerts) >= args.max_alerts:
-            return
-        m = analyst.send_group(GROUP, alert, ttl=3600)
-        alerts.append(m.id)
-        out(f"analyst -> {GROUP} [{m.id}]: {alert['text']}")
 
     @analyst.on_message_status
     def on_status(msg: Any) -> None:
@@ -229,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.pace)
         feed.publish("quotes/END", {"count": len(quotes)}, cls="event")
         if not quotes_seen.wait(args.timeout):
-            out(f"analyst: the quote stream did not finish within {args.timeout} s ({n_seen} seen)")
+            out(f"analyst: the quote stream did not finish within {args.timeout} s ({brain.count} seen)")
             return 1
         want = {m: ("delivered" if m in unread else "read") for m in members}
         final = {mid: wait_receipts(analyst, mid, want, args.timeout) for mid in alerts}
         complete = True
-        out(f"analyst: {n_seen} quotes analysed, {len(alerts)} alert(s) sent; receipts per member:")
+        out(f"analyst: {brain.count} quotes analysed, {len(alerts)} alert(s) sent; receipts per member:")
         for mid, receipts in final.items():
             ok = all(receipts.get(m) in (("delivered", "read") if w == "delivered" else ("read",))
                      for m, w in want.items())

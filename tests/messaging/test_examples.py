@@ -174,7 +174,7 @@ def test_stock_alerts_reach_every_investor_with_per_member_receipts(broker: DevB
         assert len(table) == len(sent), out
         assert all("alice=read  bob=read  carol=delivered" in ln for ln in table), out
         assert all(f"[{mid}] read by bob" in out and f"[{mid}] delivered by carol" in out for mid in sent)
-        assert f"[{next(iter(sent))}] read by carol" not in out  # carol never opened them
+        assert "read by carol" not in out  # carol never opened them
         # what reached the test's own member: the same alerts, with the analysis in the data
         wait_for(lambda: len(rec.messages) == len(sent), 10, msg=f"watcher got {rec.data()}")
         got = {(m.data["symbol"], m.data["month"]): m for m in rec.messages}
