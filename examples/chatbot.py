@@ -62,6 +62,16 @@ def broker_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def vega_data() -> Any:
+    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
+    try:
+        from vega_datasets import data
+    except ImportError:
+        raise SystemExit("this example reads its data from the vega_datasets package: "
+                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
+    return data
+
+
 def ready(agent: Agent, timeout: float = 15.0) -> None:
     """Online, and the broker has processed our subscriptions (see examples/stock_alerts.py)."""
     if not agent.wait_online(timeout):
@@ -73,7 +83,7 @@ class Brain:
     """Intent rules over the stock prices and the Seattle weather (vega_datasets, local files)."""
 
     def __init__(self) -> None:
-        from vega_datasets import data
+        data = vega_data()
 
         st = data.stocks()
         self.prices: dict[str, tuple[list[str], np.ndarray]] = {}
@@ -215,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     agents: list[Agent] = []
     answered: list[str] = []
     if args.role in ("both", "bot"):
+        brain = Brain()
         bot = make(args.bot_id)
-        run_bot(bot, Brain(), answered)
+        run_bot(bot, brain, answered)
         agents.append(bot)
     user = make(args.user_id) if args.role in ("both", "user") else None
     if user is not None:

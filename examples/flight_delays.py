@@ -72,6 +72,16 @@ def broker_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def vega_data() -> Any:
+    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
+    try:
+        from vega_datasets import data
+    except ImportError:
+        raise SystemExit("this example reads its data from the vega_datasets package: "
+                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
+    return data
+
+
 def ready(agent: Agent, timeout: float = 15.0) -> None:
     """Online, and the broker has processed our subscriptions (see examples/stock_alerts.py)."""
     if not agent.wait_online(timeout):
@@ -81,7 +91,7 @@ def ready(agent: Agent, timeout: float = 15.0) -> None:
 
 def seattle_weather(date: str) -> dict[str, Any]:
     """The day's observation from vega_datasets' local copy (no download)."""
-    from vega_datasets import data
+    data = vega_data()
 
     df = data.seattle_weather()
     row = df[df["date"].dt.strftime("%Y-%m-%d") == date]
@@ -95,7 +105,7 @@ def seattle_weather(date: str) -> dict[str, Any]:
 
 
 def airports(codes: set[str]) -> dict[str, dict[str, Any]]:
-    from vega_datasets import data
+    data = vega_data()
 
     df = data.airports()
     df = df[df["iata"].isin(codes)]

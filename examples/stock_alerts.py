@@ -56,6 +56,16 @@ def broker_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def vega_data() -> Any:
+    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
+    try:
+        from vega_datasets import data
+    except ImportError:
+        raise SystemExit("this example reads its data from the vega_datasets package: "
+                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
+    return data
+
+
 def ready(agent: Agent, timeout: float = 15.0) -> None:
     """Online, and the broker has processed our subscriptions.
 
@@ -70,7 +80,7 @@ def ready(agent: Agent, timeout: float = 15.0) -> None:
 
 def load_quotes() -> list[tuple[str, str, float]]:
     """(month 'YYYY-MM', symbol, price) in date order, from vega_datasets' local copy (no download)."""
-    from vega_datasets import data
+    data = vega_data()
 
     df = data.stocks().sort_values(["date", "symbol"], kind="stable")
     return [(d.strftime("%Y-%m"), str(s), float(p)) for d, s, p in zip(df["date"], df["symbol"], df["price"],
@@ -157,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return Agent(device_id=dev, host=host, port=port, state_dir=root / dev, groups=groups or [],
                      settings=SETTINGS)
 
+    quotes = load_quotes()
     feed, analyst = make("quote-feed"), make("analyst")
     people = {m: make(m, [GROUP]) for m in members}
     prefix = analyst.cfg.mqtt.topic_prefix
-    quotes = load_quotes()
     brain = Analyst(z_limit=args.z, lookback=args.lookback, first=args.first, last=args.last)
     alerts: list[str] = []
     quotes_seen = threading.Event()
