@@ -1,3 +1,3 @@
-from edge_agent.cli import main
+from edge_agent.cli.main import main
 
 raise SystemExit(main())

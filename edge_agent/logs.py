@@ -81,7 +81,7 @@ class NativeJournalHandler(logging.Handler):
             out["EXCEPTION_TEXT"] = text
             out["MESSAGE"] = f"{msg}\n{text}"
         for k, v in record.__dict__.items():
-            if _FIELD.match(k) and k not in out:
+            if _FIELD.fullmatch(k) and k not in out:
                 out[k] = v
         return out
 

@@ -92,7 +92,7 @@ class ChunkAssembler:
 
     def state(self, transfer_id: str) -> TransferState | None:
         """The state of a transfer (after a restart, too), or None if unknown."""
-        if not _ID.match(transfer_id):
+        if not _ID.fullmatch(transfer_id):
             raise TransferError(f"bad transfer id {transfer_id!r}")
         meta = self._read_meta(self.dir / transfer_id)
         return None if meta is None else self._state(transfer_id, meta)
@@ -101,13 +101,13 @@ class ChunkAssembler:
         """Transfers still waiting for chunks (e.g. to report what is missing after a restart)."""
         out = []
         for d in sorted(self.dir.iterdir()) if self.dir.exists() else []:
-            meta = self._read_meta(d) if d.is_dir() and _ID.match(d.name) else None
+            meta = self._read_meta(d) if d.is_dir() and _ID.fullmatch(d.name) else None
             if meta is not None and not meta["complete"]:
                 out.append(self._state(d.name, meta))
         return out
 
     def discard(self, transfer_id: str) -> None:
-        if not _ID.match(transfer_id):
+        if not _ID.fullmatch(transfer_id):
             raise TransferError(f"bad transfer id {transfer_id!r}")
         shutil.rmtree(self.dir / transfer_id, ignore_errors=True)
 
@@ -125,7 +125,7 @@ class ChunkAssembler:
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _check(transfer_id: str, index: int, total: int, data: bytes, sha256: str, name: str | None) -> None:
-        if not isinstance(transfer_id, str) or not _ID.match(transfer_id):
+        if not isinstance(transfer_id, str) or not _ID.fullmatch(transfer_id):
             raise TransferError(f"bad transfer id {transfer_id!r}: letters, digits and _ . : @ -, "
                                 "1-128 characters")
         if not isinstance(total, int) or isinstance(total, bool) or not 1 <= total <= MAX_CHUNKS:
@@ -135,9 +135,9 @@ class ChunkAssembler:
             raise TransferError(f"transfer {transfer_id}: chunk index must be in 0..{total - 1}, got {index!r}")
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TransferError(f"transfer {transfer_id}: chunk data must be bytes, got {type(data).__name__}")
-        if not isinstance(sha256, str) or not _SHA.match(sha256):
+        if not isinstance(sha256, str) or not _SHA.fullmatch(sha256):
             raise TransferError(f"transfer {transfer_id}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name) or name == META):
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name) or name == META):
             raise TransferError(f"transfer {transfer_id}: bad file name {name!r} (letters, digits and "
                                 "_ . + @ -, no '/')")
 

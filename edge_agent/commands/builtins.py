@@ -23,7 +23,6 @@ import json
 import re
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from edge_agent.commands.registry import Registry
 from edge_agent.commands.schema import Arg
 from edge_agent.errors import CommandError, ConfigError
 from edge_agent.fsutil import atomic_write
+from edge_agent.ids import ID_PATTERN
 
 _config_lock = threading.Lock()
 _transfer_lock = threading.Lock()  # ChunkAssembler is not thread-safe; commands run on several workers
@@ -179,9 +179,11 @@ def config_set(ctx: Any, changes: dict[str, Any]) -> dict[str, Any]:
     with _config_lock:
         try:
             old_text = path.read_text(encoding="utf-8")
-            doc = tomllib.loads(old_text)
-        except (OSError, tomllib.TOMLDecodeError) as e:
+            doc = config_mod.parse_toml(old_text, str(path))
+        except OSError as e:
             raise CommandError("config_unreadable", f"{path}: {e}") from None
+        except ConfigError as e:
+            raise CommandError("config_unreadable", f"{path}: {'; '.join(e.errors)}") from None
         for key, value in changes.items():
             _set_path(doc, key, value)
         new_text = dump_toml(doc)
@@ -301,7 +303,7 @@ def agent_restart(ctx: Any, code: int = 75) -> dict[str, Any]:
     return {"restarting": True, "exit_code": code}
 
 
-ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+ID = ID_PATTERN
 
 
 def register(reg: Registry) -> None:

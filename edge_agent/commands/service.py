@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from edge_agent.commands import signing
 from edge_agent.commands.registry import Registry, load_user_commands
 from edge_agent.commands.store import CommandStore, Record
 from edge_agent.errors import CommandError, DecodeError
+from edge_agent.ids import ID_RULE, is_id
 from edge_agent.transport.topics import cmd_filters, cmd_reply_topic, parse_cmd_topic
 
 log = logging.getLogger("edge_agent.commands")
@@ -51,7 +51,6 @@ log = logging.getLogger("edge_agent.commands")
 STORE_FILE = "commands.db"
 #: 2026-01-01T00:00:00Z. A clock before this has certainly not been set (Pi without RTC at boot).
 BUILD_TIME_FLOOR = 1767225600.0
-ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 REQUEST_KEYS = frozenset({"id", "name", "args", "issued_at", "expires_at", "kid", "sig"})
 REPLY_TTL = 600.0
 MAX_DEPTH = 16
@@ -325,7 +324,7 @@ class CommandService:
         try:
             job, digest = self._admit(req, kind, target, name, reply)
         except CommandError as e:
-            self._refuse(cmd_id if cmd_id and ID_RE.match(cmd_id) else None, reply, e)
+            self._refuse(cmd_id if is_id(cmd_id) else None, reply, e)
             return
         self._enqueue(job, digest, req)
 
@@ -398,8 +397,8 @@ class CommandService:
             raise Refused("bad_request", f"unknown field(s) {', '.join(unknown)} (known: "
                                          f"{', '.join(sorted(REQUEST_KEYS))})")
         cmd_id = req.get("id")
-        if cmd_id is not None and not (isinstance(cmd_id, str) and ID_RE.match(cmd_id)):
-            raise Refused("bad_request", "id must be 1-64 of letters, digits, '.', '_', ':', '-'")
+        if cmd_id is not None and not is_id(cmd_id):
+            raise Refused("bad_request", f"id {cmd_id!r} is not allowed: {ID_RULE}")
         if "name" in req and req["name"] != name:
             raise Refused("bad_request", f"name {req['name']!r} does not match the topic ({name!r})")
         args = req.get("args", {})

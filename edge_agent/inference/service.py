@@ -44,6 +44,7 @@ from typing import Any
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.fsutil import atomic_write
+from edge_agent.ids import ID_PATTERN
 from edge_agent.inference import runtime
 from edge_agent.inference.model import Model, metadata_path, parse_metadata, paths
 from edge_agent.inference.window import RowAssembler, Window, Windower, as_float
@@ -427,7 +428,7 @@ class InferenceService:
 
         registry.add("model.list", model_list, read_only=True)
         registry.add("model.rollback", model_rollback,
-                     {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
+                     {"model": Arg("str", required=True, pattern=ID_PATTERN)})
 
     def _describe(self, slot: _Slot) -> dict[str, Any]:
         m, p = slot.active, slot.previous

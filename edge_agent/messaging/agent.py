@@ -25,7 +25,6 @@ import dataclasses
 import os
 import threading
 import time
-import tomllib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,17 +75,13 @@ def build_config(config: str | os.PathLike[str] | Config | None = None, *, devic
         return config if config.messaging.enabled else dataclasses.replace(
             config, messaging=dataclasses.replace(config.messaging, enabled=True))
     if config is None:
-        return config_mod.parse(over, "<Agent keywords>")
+        return config_mod.build(over, source="<Agent keywords>")
     path = Path(config)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read: {e}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), [f"invalid TOML: {e}"]) from None
-    return config_mod.parse(_merge(data, over), str(path), text)
+    return config_mod.build(over, text, str(path))
 
 
 class Agent:

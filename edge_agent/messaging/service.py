@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import codec
-from edge_agent.config import ID_PATTERN
 from edge_agent.errors import DecodeError, EdgeAgentError
+from edge_agent.ids import is_id
 from edge_agent.message import MESSAGE_CLASSES, Outgoing
 from edge_agent.messaging.history import FINAL, HISTORY_FILE, STATUSES, History, HistoryError, Message
 from edge_agent.transfer import ChunkAssembler, TransferError, file_sha256
@@ -76,7 +76,7 @@ class MessagingError(EdgeAgentError, ValueError):
 
 
 def _check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not re.match(ID_PATTERN, value):
+    if not is_id(value):
         raise MessagingError(f"{what} must be a device/app id (letters, digits and . _ : -, 1-64 characters), "
                              f"got {value!r}")
     return value
@@ -285,7 +285,7 @@ class MessagingService:
         if not p.is_file():
             raise MessagingError(f"send_file: {p} is not a readable file")
         name = name or p.name
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}$", name):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}", name):
             raise MessagingError(f"send_file: file name {name!r} must be letters, digits and _ . + @ - (no '/')")
         ttl_s, explicit = self._ttl(ttl)
         sha = file_sha256(p)

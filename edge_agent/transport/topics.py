@@ -26,7 +26,7 @@ _LEVEL = re.compile(r"^[^/+#\x00]+$")
 
 def valid_level(s: str) -> bool:
     """A single topic level that is safe to embed (no '/', '+', '#', NUL, not empty)."""
-    return bool(_LEVEL.match(s))
+    return bool(_LEVEL.fullmatch(s))
 
 
 def stream_topic(prefix: str, dev: str, stream: str) -> str:

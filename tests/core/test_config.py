@@ -37,7 +37,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def test_contract_keys_parse_into_frozen_dataclasses(tmp_path: Path) -> None:
     cfg = config.loads(GOOD.format(dir=tmp_path), "x.toml")
-    assert cfg.device.id == "dev-1" and cfg.device.groups == ["lab"]
+    assert cfg.device.id == "dev-1" and cfg.device.groups == ("lab",)
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix, cfg.mqtt.keepalive) == ("127.0.0.1", 1883, "edge", 30)
     assert cfg.storage.dir == str(tmp_path)
     s = cfg.sensors[0]

@@ -18,7 +18,7 @@ def test_file_plus_keywords(tmp_path: Path) -> None:
                  '[messaging]\nenabled = false\nchunk_size = 2048\n')
     cfg = build_config(f, device_id="123", state_dir=tmp_path / "s", groups=["ops", "lab"],
                        settings={"mqtt": {"session_expiry": 600}})
-    assert cfg.device.id == "123" and cfg.device.groups == ["ops", "lab"]
+    assert cfg.device.id == "123" and cfg.device.groups == ("ops", "lab")
     assert cfg.mqtt.port == 1884 and cfg.mqtt.keepalive == 20 and cfg.mqtt.session_expiry == 600
     assert cfg.mqtt.client_id == "edge-agent-123" and cfg.storage.dir == str(tmp_path / "s")
     assert cfg.messaging.enabled and cfg.messaging.chunk_size == 2048  # an Agent always has messaging

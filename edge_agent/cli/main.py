@@ -1,4 +1,7 @@
-"""Command line: ``edge-agent run | check-config | outbox stats | sample-config | tail | demo``."""
+"""Command line: ``edge-agent run | check-config | outbox stats | sample-config | tail | demo``, plus the
+operator's ``keys``/``ctl`` (:mod:`edge_agent.cli.ctl`) and ``messages`` (:mod:`edge_agent.cli.messages`).
+
+Entry point ``edge-agent = edge_agent.cli.main:main``; ``python -m edge_agent`` runs the same."""
 
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent import config as config_mod
+from edge_agent.cli import ctl, messages
+from edge_agent.cli.display import format_envelope, print_config_errors
 from edge_agent.config import EX_CONFIG, Config
 from edge_agent.errors import ConfigError, OutboxError
-
-EXTRA_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}  # type: ignore[type-arg]
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -99,22 +102,6 @@ def cmd_sample_config(args: argparse.Namespace) -> int:
 
     sys.stdout.write(render())
     return 0
-
-
-def format_envelope(topic: str, payload: bytes) -> str:
-    from edge_agent import codec
-
-    try:
-        env = codec.decode(payload)
-    except Exception:
-        try:
-            return f"{topic}  {payload.decode()}"
-        except UnicodeDecodeError:
-            return f"{topic}  <{len(payload)} bytes>"
-    if isinstance(env, dict) and "seq" in env:
-        ts = time.strftime("%H:%M:%S", time.localtime(env.get("ts", 0)))
-        return f"{ts}  {topic}  seq={env['seq']}  {json.dumps(env.get('data'), default=repr)}"
-    return f"{topic}  {json.dumps(env, default=repr)}"
 
 
 def tail(cfg: Config, topic: str, count: int = 0, seconds: float = 0.0,
@@ -257,32 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     sp.add_argument("--state-dir", help="where to keep the demo outbox (default: a temp dir)")
     sp.set_defaults(fn=cmd_demo)
-    for register in EXTRA_COMMANDS.values():
-        register(sub)
+    ctl.register(sub)
+    messages.register(sub)
     return p
 
 
-def _register_extras() -> None:
-    """Sub-commands contributed by optional parts (keys, ctl, messages)."""
-    import importlib
-
-    for mod in ("edge_agent.commands.cli", "edge_agent.messaging.cli"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod and not mod.startswith(str(e.name)):
-                raise
-            continue
-        EXTRA_COMMANDS[mod] = m.register
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _register_extras()
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except ConfigError as e:
-        config_mod.print_errors(e)
+        print_config_errors(e)
         return EX_CONFIG
     except OutboxError as e:
         print(f"edge-agent: {e}", file=sys.stderr)

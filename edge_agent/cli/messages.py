@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_agent import config as config_mod
 from edge_agent.messaging.history import HISTORY_FILE, History, HistoryError, Message
 
 
@@ -52,7 +53,6 @@ def _line(m: Message) -> str:
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
-    from edge_agent import config as config_mod
     from edge_agent.messaging.service import json_safe
 
     cfg = config_mod.load(args.config)

@@ -1,0 +1,91 @@
+"""Reading a config: the only module in edge_agent that parses TOML.
+
+:func:`load` reads a file (search order in :func:`~edge_agent.config.paths.default_config_path`),
+:func:`loads` a text, :func:`build` a text plus keyword overrides merged into the document *before*
+validation (so ``Agent(device_id="a/b")`` gets exactly the config file's checks and messages). Each
+returns a frozen :class:`~edge_agent.config.schema.Config` with the environment's defaults filled in
+(device id, state dir, client id) or raises :class:`~edge_agent.errors.ConfigError` with every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_agent import ids
+from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir
+from edge_agent.config.schema import Config
+from edge_agent.config.validate import validate
+from edge_agent.errors import ConfigError
+
+
+def parse_toml(text: str, source: str = "<memory>") -> dict[str, Any]:
+    """The TOML document ``text`` as plain dicts and lists; ConfigError(source, "invalid TOML: ...")."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"invalid TOML: {e}"]) from None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A config file's text; ConfigError naming the file when it is missing or unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found (give --config, set EDGE_AGENT_CONFIG, or run "
+                                      "`edge-agent sample-config > config.toml`)"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), [f"cannot read: {e}"]) from None
+
+
+def parse(data: Mapping[str, Any], source: str = "<memory>", text: str = "",
+          env: Mapping[str, str] | None = None) -> Config:
+    """Validate a decoded TOML document and fill in the defaults; ConfigError with every problem."""
+    return _defaults(validate(data, source), source, text, os.environ if env is None else env)
+
+
+def loads(text: str, source: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
+    """A Config from TOML text (``source`` names it in errors and in ``Config.source``)."""
+    return parse(parse_toml(text, source), source, text, env)
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file ``path`` (default: :func:`default_config_path`)."""
+    p = Path(path) if path is not None else default_config_path(env)
+    return loads(read_text(p), str(p), env)
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top; tables are merged key by key, other values replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def build(overrides: Mapping[str, Any], base_text: str | None = None, source: str = "<overrides>",
+          env: Mapping[str, str] | None = None) -> Config:
+    """A Config from ``base_text`` (TOML, optional) with ``overrides`` (a document of the same shape,
+    e.g. ``{"device": {"id": "123"}}``) merged in before validation."""
+    data = parse_toml(base_text, source) if base_text is not None else {}
+    return parse(merge(data, overrides), source, base_text or "", env)
+
+
+def _defaults(cfg: Config, source: str, text: str, env: Mapping[str, str]) -> Config:
+    device = cfg.device
+    if not device.id:
+        device = dataclasses.replace(device, id=default_device_id())
+        problem = ids.id_problem(device.id, device=True)
+        if problem is not None:
+            raise ConfigError(source, [f"device.id: not set, and the host name gives {problem}; set device.id"])
+    storage = cfg.storage if cfg.storage.dir else dataclasses.replace(cfg.storage, dir=default_state_dir(env))
+    mqtt = cfg.mqtt
+    if not mqtt.client_id:
+        mqtt = dataclasses.replace(mqtt, client_id=f"edge-agent-{device.id}")
+    return dataclasses.replace(cfg, device=device, storage=storage, mqtt=mqtt, source=source,
+                               text_hash=hashlib.sha256(text.encode()).hexdigest()[:16])
