@@ -106,9 +106,12 @@ class App:
 
             self.services.append(InferenceService.from_app(self))
         if self.cfg.messaging.enabled:
+            from edge_agent._apphost_shim import LegacyAppHost  # TEMPORARY shim (issue 13)
             from edge_agent.messaging.service import MessagingService
 
-            self.services.append(MessagingService(self))
+            messaging = MessagingService(LegacyAppHost(self))
+            messaging.open()  # an Agent may send before it starts (the outbox keeps it)
+            self.services.append(messaging)
         if self.cfg.commands.enabled:
             # Last, so the services whose commands it dispatches are started before commands arrive.
             from edge_agent.commands.service import CommandService
@@ -312,10 +315,16 @@ class App:
         log.info("edge-agent %s starting: device %s, broker %s:%d, state %s", __version__, self.cfg.device.id,
                  self.cfg.mqtt.host, self.cfg.mqtt.port, self.state_dir)
         self._start_outputs()  # first: actuators reach their safe state as early as possible
+        # TEMPORARY shim (issue 13): messaging subscribes in start(); its handlers must exist before the
+        # persistent session's queued messages arrive at CONNACK
+        messaging = self.service("messaging")
+        if messaging is not None:
+            messaging.start()
         self.transport.start()
         self.forwarder.start()
         for svc in self.services:
-            svc.start()
+            if svc is not messaging:
+                svc.start()
         if self.with_sensors:
             self._start_sensors()
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
@@ -344,7 +353,10 @@ class App:
                 s.close()
             except Exception:
                 log.exception("closing sensor %s", s.name)
+        messaging = self.service("messaging")
         for svc in reversed(self.services):
+            if svc is messaging:
+                continue  # TEMPORARY shim (issue 13): it closes its history; stopped after the drain below
             try:
                 svc.stop()
             except Exception:
@@ -360,6 +372,11 @@ class App:
         off = Will(status_topic(self.prefix, self.cfg.device.id), self._status_payload("offline"))
         self.transport.stop(timeout=3.0, offline=off)
         self.outbox.close()
+        if messaging is not None:  # TEMPORARY shim (issue 13): after the last ack and commit callback
+            try:
+                messaging.stop()
+            except Exception:
+                log.exception("stopping messaging")
         if self.pin_factory is not None:
             try:
                 self.pin_factory.close()

@@ -15,7 +15,7 @@ visible only after its rename). Duplicates (MQTT QoS 1 redelivery) are harmless:
 disk is not rewritten, and chunks of a completed transfer return the completed state.
 
 On a sha256 mismatch the partial state is removed (which chunk was bad cannot be known) and
-:class:`TransferError` is raised; the sender must send the file again.
+:class:`ChecksumMismatch` (a :class:`TransferError`) is raised; the sender must send the file again.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ META = "meta.json"
 
 class TransferError(EdgeAgentError, ValueError):
     """A chunk or a transfer is invalid (bad id, inconsistent total, sha256 mismatch...)."""
+
+
+class ChecksumMismatch(TransferError):
+    """All chunks arrived but the file's sha256 is not the one announced; the partial data is gone."""
 
 
 @dataclass
@@ -190,7 +194,7 @@ class ChunkAssembler:
                 os.fsync(out.fileno())
         if h.hexdigest() != meta["sha256"]:
             shutil.rmtree(tdir, ignore_errors=True)
-            raise TransferError(f"transfer {transfer_id}: sha256 mismatch: got {h.hexdigest()}, "
+            raise ChecksumMismatch(f"transfer {transfer_id}: sha256 mismatch: got {h.hexdigest()}, "
                                 f"expected {meta['sha256']}; partial data discarded, send again")
         os.replace(tmp, path)
         meta = {**meta, "complete": True, "size": size, "completed": time.time()}

@@ -104,13 +104,39 @@ def test_output_set(make_app, requester: Requester, signer: Signer) -> None:
 
 
 def test_history_query(make_app, requester: Requester, signer: Signer) -> None:
+    """Each filter of history.query returns exactly the rows it should, newest first, JSON-safe."""
     app = make_app(keys=key_snippet(signer))
-    msg = app.service("messaging")
-    rep = requester.request(T + "history.query", sign(signer, "history.query", {"limit": 5}))
-    if msg is None or not hasattr(msg, "history_query"):
-        assert rep["error"]["code"] == "unavailable"
-    else:
-        assert rep["status"] == "ok" and isinstance(rep["result"]["items"], list)
+    h = app.service("messaging").history  # messaging is on by default
+    t0 = 1_700_000_000.0
+    for mid, out, kind, where, ts, data in [
+        ("dev-1:1", True, "msg", {"peer": "bob"}, t0 + 1, {"text": "pump check at noon"}),
+        ("bob:4", False, "msg", {"peer": "bob"}, t0 + 2, {"text": "pump is noisy", "raw": b"\x00\x01"}),
+        ("ann:9", False, "msg", {"group": "ops"}, t0 + 3, "valve stuck"),
+        ("cam:2", False, "stream", {"stream": "inference/m1"}, t0 + 4, {"score": 0.9}),
+        ("dev-1:2", True, "file", {"peer": "bob"}, t0 + 5, {"name": "m.tflite", "size": 10}),
+    ]:
+        h.add(mid=mid, sender=mid.split(":")[0], seq=int(mid.split(":")[1]), outgoing=out, kind=kind, data=data,
+              ts=ts, status="sent" if out else "received", **where)
+
+    def ids(args: dict) -> list[str]:
+        rep = requester.request(T + "history.query", sign(signer, "history.query", args))
+        assert rep["status"] == "ok", rep
+        assert rep["result"]["count"] == len(rep["result"]["items"])
+        return [r["id"] for r in rep["result"]["items"]]
+
+    assert ids({}) == ["dev-1:2", "cam:2", "ann:9", "bob:4", "dev-1:1"]
+    assert ids({"peer": "bob"}) == ["dev-1:2", "bob:4", "dev-1:1"]
+    assert ids({"group": "ops"}) == ["ann:9"]
+    assert ids({"stream": "inference/m1"}) == ["cam:2"]
+    assert ids({"kind": "file"}) == ["dev-1:2"]
+    assert ids({"since": t0 + 2, "until": t0 + 4}) == ["ann:9", "bob:4"]  # until is exclusive
+    assert ids({"peer": "bob", "kind": "msg", "limit": 1}) == ["bob:4"]
+    assert ids({"limit": 2}) == ["dev-1:2", "cam:2"]
+    assert ids({"peer": "nobody"}) == []
+    rep = requester.request(T + "history.query", sign(signer, "history.query", {"peer": "bob", "kind": "msg"}))
+    row = rep["result"]["items"][0]
+    assert row["sender"] == "bob" and row["peer"] == "bob" and not row["outgoing"] and row["status"] == "received"
+    assert row["data"] == {"text": "pump is noisy", "raw": {"base64": "AAE="}} and row["unread"] is True
 
 
 def test_agent_restart_replies_then_exits_nonzero(make_app, requester: Requester, signer: Signer) -> None:

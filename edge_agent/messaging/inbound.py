@@ -1,0 +1,168 @@
+"""What arrives: direct and group messages, files, stream messages, receipts for what we sent.
+
+::
+
+    <prefix>/<me>/inbox, <prefix>/group/<g>/msg  --> dedupe by "<dev>:<seq>" in history.db (committed)
+        --> receipt "delivered" through the outbox --> Disposition.ACK --> the router PUBACKs
+        --> dispatcher thread --> on_message (once per message unless the app dies mid-callback)
+    <prefix>/<me>/receipts                        --> delivered | read | missing chunks | failed
+    subscribe()d filters                          --> stream messages in the history
+
+Handlers run on the network thread and return once what must be kept is committed. A message that is
+not an envelope, or that is refused for good, is acknowledged (a poison message must never hold the
+receive window). When the history or the disk cannot take it right now (full, closed while stopping),
+the handler returns :attr:`Disposition.DEFER`: the message is kept here, handled again by
+:meth:`Inbound.retry` (the service's sweep, every second) and acknowledged once stored. Later messages
+queue behind it, so the app still sees them in order. If the link drops meanwhile, the deferred messages
+are let go: the broker sends them again on the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.host import ConnectionStatus, Disposition, InMessage
+from edge_agent.messaging.envelope import decode_envelope, expired
+from edge_agent.messaging.history import History, HistoryError, HistoryUnavailable
+from edge_agent.messaging.tracking import Tracker
+from edge_agent.messaging.transfers import FileTransfers
+from edge_agent.transfer import TransferError
+
+log = logging.getLogger("edge_agent.messaging")
+
+Route = Callable[[dict[str, Any]], None]
+MAX_DEFERRED = 1000  # the broker's in-flight window is far smaller; past this, the broker redelivers
+
+
+class Inbound:
+    """The inbound handlers of one messaging service (see the module docstring)."""
+
+    def __init__(self, history: History, tracker: Tracker, transfers: FileTransfers, *, dev: str,
+                 emit: Callable[[str], None], received: Callable[[], None]) -> None:
+        self._history = history
+        self._tracker = tracker
+        self._transfers = transfers
+        self._dev = dev
+        self._emit = emit  # a status changed without a step (a new group receipt)
+        self._received = received  # new messages are in the history
+        self._lock = threading.Lock()
+        self._deferred: deque[tuple[InMessage, Route, dict[str, Any]]] = deque()
+
+    # ------------------------------------------------------------------ handlers (host.subscribe)
+    def inbox(self, msg: InMessage) -> Disposition:
+        return self._handle(msg, lambda env: self._incoming(env, None))
+
+    def group(self, name: str) -> Callable[[InMessage], Disposition]:
+        return lambda msg: self._handle(msg, lambda env: self._incoming(env, name))
+
+    def receipts(self, msg: InMessage) -> Disposition:
+        return self._handle(msg, self._receipt)
+
+    def stream(self, msg: InMessage) -> Disposition:
+        return self._handle(msg, self._stream)
+
+    def _handle(self, msg: InMessage, route: Route) -> Disposition:
+        env = decode_envelope(msg)
+        if env is None:
+            return Disposition.ACK
+        with self._lock:
+            if self._deferred:  # keep the order: behind the ones waiting
+                return self._defer(msg, route, env)
+            try:
+                route(env)
+            except (HistoryUnavailable, OSError) as e:
+                log.warning("message on %s from %s kept for later: %s", msg.topic, env["dev"], e)
+                return self._defer(msg, route, env)
+            except (HistoryError, TransferError) as e:
+                log.warning("message on %s from %s not handled: %s", msg.topic, env["dev"], e)
+        return Disposition.ACK
+
+    def _defer(self, msg: InMessage, route: Route, env: dict[str, Any]) -> Disposition:
+        if len(self._deferred) < MAX_DEFERRED:
+            self._deferred.append((msg, route, env))
+        return Disposition.DEFER
+
+    # ------------------------------------------------------------------ deferred messages
+    def retry(self) -> int:
+        """Handle deferred messages again, oldest first, until one still cannot be kept; return how many
+        were acknowledged."""
+        done = 0
+        with self._lock:
+            while self._deferred:
+                msg, route, env = self._deferred[0]
+                try:
+                    route(env)
+                except (HistoryUnavailable, OSError):
+                    break
+                except (HistoryError, TransferError) as e:
+                    log.warning("message on %s from %s not handled: %s", msg.topic, env["dev"], e)
+                self._deferred.popleft()
+                msg.ack()
+                done += 1
+        if done:
+            log.info("%d deferred message(s) stored and acknowledged", done)
+        return done
+
+    @property
+    def deferred(self) -> int:
+        return len(self._deferred)
+
+    def on_connection(self, st: ConnectionStatus) -> None:
+        if st.state != "online":
+            with self._lock:
+                if self._deferred:
+                    log.info("link down: %d deferred message(s) will be redelivered by the broker",
+                             len(self._deferred))
+                self._deferred.clear()
+
+    # ------------------------------------------------------------------ routes
+    def _incoming(self, env: dict[str, Any], group: str | None) -> None:
+        dev, seq = env["dev"], env["seq"]
+        if dev == self._dev:
+            return  # our own group message, already in the history as sent
+        if env["stream"] == "file":
+            self._transfers.on_chunk(env)
+            return
+        mid = f"{dev}:{seq}"
+        if expired(env):
+            log.info("message %s arrived after its time-to-live; dropped", mid)
+            return
+        rowid = self._history.add(mid=mid, sender=dev, seq=seq, outgoing=False, kind="msg", data=env.get("data"),
+                                  ts=float(env["ts"]), status="received", peer=None if group else dev, group=group,
+                                  notified=False, cls=env.get("cls"))
+        # also for a duplicate: the first receipt may have been lost with a crash
+        self._tracker.send_receipt(dev, [mid], "delivered")
+        if rowid is not None:
+            self._received()
+
+    def _stream(self, env: dict[str, Any]) -> None:
+        dev, seq = env["dev"], env["seq"]
+        mine = dev == self._dev
+        rowid = self._history.add(mid=f"{dev}:{seq}", sender=dev, seq=seq, outgoing=mine, kind="stream",
+                                  data=env.get("data"), ts=float(env["ts"]), status="received", stream=env["stream"],
+                                  notified=mine, cls=env.get("cls") or "telemetry", unread=False)
+        if rowid is not None:
+            self._received()
+
+    def _receipt(self, env: dict[str, Any]) -> None:
+        by, d = env["dev"], env.get("data")
+        if not isinstance(d, dict) or not isinstance(d.get("ids"), list):
+            log.warning("receipt from %s dropped: malformed", by)
+            return
+        status = d.get("status")
+        mine = f"{self._dev}:"
+        for mid in d["ids"]:
+            if not isinstance(mid, str) or not mid.startswith(mine):
+                continue
+            if status in ("delivered", "read"):
+                news, _ = self._history.apply_receipt(mid, by, status)
+                if news and not self._tracker.advance(mid, status):
+                    self._emit(mid)  # a new receipt (another group member) without a status change
+            elif status == "missing" and isinstance(d.get("missing"), list):
+                self._transfers.resend(mid, [i for i in d["missing"] if isinstance(i, int)])
+            elif status == "failed":
+                self._tracker.advance(mid, "failed", f"{by}: {str(d.get('reason', ''))[:500]}")

@@ -1,0 +1,236 @@
+"""Where each of our outgoing messages is: outbox seq -> message id, and every status transition.
+
+::
+
+    put (under the lock, so no outbox callback can miss the seq)  --> "pending"
+    host.on_committed(seqs)                      --> queued
+    host.on_ack(seq, Accepted)                   --> sent       (a file: once every chunk is)
+    host.on_ack(seq, Refused(code))              --> failed     (the broker refused it)
+    host.on_ack(seq, LinkLost)                   --> unchanged  (released; the outbox sends it again)
+    host.on_dropped(seqs, "expired" | reason)    --> expired | failed
+    receipts from the recipient (service)        --> delivered | read
+
+A status is reported once per step of the normal path, in order, even when evidence arrives out of order
+(a receipt can overtake the PUBACK). Receipts we send are tracked too: once the outbox has committed one,
+the history records it, so a crash before that commit makes the next start send it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from edge_agent.errors import EdgeAgentError
+from edge_agent.host import Accepted, Ack, Host, LinkLost, Outgoing, Refused
+from edge_agent.messaging.history import FINAL, History, HistoryError
+from edge_agent.transport.topics import receipts_topic
+
+log = logging.getLogger("edge_agent.messaging")
+
+NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
+_DONE = ("sent", "delivered", "read", *FINAL)  # the broker has it, or it is over: no seq left to watch
+RECEIPT_LEVEL = {"delivered": 1, "read": 2}
+RECEIPT_BATCH = 500
+
+
+class Tracker:
+    """Owns the seq bookkeeping of one messaging service; ``emit(mid)`` reports a status change."""
+
+    def __init__(self, host: Host, history: History, *, prefix: str, emit: Callable[[str], None]) -> None:
+        self._host = host
+        self._history = history
+        self._prefix = prefix
+        self._emit = emit
+        self._lock = threading.RLock()
+        self._tracked: dict[int, str] = {}
+        self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
+        self._filling: set[str] = set()  # files whose chunks are still being put: no status moves yet
+
+    # ------------------------------------------------------------------ putting
+    def put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], str], *,
+            announce: bool = True) -> str:
+        """Put ``build(ts)`` into the outbox and let ``record(seq, ts)`` store it in the history (returning
+        the id of the message it belongs to), all under the lock; report "pending" if ``announce``."""
+        with self._lock:
+            ts = time.time()
+            seq = self._host.put(build(ts))
+            mid = record(seq, ts)
+            self._tracked[seq] = mid
+            if announce:
+                self._emit(mid)  # under the lock: "pending" is reported before any later status
+            return mid
+
+    def begin_fill(self, mid: str) -> None:
+        """A file's chunks are being put: its status waits for :meth:`end_fill`."""
+        with self._lock:
+            self._filling.add(mid)
+
+    def end_fill(self, mid: str, *, failure: str | None = None) -> None:
+        """All chunks are put (the status catches up now), or putting them failed with ``failure``."""
+        with self._lock:
+            self._filling.discard(mid)
+        if failure is not None:
+            self.advance(mid, "failed", failure)
+            return
+        state = self._history.min_outseq_state(mid)
+        if state is not None and state >= 1:
+            self.advance(mid, "sent" if state >= 2 else "queued")
+
+    def send_receipt(self, to: str, mids: list[str], status: str, **more: Any) -> None:
+        """Put a receipt for ``mids`` (received from ``to``); errors are logged, never raised."""
+        level = RECEIPT_LEVEL.get(status)
+        msg = Outgoing(topic=receipts_topic(self._prefix, to), stream="receipts",
+                       data={"status": status, "ids": mids, **more}, cls="event")
+        with self._lock:  # so the commit callback cannot run before the seq is recorded
+            try:
+                seq = self._host.put(msg)
+            except (EdgeAgentError, ValueError) as e:
+                log.warning("receipt %s for %d message(s) to %s not queued: %s", status, len(mids), to, e)
+                return
+            if level is not None:
+                self._receipt_seqs[seq] = (list(mids), level)
+
+    # ------------------------------------------------------------------ status
+    def advance(self, mid: str, target: str, reason: str = "") -> bool:
+        """Move ``mid`` to ``target``, recording (and reporting) every intermediate step of the normal
+        path; True if it moved at all."""
+        with self._lock:
+            if mid in self._filling:
+                return False
+            m = self._history.get(mid)
+            if m is None or not m.outgoing:
+                return False
+            steps = [target]
+            if target in NORMAL_PATH and m.status in NORMAL_PATH:
+                now, end = NORMAL_PATH.index(m.status), NORMAL_PATH.index(target)
+                steps = list(NORMAL_PATH[now + 1:end + 1])
+            moved = False
+            for s in steps:
+                if self._history.set_status(mid, s, reason if s == target else ""):
+                    self._emit(mid)
+                    moved = True
+            if target in _DONE:
+                self.forget(mid)
+            return moved
+
+    def forget(self, mid: str) -> None:
+        """Stop watching the seqs of ``mid`` (it is over, e.g. expired)."""
+        with self._lock:
+            for seq in [s for s, x in self._tracked.items() if x == mid]:
+                del self._tracked[seq]
+
+    # ------------------------------------------------------------------ host callbacks
+    def on_committed(self, seqs: list[int]) -> None:
+        with self._lock:
+            self._receipts_committed(seqs)
+            hits = [s for s in seqs if s in self._tracked]
+            if not hits:
+                return
+            try:
+                states = self._history.mark_outseqs(hits, 1)
+            except HistoryError as e:
+                log.debug("commit of %d message(s) not recorded: %s", len(hits), e)
+                return
+            for mid, st in states.items():
+                if st is not None and st >= 1:
+                    self.advance(mid, "queued")
+
+    def _receipts_committed(self, seqs: list[int]) -> None:
+        for s in seqs if self._receipt_seqs else ():
+            rc = self._receipt_seqs.pop(s, None)
+            if rc is not None:
+                try:
+                    self._history.set_receipt_stored(*rc)
+                except HistoryError as e:
+                    log.debug("receipt commit not recorded: %s", e)
+
+    def on_ack(self, seq: int, ack: Ack) -> None:
+        if seq not in self._tracked or isinstance(ack, LinkLost):
+            # not ours (telemetry: no lock on the PUBACK hot path), or released to be sent again
+            return
+        with self._lock:
+            mid = self._tracked.get(seq)
+            if mid is None:
+                return
+            try:
+                match ack:
+                    case Accepted():
+                        self._accepted(seq, mid)
+                    case Refused(code=code):
+                        self.advance(mid, "failed", f"the broker refused the message (reason code 0x{code:02x})")
+            except HistoryError as e:
+                log.debug("ack for %s not recorded: %s", mid, e)
+
+    def _accepted(self, seq: int, mid: str) -> None:
+        states = self._history.mark_outseqs([seq], 2)
+        self._tracked.pop(seq, None)
+        st = states.get(mid)
+        if st is not None and st >= 2:
+            self.advance(mid, "sent")
+            self._history.forget_mid(mid)
+        elif st is not None:  # a file with chunks still on their way
+            self.advance(mid, "queued")
+
+    def on_dropped(self, seqs: Iterable[int], reason: str) -> None:
+        with self._lock:
+            for seq in seqs:
+                mid = self._tracked.get(seq)
+                if mid is None:
+                    continue
+                try:
+                    if reason == "expired":
+                        self.advance(mid, "expired", "the outbox dropped it: time-to-live ran out")
+                    else:
+                        self.advance(mid, "failed", f"the outbox dropped it: {reason}")
+                except HistoryError as e:
+                    log.debug("drop of %s not recorded: %s", mid, e)
+
+    # ------------------------------------------------------------------ start
+    def reconcile(self) -> None:
+        """At start: a seq we recorded but the outbox never committed was lost with the process (and
+        will be reused by the outbox), so its message failed; committed ones are queued; receipts lost
+        with the process (the history commit is synchronous, the outbox's group commit is not) are sent
+        again (the sender ignores what it already knows)."""
+        with self._lock:
+            self._reconcile_seqs(self._host.last_seq())
+            self._reconcile_open()
+        self._resend_owed_receipts()
+
+    def _reconcile_seqs(self, last: int) -> None:
+        h = self._history
+        for seq, (mid, state) in h.tracked_seqs().items():
+            if seq > last:
+                log.warning("message %s was lost before the outbox stored it (agent stopped); marked failed", mid)
+                h.set_status(mid, "failed", "lost: the agent stopped before the outbox stored it")
+                h.forget_mid(mid)
+                h.rename(mid, f"{mid}~lost{int(time.time())}")  # the outbox will hand out this seq again
+                continue
+            self._tracked[seq] = mid
+            if state == 0:
+                h.mark_outseqs([seq], 1)
+
+    def _reconcile_open(self) -> None:
+        h = self._history
+        for mid, status, _seq in h.open_outgoing():
+            m = h.get(mid)
+            if m is not None and m.kind == "file" and isinstance(m.data, dict):
+                have = h.outseq_count(mid)
+                if have < int(m.data.get("chunks", 0)):
+                    log.warning("file %s was interrupted while being queued (%d of %s chunks); marked failed",
+                                mid, have, m.data.get("chunks"))
+                    h.set_status(mid, "failed", "interrupted while being queued: send it again")
+                    continue
+            if status == "pending" and (h.min_outseq_state(mid) or 0) >= 1:
+                h.set_status(mid, "queued")
+
+    def _resend_owed_receipts(self) -> None:
+        owed: dict[tuple[str, str], list[str]] = {}
+        for mid, sender, status in self._history.receipts_owed():
+            owed.setdefault((sender, status), []).append(mid)
+        for (sender, status), mids in owed.items():
+            log.info("re-sending %d %s receipt(s) to %s lost at the last stop", len(mids), status, sender)
+            for i in range(0, len(mids), RECEIPT_BATCH):
+                self.send_receipt(sender, mids[i:i + RECEIPT_BATCH], status)
