@@ -45,6 +45,7 @@ from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.fsutil import atomic_write
 from edge_agent.inference import runtime
+from edge_agent.inference.calibration import Calibration, Calibrator
 from edge_agent.inference.model import Model, metadata_path, parse_metadata, paths
 from edge_agent.inference.window import RowAssembler, Window, Windower, as_float
 from edge_agent.sensors.base import Reading
@@ -64,6 +65,8 @@ class _Slot:
         self.alarm_name = cfg.alarm or f"{cfg.name}_anomaly"
         self.stream = f"inference/{cfg.name}"
         self.load_path, self.install_path = paths(cfg, state_dir)
+        self.calib = Calibrator(state_dir / "models" / f"{cfg.name}.calibration.json", cfg.warmup_windows,
+                                cfg.warmup_seconds)
         n = max(1, len(cfg.inputs))  # no inputs: the model refuses to load with a clear error
         self.windower = Windower(cfg.window, cfg.hop or cfg.window, n, keep=cfg.queue)
         self.rows = RowAssembler(n)
@@ -150,6 +153,7 @@ class InferenceService:
                 continue
             slot.error = ""
             slot.load_path = path
+            self._attach(slot, slot.active)
             if tried:
                 log.error("inference: model %s: %s; running %s instead", slot.name, "; ".join(tried), path)
             log.info("inference: model %s %s loaded from %s (%s, window %d, hop %d, threshold %g)", slot.name,
@@ -252,6 +256,8 @@ class InferenceService:
         top: str | None = None
         failed: Exception | None = None
         score = 0.0
+        calibrating = slot.calib.busy
+        kept = x.copy() if calibrating else None  # before the intact check: a copy of what the model saw
         try:
             if model.classifier:
                 res = model.infer(x)
@@ -271,21 +277,8 @@ class InferenceService:
         seq = [first_seq, last_seq]
         slot.last_seq = seq
         thr = model.threshold
-        above = thr > 0 and score >= thr
-        raise_alarm = False
-        if above:
-            slot.above += 1
-            slot.below = 0
-            if not slot.in_alarm and slot.above >= slot.cfg.alarm_after:
-                slot.in_alarm = True
-                raise_alarm = True
-        else:
-            slot.above = 0
-            if slot.in_alarm:
-                slot.below += 1
-                if slot.below >= slot.cfg.rearm:
-                    slot.in_alarm = False
-                    slot.below = 0
+        above = not calibrating and thr > 0 and score >= thr
+        raise_alarm = _debounce(slot, above)
         # the score as the model gave it (a float32's value): rounding it for looks cost 0.4 us a window
         data: dict[str, Any] = {"model": slot.name, "version": model.version, "score": score,
                                 "threshold": thr, "alarm": above, "seq": seq, "ts": [first_ts, last_ts],
@@ -293,7 +286,11 @@ class InferenceService:
         if labels is not None:
             data["labels"] = {lab: _round(v) for lab, v in labels.items()}
             data["top"] = top
+        if calibrating:  # warm-up: the result is published, marked, and raises no alarm
+            data["calibrating"] = True
         self.pipeline.publish(slot.stream, data, cls="inference", ts=last_ts)
+        if kept is not None:
+            self._warmup(slot, model, kept, last_ts)
         if raise_alarm:
             slot.alarms += 1
             alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
@@ -302,6 +299,41 @@ class InferenceService:
             log.warning("inference: alarm %s: model %s score %.4g >= %g (seq %d-%d)", slot.alarm_name, slot.name,
                         score, thr, first_seq, last_seq)
             self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=last_ts)
+
+    def _warmup(self, slot: _Slot, model: Model, kept: Any, ts: float) -> None:
+        try:
+            cal = slot.calib.add(model, kept, ts)
+        except ModelError as e:
+            log.error("inference: model %s: calibration failed, warming up again: %s", slot.name, e)
+            self._event("model_calibration_failed", {"model": slot.name, "error": str(e)})
+            return
+        if cal is not None:
+            log.info("inference: model %s calibrated on %d windows: threshold %g, input scale %g", slot.name,
+                     cal.windows, cal.threshold, cal.input_scale)
+            self._event("model_calibrated", _calibration_event(slot.name, model, cal))
+
+    def _attach(self, slot: _Slot, model: Model | None) -> None:
+        """``model`` became active: apply its stored calibration or start its warm-up."""
+        if model is None:
+            return
+        stored = slot.calib.attach(model)
+        if stored is not None:
+            log.info("inference: model %s: calibration from %s: threshold %g, input scale %g", slot.name,
+                     slot.calib.path, stored.threshold, stored.input_scale)
+        elif slot.calib.busy:
+            log.info("inference: model %s: calibrating on this sensor (results marked, no alarms)", slot.name)
+
+    def calibrate(self, name: str) -> dict[str, Any]:
+        """Start a new warm-up for ``name`` (the model.calibrate command); ModelError if it cannot."""
+        slot = self._slot(name)
+        try:
+            slot.calib.request(slot.active)
+        except ModelError as e:
+            raise ModelError(f"model {name!r}: {e}") from None
+        with slot.cond:
+            slot.above = slot.below = 0
+            slot.in_alarm = False
+        return self._describe(slot)
 
     def _failure(self, slot: _Slot, model: Model, w: Window, err: Exception) -> None:
         slot.errors += 1
@@ -348,6 +380,7 @@ class InferenceService:
                 slot.error = ""
                 slot.above = slot.below = 0
                 slot.in_alarm = False
+                self._attach(slot, new)
         old_v = old.version if old is not None else None
         log.info("inference: model %s %s installed (was %s), sha256 %s", name, new.version, old_v, new.sha256[:16])
         self._event("model_installed", {"model": name, "version": new.version, "previous": old_v,
@@ -398,6 +431,7 @@ class InferenceService:
                 slot.failures_since_install = 0
                 slot.above = slot.below = 0
                 slot.in_alarm = False
+                self._attach(slot, prev)
         bad_v = bad.version if bad is not None else None
         log.warning("inference: model %s rolled back from %s to %s: %s", name, bad_v, prev.version, reason)
         self._event("model_rollback", {"model": name, "from": bad_v, "to": prev.version, "reason": reason})
@@ -425,7 +459,19 @@ class InferenceService:
             except ModelError as e:
                 raise CommandError("rollback_failed", str(e)) from None
 
+        def model_calibrate(ctx: Any, model: str) -> dict[str, Any]:
+            """Learn the model's threshold on this sensor again (a new warm-up; results marked, no alarms)."""
+            if model not in self.slots:
+                raise CommandError("not_found", f"no model named {model!r} (configured: "
+                                                f"{', '.join(self.slots) or 'none'})")
+            try:
+                return self.calibrate(model)
+            except ModelError as e:
+                raise CommandError("not_calibratable", str(e)) from None
+
         registry.add("model.list", model_list, read_only=True)
+        registry.add("model.calibrate", model_calibrate,
+                     {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
         registry.add("model.rollback", model_rollback,
                      {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
 
@@ -441,6 +487,12 @@ class InferenceService:
             "alarms": slot.alarms, "last_score": None if slot.last_score is None else _round(slot.last_score),
             "last_seq": slot.last_seq,
         }
+        cal = slot.calib
+        if cal.busy:
+            d["calibration"] = {"state": "warming up", "windows": len(cal.warmup.kept) if cal.warmup else 0}
+        elif cal.current is not None:
+            d["calibration"] = {"state": "calibrated", "input_scale": cal.current.input_scale,
+                                "windows": cal.current.windows, "at": cal.current.at}
         if slot.error:
             d["error"] = slot.error
         return d
@@ -451,6 +503,30 @@ class InferenceService:
             self.pipeline.event(name, data)
         except Exception:
             log.exception("inference: cannot publish event %s", name)
+
+
+def _debounce(slot: _Slot, above: bool) -> bool:
+    """Update the slot's alarm state with one window; True when an alarm is to be raised now."""
+    if above:
+        slot.above += 1
+        slot.below = 0
+        if not slot.in_alarm and slot.above >= slot.cfg.alarm_after:
+            slot.in_alarm = True
+            return True
+        return False
+    slot.above = 0
+    if slot.in_alarm:
+        slot.below += 1
+        if slot.below >= slot.cfg.rearm:
+            slot.in_alarm = False
+            slot.below = 0
+    return False
+
+
+def _calibration_event(name: str, model: Model, cal: Calibration) -> dict[str, Any]:
+    return {"model": name, "version": model.version, "threshold": cal.threshold, "input_scale": cal.input_scale,
+            "windows": cal.windows, "quantile": cal.quantile, "margin": cal.margin,
+            "score_quantile": _round(cal.score_quantile), "sha256": model.sha256}
 
 
 def _round(v: float) -> float:
