@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 PY=${1:-python3}
 work=$(mktemp -d /tmp/edge-wheel-smoke.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-"$PY" -m pip wheel --no-deps -q -w "$work/dist" .
+# from a clean copy of the checkout: a stale build/ here could put files in the wheel that the config leaves out
+mkdir "$work/src"
+git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C "$work/src"
+"$PY" -m pip wheel --no-deps -q -w "$work/dist" "$work/src"
 "$PY" -m venv "$work/venv"
 whl=$(ls "$work"/dist/edge_agent-*.whl)
 "$work/venv/bin/pip" install -q "$whl[tflite]"
@@ -53,7 +56,8 @@ warmup_windows = 50
 got: list[dict] = []
 t = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port), client_id="smoke-sub",
                   on_message=lambda m: got.append(codec.decode_envelope(m.payload)))
-t.subscribe("edge/smoke/#", qos=1)
+t.subscribe("edge/smoke/inference/#", qos=1)
+t.subscribe("edge/smoke/events/#", qos=1)
 t.start()
 agent = subprocess.Popen([str(Path(sys.executable).with_name("edge-agent")), "run", "-c", str(cfg)])
 try:
