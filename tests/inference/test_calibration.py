@@ -175,3 +175,26 @@ def test_classifier_cannot_calibrate(tmp_path: Path) -> None:
     meta["calibration"] = SQUARES
     with pytest.raises(ModelError, match="only anomaly-score models"):
         parse_metadata(meta, "m.json")
+
+
+def test_level_shift_model_catches_a_slow_slide_the_shape_model_cannot_see(tmp_path: Path) -> None:
+    """Both shipped detectors on one noisy sensor: after the warm-up, a slide of 8 sigma over 200 readings
+    (then flat at the new level) alarms the level detector; the centred autoencoder sees only noise."""
+    cfgs = [model_cfg("builtin:level_shift", name="level", window=96, hop=4, alarm_after=3, rearm=36, queue=1000),
+            model_cfg("builtin:machine_temp_ae", name="shape", window=32, hop=4, alarm_after=3, rearm=36,
+                      queue=1000)]
+    h = Harness(tmp_path, cfgs).start()
+    try:
+        rng = np.random.default_rng(3)
+        clean = 20.0 + rng.standard_normal(900 + 1500)
+        h.feed([float(v) for v in clean])
+        assert h.service.wait_idle(30)
+        assert len(h.messages("events/model_calibrated")) == 2
+        assert not h.messages("events/level_anomaly") and not h.messages("events/shape_anomaly"), "quiet"
+        slide = 20.0 + np.r_[np.linspace(0, 8, 200), np.full(300, 8.0)] + rng.standard_normal(500)
+        h.feed([float(v) for v in slide])
+        assert h.service.wait_idle(30)
+        assert len(h.messages("events/level_anomaly")) == 1
+        assert not h.messages("events/shape_anomaly"), "a smooth slide has no shape"
+    finally:
+        h.close()
