@@ -198,3 +198,24 @@ def test_level_shift_model_catches_a_slow_slide_the_shape_model_cannot_see(tmp_p
         assert not h.messages("events/shape_anomaly"), "a smooth slide has no shape"
     finally:
         h.close()
+
+
+def test_model_calibrate_command_through_the_registry(tmp_path: Path, harness_factory: Any) -> None:
+    from edge_agent.commands.registry import Registry
+    from edge_agent.errors import CommandError
+
+    p, _, _ = model_files(tmp_path / "m", scale(0.0), n_in=4, calibration=SQUARES)
+    h = harness_factory([model_cfg(p, window=4, queue=100), model_cfg(p, name="pinned", window=4, threshold=1.0)])
+    h.start()
+    reg = Registry()
+    h.service.register_commands(reg)
+    spec = reg.get("model.calibrate")
+    assert spec is not None and not spec.read_only
+    out = spec.fn(None, model="m")
+    assert out["name"] == "m" and out["calibration"]["state"] == "warming up"
+    with pytest.raises(CommandError) as e:
+        spec.fn(None, model="nope")
+    assert e.value.code == "not_found" and "'nope'" in str(e.value)
+    with pytest.raises(CommandError) as e:
+        spec.fn(None, model="pinned")
+    assert e.value.code == "not_calibratable" and "pinned in the config" in str(e.value)
