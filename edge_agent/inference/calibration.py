@@ -123,7 +123,8 @@ class Calibration:
 class Warmup:
     """Collects one model's warm-up windows; :meth:`finish` turns them into a :class:`Calibration`.
 
-    Used by the model's worker thread only. ``windows`` = how many to collect; ``seconds`` > 0 ends the
+    Used by the model's worker thread only. The windows must be raw readings (input scale 1): the
+    scale is learned from them. ``windows`` = how many to collect; ``seconds`` > 0 ends the
     warm-up instead once the windows span that much reading time (``windows`` is then only a cap)."""
 
     def __init__(self, rule: Rule, windows: int = 0, seconds: float = 0.0) -> None:
@@ -189,7 +190,7 @@ class Calibrator:
             return None
         stored = Calibration.read(self.path)
         if stored is not None and stored.sha256 == model.sha256:
-            model.set_calibration(stored.threshold, stored.input_scale)
+            model.set_calibration(stored.threshold)
             self.current = stored
             self.busy = False
             return stored
@@ -208,7 +209,6 @@ class Calibrator:
         self.busy = True
 
     def _start(self, model: Any) -> None:
-        model.input_scale = 1.0  # the warm-up windows are stored raw; they are scaled at the end
         self.warmup = Warmup(model.rule, self.windows, self.seconds)
         self.busy = True
 
@@ -226,7 +226,7 @@ class Calibrator:
             return None
         try:
             cal = w.finish(model.score, model.sha256)
-            model.set_calibration(cal.threshold, cal.input_scale)
+            model.set_calibration(cal.threshold)
         except ModelError:
             self._start(model)  # e.g. a non-finite score: try again on fresh windows
             raise

@@ -245,8 +245,6 @@ class Model:
         self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
         # learned on the device (see .calibration) unless the config pins a threshold or turns it off
         self.rule = self.meta.calibration if cfg.threshold == 0 and cfg.calibrate else None
-        self.input_scale = 1.0  # raw readings x this before the model (a calibrated input scale)
-        self._scaled = np.zeros(in_shape, dtype=np.float32)
         self.labels = self.meta.labels
         self._in_index = i["index"]
         self._out_index = o["index"]
@@ -312,8 +310,6 @@ class Model:
         """The anomaly score of one raw window (output kinds 'score' and 'reconstruction'); ``x`` is the
         window as cut (``(1, window * inputs)``) or any array with those elements, row-major.
         NonFiniteOutput if the model gives NaN/inf."""
-        if self.input_scale != 1.0:
-            x = np.multiply(x.reshape(self._in_shape), self.input_scale, out=self._scaled)
         if not self._direct:
             return self._score_graph(x) if self.kind == "score" else self._score_reconstruction(x)
         # output 'score', raw input: the window as cut goes in, one float comes out, no numpy call
@@ -375,13 +371,13 @@ class Model:
             except Exception as e:
                 raise ModelError(f"model {self.cfg.name!r}: test invoke failed: {type(e).__name__}: {e}") from None
 
-    def set_calibration(self, threshold: float, input_scale: float = 1.0) -> None:
-        """Use a learned threshold and input scale from now on (call on the thread that runs the model)."""
-        if not (math.isfinite(threshold) and threshold > 0 and math.isfinite(input_scale) and input_scale > 0):
-            raise ModelError(f"model {self.cfg.name!r}: calibration must be positive and finite, got threshold "
-                             f"{threshold!r}, input scale {input_scale!r}")
+    def set_calibration(self, threshold: float) -> None:
+        """Use a threshold learned on the device from now on (the input scale is applied by the service's
+        tap, before the ring: see InferenceService)."""
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ModelError(f"model {self.cfg.name!r}: a calibrated threshold must be positive and finite, "
+                             f"got {threshold!r}")
         self.threshold = threshold
-        self.input_scale = input_scale
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "sha256": self.sha256, "source": self.source,

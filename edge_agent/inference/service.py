@@ -112,7 +112,8 @@ class InferenceService:
                 continue
             slot.error = ""
             slot.load_path = path
-            self._attach(slot, slot.active)
+            with slot.lock:
+                self._attach(slot, slot.active)
             if tried:
                 log.error("inference: model %s: %s; running %s instead", slot.name, "; ".join(tried), path)
             log.info("inference: model %s %s loaded from %s (%s, window %d, hop %d, threshold %g)", slot.name,
@@ -161,6 +162,7 @@ class InferenceService:
             value = as_float(reading.data.get(slot.cfg.field))
             with slot.lock:
                 rows = slot.rows
+                value *= slot.scale  # the calibrated input scale (1.0 unless learned): a float multiply
                 if rows.n == 1:
                     due = slot.windower.push(value, seq, seq, reading.ts)
                 elif rows.put(col, value, seq):
@@ -208,6 +210,8 @@ class InferenceService:
             slot.skipped += 1
             return
         x, first_seq, last_seq, first_ts, last_ts, index, bad, _ = w  # one unpack of the window tuple
+        if k < slot.from_k:  # holds rows from before the input scale changed: rescale them (a copy)
+            x = _rescaled(slot, k, x)
         if bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
             return
@@ -215,7 +219,7 @@ class InferenceService:
         top: str | None = None
         failed: Exception | None = None
         score = 0.0
-        calibrating = slot.calib.busy
+        calibrating = slot.calibrating
         kept = x.copy() if calibrating else None  # before the intact check: a copy of what the model saw
         try:
             if model.classifier:
@@ -249,7 +253,7 @@ class InferenceService:
             data["calibrating"] = True
         self.pipeline.publish(slot.stream, data, cls="inference", ts=last_ts)
         if kept is not None:
-            self._warmup(slot, model, kept, last_ts)
+            self._calibration_step(slot, model, kept, k, last_ts)
         if raise_alarm:
             slot.alarms += 1
             alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
@@ -259,7 +263,11 @@ class InferenceService:
                         score, thr, first_seq, last_seq)
             self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=last_ts)
 
-    def _warmup(self, slot: Slot, model: Model, kept: Any, ts: float) -> None:
+    def _calibration_step(self, slot: Slot, model: Model, kept: Any, k: int, ts: float) -> None:
+        """Worker, for a window run while ``slot.calibrating``: feed the warm-up."""
+        if not slot.calib.busy:  # the warm-up ended (or another model without a rule took over)
+            slot.calibrating = False
+            return
         try:
             cal = slot.calib.add(model, kept, ts)
         except ModelError as e:
@@ -267,15 +275,19 @@ class InferenceService:
             self._event("model_calibration_failed", {"model": slot.name, "error": str(e)})
             return
         if cal is not None:
+            with slot.lock:
+                _set_scale(slot, cal.input_scale)
             log.info("inference: model %s calibrated on %d windows: threshold %g, input scale %g", slot.name,
                      cal.windows, cal.threshold, cal.input_scale)
             self._event("model_calibrated", calibration_event(slot.name, model, cal))
 
     def _attach(self, slot: Slot, model: Model | None) -> None:
-        """``model`` became active: apply its stored calibration or start its warm-up."""
+        """``model`` became active (the caller holds ``slot.lock``): apply its stored calibration (threshold,
+        input scale) or start its warm-up (input scale 1: the warm-up learns from raw readings)."""
         if model is None:
             return
         stored = slot.calib.attach(model)
+        _set_scale(slot, stored.input_scale if stored is not None else 1.0)
         if stored is not None:
             log.info("inference: model %s: calibration from %s: threshold %g, input scale %g", slot.name,
                      slot.calib.path, stored.threshold, stored.input_scale)
@@ -285,11 +297,12 @@ class InferenceService:
     def calibrate(self, name: str) -> dict[str, Any]:
         """Start a new warm-up for ``name`` (the model.calibrate command); ModelError if it cannot."""
         slot = self._slot(name)
-        try:
-            slot.calib.request(slot.active)
-        except ModelError as e:
-            raise ModelError(f"model {name!r}: {e}") from None
         with slot.cond:
+            try:
+                slot.calib.request(slot.active)
+            except ModelError as e:
+                raise ModelError(f"model {name!r}: {e}") from None
+            _set_scale(slot, 1.0)
             slot.above = slot.below = 0
             slot.in_alarm = False
         return self._describe(slot)
@@ -415,3 +428,28 @@ class InferenceService:
             self.pipeline.event(name, data)
         except Exception:
             log.exception("inference: cannot publish event %s", name)
+
+
+def _set_scale(slot: Slot, scale: float) -> None:
+    """The tap multiplies readings by ``scale`` from now on. The caller holds ``slot.lock``, as the tap does,
+    so the row count read here is exactly where the new scale starts; windows due before that point are
+    rescaled by the worker (:func:`_rescaled`). (If the scale changes twice while the worker still lags
+    behind the first change, the windows before the first change get only the second ratio.)"""
+    if scale != slot.scale:
+        w = slot.windower
+        slot.ratio = scale / slot.scale
+        slot.scale = scale
+        slot.boundary = w.rows
+        slot.from_k = -(-w.rows // w.hop)  # window k starts at row k * hop: the first one wholly after
+    slot.calibrating = slot.calib.busy
+
+
+def _rescaled(slot: Slot, k: int, x: Any) -> Any:
+    """A copy of window ``k`` with its rows from before the scale change multiplied by ``slot.ratio``."""
+    w = slot.windower
+    old = min(slot.boundary - k * w.hop, w.window)
+    if old <= 0:
+        return x
+    y = x.copy()
+    y.reshape(-1)[:old * w.n_inputs] *= slot.ratio
+    return y

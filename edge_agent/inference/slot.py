@@ -53,6 +53,16 @@ class Slot:
         self.above = 0
         self.below = 0
         self.in_alarm = False
+        # calibration: the tap multiplies every reading by `scale` (the learned input scale) under `lock`.
+        # Rows before row `boundary` were pushed with the previous scale: windows before `from_k` hold some
+        # and the worker rescales those rows by `ratio` (new / previous scale) in a copy before running
+        # them, so every window is scored at the current scale whatever the worker's lag.
+        # `calibrating`: a warm-up is running; its results are marked and alarm nothing.
+        self.scale = 1.0
+        self.ratio = 1.0
+        self.boundary = 0
+        self.from_k = 0
+        self.calibrating = False
 
 
 def describe_slot(slot: Slot, runtime_name: str) -> dict[str, Any]:

@@ -219,3 +219,25 @@ def test_model_calibrate_command_through_the_registry(tmp_path: Path, harness_fa
     with pytest.raises(CommandError) as e:
         spec.fn(None, model="pinned")
     assert e.value.code == "not_calibratable" and "pinned in the config" in str(e.value)
+
+
+def test_scores_after_calibration_do_not_depend_on_how_far_the_worker_lagged(tmp_path: Path) -> None:
+    """The input scale is applied in the tap; windows already in the ring when it is learned are rescaled
+    by the worker. So a burst (the worker far behind) and a trickle (it keeps up) give the same scores."""
+    x = [float(v) for v in _sensor(832 + 400, 300.0, offset=1000.0, seed=5)]
+    scores = []
+    for k, chunk in enumerate((len(x), 4)):
+        cfg = model_cfg("builtin:machine_temp_ae", name="temp", hop=4, queue=100000)
+        h = Harness(tmp_path / f"r{k}", [cfg]).start()
+        try:
+            for i in range(0, len(x), chunk):
+                h.feed(x[i:i + chunk])
+                if chunk < len(x):
+                    assert h.service.wait_idle(10)
+            assert h.service.wait_idle(30)
+            res = [e["data"] for e in h.messages("inference/temp")]
+            scores.append([r["score"] for r in res if not r.get("calibrating")])
+        finally:
+            h.close()
+    assert len(scores[0]) == len(scores[1]) == (len(x) - 32) // 4 + 1 - 200
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
