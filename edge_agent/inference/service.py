@@ -27,6 +27,12 @@ window or sample is lost. A model that then fails at run time (raises, or gives 
 ``max_failures`` times is rolled back automatically; :meth:`rollback` does the same on request. A model
 that fails validation never replaces the running one.
 
+Calibration (:mod:`.calibration`). A model whose metadata declares a calibration rule first runs a
+warm-up: its results are marked ``"calibrating": true`` and raise no alarm; then its threshold and input
+scale are learned from those windows, persisted, and published (``events/model_calibrated``). The input
+scale is applied by the tap (one float multiply per reading); windows already in the ring when it
+changes are rescaled by the worker (:meth:`.slot.Slot.rescaled`), so results do not depend on its lag.
+
 Where no TFLite runtime exists, the service logs one clear line, publishes ``events/inference_unavailable``
 and stays idle; the rest of the agent runs normally.
 """
@@ -211,7 +217,7 @@ class InferenceService:
             return
         x, first_seq, last_seq, first_ts, last_ts, index, bad, _ = w  # one unpack of the window tuple
         if k < slot.from_k:  # holds rows from before the input scale changed: rescale them (a copy)
-            x = _rescaled(slot, k, x)
+            x = slot.rescaled(k, x)
         if bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
             return
@@ -276,7 +282,7 @@ class InferenceService:
             return
         if cal is not None:
             with slot.lock:
-                _set_scale(slot, cal.input_scale)
+                slot.set_scale(cal.input_scale)
             log.info("inference: model %s calibrated on %d windows: threshold %g, input scale %g", slot.name,
                      cal.windows, cal.threshold, cal.input_scale)
             self._event("model_calibrated", calibration_event(slot.name, model, cal))
@@ -287,7 +293,7 @@ class InferenceService:
         if model is None:
             return
         stored = slot.calib.attach(model)
-        _set_scale(slot, stored.input_scale if stored is not None else 1.0)
+        slot.set_scale(stored.input_scale if stored is not None else 1.0)
         if stored is not None:
             log.info("inference: model %s: calibration from %s: threshold %g, input scale %g", slot.name,
                      slot.calib.path, stored.threshold, stored.input_scale)
@@ -302,7 +308,7 @@ class InferenceService:
                 slot.calib.request(slot.active)
             except ModelError as e:
                 raise ModelError(f"model {name!r}: {e}") from None
-            _set_scale(slot, 1.0)
+            slot.set_scale(1.0)
             slot.above = slot.below = 0
             slot.in_alarm = False
         return self._describe(slot)
@@ -428,28 +434,3 @@ class InferenceService:
             self.pipeline.event(name, data)
         except Exception:
             log.exception("inference: cannot publish event %s", name)
-
-
-def _set_scale(slot: Slot, scale: float) -> None:
-    """The tap multiplies readings by ``scale`` from now on. The caller holds ``slot.lock``, as the tap does,
-    so the row count read here is exactly where the new scale starts; windows due before that point are
-    rescaled by the worker (:func:`_rescaled`). (If the scale changes twice while the worker still lags
-    behind the first change, the windows before the first change get only the second ratio.)"""
-    if scale != slot.scale:
-        w = slot.windower
-        slot.ratio = scale / slot.scale
-        slot.scale = scale
-        slot.boundary = w.rows
-        slot.from_k = -(-w.rows // w.hop)  # window k starts at row k * hop: the first one wholly after
-    slot.calibrating = slot.calib.busy
-
-
-def _rescaled(slot: Slot, k: int, x: Any) -> Any:
-    """A copy of window ``k`` with its rows from before the scale change multiplied by ``slot.ratio``."""
-    w = slot.windower
-    old = min(slot.boundary - k * w.hop, w.window)
-    if old <= 0:
-        return x
-    y = x.copy()
-    y.reshape(-1)[:old * w.n_inputs] *= slot.ratio
-    return y

@@ -64,6 +64,29 @@ class Slot:
         self.from_k = 0
         self.calibrating = False
 
+    def set_scale(self, scale: float) -> None:
+        """The tap multiplies readings by ``scale`` from now on. The caller holds ``lock``, as the tap does,
+        so the row count read here is exactly where the new scale starts; windows due before that point
+        are rescaled by the worker (:meth:`rescaled`). (If the scale changes twice while the worker still
+        lags behind the first change, the windows before the first change get only the second ratio.)"""
+        if scale != self.scale:
+            w = self.windower
+            self.ratio = scale / self.scale
+            self.scale = scale
+            self.boundary = w.rows
+            self.from_k = -(-w.rows // w.hop)  # window k starts at row k * hop: the first one wholly after
+        self.calibrating = self.calib.busy
+
+    def rescaled(self, k: int, x: Any) -> Any:
+        """A copy of window ``k`` with its rows from before the scale change multiplied by ``ratio``."""
+        w = self.windower
+        old = min(self.boundary - k * w.hop, w.window)
+        if old <= 0:
+            return x
+        y = x.copy()
+        y.reshape(-1)[:old * w.n_inputs] *= self.ratio
+        return y
+
 
 def describe_slot(slot: Slot, runtime_name: str) -> dict[str, Any]:
     """One model's state, counters and calibration (``model.list``, ``status``)."""
