@@ -241,3 +241,27 @@ def test_scores_after_calibration_do_not_depend_on_how_far_the_worker_lagged(tmp
             h.close()
     assert len(scores[0]) == len(scores[1]) == (len(x) - 32) // 4 + 1 - 200
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+
+
+def test_hot_swap_to_another_model_file_warms_up_again_and_rollback_too(tmp_path: Path, harness_factory: Any) -> None:
+    rule = {"windows": 4, "quantile": 1.0, "margin": 3.0, "scale": "window_std", "scale_reference": 1.0}
+    p, _, _ = model_files(tmp_path / "m", scale(0.0), n_in=4, calibration=rule)
+    _, blob2, meta2 = model_files(tmp_path / "m", scale(0.5), n_in=4, version="2", calibration=rule)
+    h = harness_factory([model_cfg(p, window=4, queue=100)]).start()
+    alt = [10.0, 14.0, 10.0, 14.0]  # window std 2 -> input scale 0.5
+    h.feed(alt * 6)
+    assert h.service.wait_idle(10)
+    first = h.messages("events/model_calibrated")
+    assert len(first) == 1 and first[0]["data"]["input_scale"] == 0.5 and first[0]["data"]["version"] == "1"
+    h.service.install("m", blob2, meta2)
+    d = h.service.describe()[0]
+    assert d["version"] == "2" and d["calibration"]["state"] == "warming up"
+    h.feed(alt * 6)
+    assert h.service.wait_idle(10)
+    cals = [e["data"] for e in h.messages("events/model_calibrated")]
+    assert [(c["version"], c["input_scale"]) for c in cals] == [("1", 0.5), ("2", 0.5)]
+    res = [e["data"] for e in h.messages("inference/m")]
+    assert [r.get("calibrating", False) for r in res] == [True] * 4 + [False] * 2 + [True] * 4 + [False] * 2
+    assert not any(r["alarm"] for r in res)
+    h.service.rollback("m")
+    assert h.service.describe()[0]["calibration"]["state"] == "warming up"  # v1's stored calibration was replaced
