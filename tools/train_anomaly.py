@@ -65,6 +65,8 @@ STEPS = 4000
 LR = 3e-3
 SEED = 7
 THRESHOLD_FACTOR = 3.0
+CALIB_WINDOWS = 200  # on-device warm-up (1.2.0 + calibration): fixed before any other series was scored
+CALIB_QUANTILE = 0.99
 CENTRE = True  # 1.2.0: each window minus its own mean (level regimes no longer score)
 VERSION = "1.2.0"  # 1.1.0: 1.0.0's weights, score in the graph; 1.2.0: centred windows, retrained
 
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         "input_shape": [1, WINDOW], "input_dtype": "float32", "output_shape": [1, 1],
         "output": "score", "labels": [], "window": WINDOW, "inputs": 1, "input": "raw",
         "mean": [0.0], "std": [1.0], "threshold": threshold,
+        # the threshold is learned on the device (edge_agent.inference.calibration): 3 x p99 of the scores of
+        # the first 200 windows, the input rescaled so the median window std matches training's
+        "calibration": {"windows": CALIB_WINDOWS, "quantile": CALIB_QUANTILE, "margin": THRESHOLD_FACTOR,
+                        "scale": "window_std",
+                        "scale_reference": round(float(np.median(windows(train_vals).std(1))), 6)},
         "training": {
             "mean": mean_r, "std": std_r,
             "graph": "raw window in; MEAN + SUB (window minus its own mean), first layer weights / std, last "

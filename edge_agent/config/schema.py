@@ -151,6 +151,11 @@ class ModelConfig(_Frozen):
                     ge=1, le=100000)
     max_failures: int = _f(3, "Run-time failures (exception or NaN/inf output) of a newly installed model "
                               "before it is rolled back automatically to the previous one.", ge=1)
+    calibrate: bool = _f(True, "Learn the threshold (and input scale) on this device during a warm-up when "
+                               "the model's metadata declares a calibration rule; a threshold > 0 pins it.")
+    warmup_windows: int = _f(0, "Warm-up length in windows (0 = the model's default; with warmup_seconds, "
+                                "the most windows kept).", ge=0, le=100000)
+    warmup_seconds: float = _f(0.0, "Warm-up length in seconds of reading time instead (0 = by windows).", ge=0)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@
 * :mod:`.runtime` is the only importer of a TFLite runtime (tflite-runtime or ai-edge-litert).
 * :mod:`.model` loads a model with its metadata file and refuses any mismatch with a clear error.
 * :mod:`.window` keeps the numpy ring buffers windows are read from.
-* :mod:`.service` is the agent service (tap, workers, hot-swap with rollback).
+* :mod:`.calibration` learns a model's threshold (and input scale) on the device during a warm-up.
+* :mod:`.slot` holds one configured model's state; :mod:`.commands` registers the model commands.
+* :mod:`.service` is the agent service (tap, workers, hot-swap with rollback, calibration).
 
 Importing this package never imports a runtime; that happens when the first model is loaded.
 """

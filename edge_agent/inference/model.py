@@ -12,6 +12,8 @@ Every model file ``X.tflite`` has a metadata file ``X.tflite.json`` beside it::
      "window": 32, "inputs": 1,
      "input": "standardised",               # or "raw": the graph standardises itself (then the config's
                                             #   preprocess = "standardize" is refused: it would do it twice)
+     "calibration": {"windows": 200, "quantile": 0.99, "margin": 3.0},  # optional: the threshold is
+                                            #   learned on the device (see .calibration)
      "training": {...free-form provenance...}}
 
 Why the metadata is checked so strictly: a model is a black box of float arrays. If its window length,
@@ -53,6 +55,7 @@ import numpy as np
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.inference import runtime
+from edge_agent.inference.calibration import Rule, parse_rule
 
 OUTPUT_KINDS = ("reconstruction", "score", "scores")
 # the config's ``output`` says what a result means; which metadata kinds can deliver it
@@ -78,6 +81,7 @@ class Metadata:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     threshold: float | None = None
+    calibration: Rule | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -151,11 +155,19 @@ def parse_metadata(d: Any, source: str = "metadata") -> Metadata:
                             or thr < 0):
         errs.append(f"threshold: must be a finite number >= 0, got {thr!r}")
         thr = None
+    rule = None
+    if d.get("calibration") is not None:
+        try:
+            rule = parse_rule(d["calibration"], source)
+        except ModelError as e:
+            errs.append(str(e).removeprefix(f"{source}: "))
+        if output == "scores":
+            errs.append("calibration: only anomaly-score models (output 'reconstruction' or 'score') calibrate")
     if errs:
         raise ModelError(f"{source}: " + "; ".join(errs))
     return Metadata(name=name, version=version, sha256=sha.lower(), input_shape=in_shape, input_dtype=dtype,
                     output_shape=out_shape, output=output, labels=tuple(labels), mean=mean, std=std,
-                    threshold=None if thr is None else float(thr), raw=dict(d))
+                    threshold=None if thr is None else float(thr), calibration=rule, raw=dict(d))
 
 
 def sha256_hex(blob: bytes) -> str:
@@ -231,6 +243,8 @@ class Model:
         self.mean, self.std = self._normalisation(where, n_in)
         self.inv_std = (1.0 / self.std).astype(np.float32)
         self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
+        # learned on the device (see .calibration) unless the config pins a threshold or turns it off
+        self.rule = self.meta.calibration if cfg.threshold == 0 and cfg.calibrate else None
         self.labels = self.meta.labels
         self._in_index = i["index"]
         self._out_index = o["index"]
@@ -356,6 +370,14 @@ class Model:
                 raise
             except Exception as e:
                 raise ModelError(f"model {self.cfg.name!r}: test invoke failed: {type(e).__name__}: {e}") from None
+
+    def set_calibration(self, threshold: float) -> None:
+        """Use a threshold learned on the device from now on (the input scale is applied by the service's
+        tap, before the ring: see InferenceService)."""
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ModelError(f"model {self.cfg.name!r}: a calibrated threshold must be positive and finite, "
+                             f"got {threshold!r}")
+        self.threshold = threshold
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "sha256": self.sha256, "source": self.source,

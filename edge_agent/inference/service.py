@@ -27,6 +27,12 @@ window or sample is lost. A model that then fails at run time (raises, or gives 
 ``max_failures`` times is rolled back automatically; :meth:`rollback` does the same on request. A model
 that fails validation never replaces the running one.
 
+Calibration (:mod:`.calibration`). A model whose metadata declares a calibration rule first runs a
+warm-up: its results are marked ``"calibrating": true`` and raise no alarm; then its threshold and input
+scale are learned from those windows, persisted, and published (``events/model_calibrated``). The input
+scale is applied by the tap (one float multiply per reading); windows already in the ring when it
+changes are rescaled by the worker (:meth:`.slot.Slot.rescaled`), so results do not depend on its lag.
+
 Where no TFLite runtime exists, the service logs one clear line, publishes ``events/inference_unavailable``
 and stays idle; the rest of the agent runs normally.
 """
@@ -34,7 +40,6 @@ and stays idle; the rest of the agent runs normally.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -44,53 +49,15 @@ from typing import Any
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.fsutil import atomic_write
-from edge_agent.ids import ID_PATTERN
 from edge_agent.inference import runtime
-from edge_agent.inference.model import Model, metadata_path, parse_metadata, paths
-from edge_agent.inference.window import RowAssembler, Window, Windower, as_float
+from edge_agent.inference.model import Model, metadata_path, parse_metadata
+from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, meta_bytes, round6
+from edge_agent.inference.window import Window, as_float
 from edge_agent.sensors.base import Reading
 
 log = logging.getLogger("edge_agent.inference")
 
 ERROR_EVENT_EVERY = 100  # after the first, publish every N-th run-time error as an event
-
-
-class _Slot:
-    """Everything about one configured model; ``lock`` guards the ring's writer side, the worker's
-    sleep/wake handshake (``waiting``) and the swap."""
-
-    def __init__(self, cfg: ModelConfig, state_dir: Path) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.alarm_name = cfg.alarm or f"{cfg.name}_anomaly"
-        self.stream = f"inference/{cfg.name}"
-        self.load_path, self.install_path = paths(cfg, state_dir)
-        n = max(1, len(cfg.inputs))  # no inputs: the model refuses to load with a clear error
-        self.windower = Windower(cfg.window, cfg.hop or cfg.window, n, keep=cfg.queue)
-        self.rows = RowAssembler(n)
-        self.next = 0  # the next window the worker runs (only the worker writes it)
-        self.waiting = False  # the worker sleeps on cond: the tap wakes it when a window is due
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
-        self.swap_lock = threading.Lock()  # serialises install/rollback (file operations)
-        self.active: Model | None = None
-        self.previous: Model | None = None
-        self.error = ""
-        self.thread: threading.Thread | None = None
-        self.busy = False
-        # counters
-        self.run = 0
-        self.skipped = 0
-        self.errors = 0
-        self.bad_input = 0
-        self.alarms = 0
-        self.failures_since_install = 0
-        self.on_probation = False
-        self.last_score: float | None = None
-        self.last_seq: list[int] | None = None
-        self.above = 0
-        self.below = 0
-        self.in_alarm = False
 
 
 class InferenceService:
@@ -99,8 +66,8 @@ class InferenceService:
     def __init__(self, models: list[ModelConfig], pipeline: Any, state_dir: str | os.PathLike[str]) -> None:
         self.pipeline = pipeline
         self.state_dir = Path(state_dir)
-        self.slots: dict[str, _Slot] = {m.name: _Slot(m, self.state_dir) for m in models}
-        self._by_sensor: dict[str, list[tuple[_Slot, int]]] = {}
+        self.slots: dict[str, Slot] = {m.name: Slot(m, self.state_dir) for m in models}
+        self._by_sensor: dict[str, list[tuple[Slot, int]]] = {}
         for slot in self.slots.values():
             for col, sensor in enumerate(slot.cfg.inputs):
                 self._by_sensor.setdefault(sensor, []).append((slot, col))
@@ -131,7 +98,7 @@ class InferenceService:
             self.pipeline.taps.append(self.tap)
             self._tapped = True
 
-    def _load_at_start(self, slot: _Slot) -> None:
+    def _load_at_start(self, slot: Slot) -> None:
         from edge_agent.inference import model as model_mod
 
         tried: list[str] = []
@@ -151,6 +118,8 @@ class InferenceService:
                 continue
             slot.error = ""
             slot.load_path = path
+            with slot.lock:
+                self._attach(slot, slot.active)
             if tried:
                 log.error("inference: model %s: %s; running %s instead", slot.name, "; ".join(tried), path)
             log.info("inference: model %s %s loaded from %s (%s, window %d, hop %d, threshold %g)", slot.name,
@@ -199,6 +168,7 @@ class InferenceService:
             value = as_float(reading.data.get(slot.cfg.field))
             with slot.lock:
                 rows = slot.rows
+                value *= slot.scale  # the calibrated input scale (1.0 unless learned): a float multiply
                 if rows.n == 1:
                     due = slot.windower.push(value, seq, seq, reading.ts)
                 elif rows.put(col, value, seq):
@@ -210,7 +180,7 @@ class InferenceService:
                     slot.cond.notify()
 
     # ------------------------------------------------------------------ worker
-    def _worker(self, slot: _Slot) -> None:
+    def _worker(self, slot: Slot) -> None:
         windower = slot.windower
         keep = slot.cfg.queue
         while True:
@@ -240,12 +210,14 @@ class InferenceService:
                     slot.busy = False
                     slot.cond.notify_all()
 
-    def _run_one(self, slot: _Slot, model: Model | None, k: int) -> None:
+    def _run_one(self, slot: Slot, model: Model | None, k: int) -> None:
         w = slot.windower.get(k)
         if w is None or model is None:  # lapped by the writer, or no model loaded: dropped, and counted
             slot.skipped += 1
             return
         x, first_seq, last_seq, first_ts, last_ts, index, bad, _ = w  # one unpack of the window tuple
+        if k < slot.from_k:  # holds rows from before the input scale changed: rescale them (a copy)
+            x = slot.rescaled(k, x)
         if bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
             slot.bad_input += 1
             return
@@ -253,6 +225,8 @@ class InferenceService:
         top: str | None = None
         failed: Exception | None = None
         score = 0.0
+        calibrating = slot.calibrating
+        kept = x.copy() if calibrating else None  # before the intact check: a copy of what the model saw
         try:
             if model.classifier:
                 res = model.infer(x)
@@ -272,29 +246,20 @@ class InferenceService:
         seq = [first_seq, last_seq]
         slot.last_seq = seq
         thr = model.threshold
-        above = thr > 0 and score >= thr
-        raise_alarm = False
-        if above:
-            slot.above += 1
-            slot.below = 0
-            if not slot.in_alarm and slot.above >= slot.cfg.alarm_after:
-                slot.in_alarm = True
-                raise_alarm = True
-        else:
-            slot.above = 0
-            if slot.in_alarm:
-                slot.below += 1
-                if slot.below >= slot.cfg.rearm:
-                    slot.in_alarm = False
-                    slot.below = 0
+        above = not calibrating and thr > 0 and score >= thr
+        raise_alarm = debounce(slot, above)
         # the score as the model gave it (a float32's value): rounding it for looks cost 0.4 us a window
         data: dict[str, Any] = {"model": slot.name, "version": model.version, "score": score,
                                 "threshold": thr, "alarm": above, "seq": seq, "ts": [first_ts, last_ts],
                                 "window": index}
         if labels is not None:
-            data["labels"] = {lab: _round(v) for lab, v in labels.items()}
+            data["labels"] = {lab: round6(v) for lab, v in labels.items()}
             data["top"] = top
+        if calibrating:  # warm-up: the result is published, marked, and raises no alarm
+            data["calibrating"] = True
         self.pipeline.publish(slot.stream, data, cls="inference", ts=last_ts)
+        if kept is not None:
+            self._calibration_step(slot, model, kept, k, last_ts)
         if raise_alarm:
             slot.alarms += 1
             alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
@@ -304,7 +269,51 @@ class InferenceService:
                         score, thr, first_seq, last_seq)
             self.pipeline.publish(f"events/{slot.alarm_name}", alarm, cls="alarm", ts=last_ts)
 
-    def _failure(self, slot: _Slot, model: Model, w: Window, err: Exception) -> None:
+    def _calibration_step(self, slot: Slot, model: Model, kept: Any, k: int, ts: float) -> None:
+        """Worker, for a window run while ``slot.calibrating``: feed the warm-up."""
+        if not slot.calib.busy:  # the warm-up ended (or another model without a rule took over)
+            slot.calibrating = False
+            return
+        try:
+            cal = slot.calib.add(model, kept, ts)
+        except ModelError as e:
+            log.error("inference: model %s: calibration failed, warming up again: %s", slot.name, e)
+            self._event("model_calibration_failed", {"model": slot.name, "error": str(e)})
+            return
+        if cal is not None:
+            with slot.lock:
+                slot.set_scale(cal.input_scale)
+            log.info("inference: model %s calibrated on %d windows: threshold %g, input scale %g", slot.name,
+                     cal.windows, cal.threshold, cal.input_scale)
+            self._event("model_calibrated", calibration_event(slot.name, model, cal))
+
+    def _attach(self, slot: Slot, model: Model | None) -> None:
+        """``model`` became active (the caller holds ``slot.lock``): apply its stored calibration (threshold,
+        input scale) or start its warm-up (input scale 1: the warm-up learns from raw readings)."""
+        if model is None:
+            return
+        stored = slot.calib.attach(model)
+        slot.set_scale(stored.input_scale if stored is not None else 1.0)
+        if stored is not None:
+            log.info("inference: model %s: calibration from %s: threshold %g, input scale %g", slot.name,
+                     slot.calib.path, stored.threshold, stored.input_scale)
+        elif slot.calib.busy:
+            log.info("inference: model %s: calibrating on this sensor (results marked, no alarms)", slot.name)
+
+    def calibrate(self, name: str) -> dict[str, Any]:
+        """Start a new warm-up for ``name`` (the model.calibrate command); ModelError if it cannot."""
+        slot = self._slot(name)
+        with slot.cond:
+            try:
+                slot.calib.request(slot.active)
+            except ModelError as e:
+                raise ModelError(f"model {name!r}: {e}") from None
+            slot.set_scale(1.0)
+            slot.above = slot.below = 0
+            slot.in_alarm = False
+        return self._describe(slot)
+
+    def _failure(self, slot: Slot, model: Model, w: Window, err: Exception) -> None:
         slot.errors += 1
         what = f"{type(err).__name__}: {err}"
         if slot.errors == 1 or slot.errors % ERROR_EVENT_EVERY == 0:
@@ -322,7 +331,7 @@ class InferenceService:
                 log.error("inference: automatic rollback of %s failed: %s", slot.name, e)
 
     # ------------------------------------------------------------------ hot-swap API (command channel)
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str) -> Slot:
         slot = self.slots.get(name)
         if slot is None:
             raise ModelError(f"no model named {name!r} (configured: {', '.join(self.slots) or 'none'})")
@@ -349,13 +358,14 @@ class InferenceService:
                 slot.error = ""
                 slot.above = slot.below = 0
                 slot.in_alarm = False
+                self._attach(slot, new)
         old_v = old.version if old is not None else None
         log.info("inference: model %s %s installed (was %s), sha256 %s", name, new.version, old_v, new.sha256[:16])
         self._event("model_installed", {"model": name, "version": new.version, "previous": old_v,
                                         "sha256": new.sha256})
         return self._describe(slot)
 
-    def _write_files(self, slot: _Slot, new: Model) -> None:
+    def _write_files(self, slot: Slot, new: Model) -> None:
         """New files in place (atomic renames), the running model's files kept as ``.prev``.
 
         Order matters for a crash at any point: the ``.prev`` copy is complete before the live file
@@ -367,8 +377,8 @@ class InferenceService:
         cur = slot.active
         if cur is not None:
             atomic_write(prev, cur.blob)
-            atomic_write(metadata_path(prev), _meta_bytes(cur.meta.raw))
-        atomic_write(metadata_path(path), _meta_bytes(new.meta.raw))
+            atomic_write(metadata_path(prev), meta_bytes(cur.meta.raw))
+        atomic_write(metadata_path(path), meta_bytes(new.meta.raw))
         atomic_write(path, new.blob)
         slot.load_path = path
 
@@ -384,8 +394,8 @@ class InferenceService:
             prev_path = path.with_name(path.name + ".prev")
             if bad is not None:  # kept for a post-mortem, never loaded again automatically
                 atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
-                atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), _meta_bytes(bad.meta.raw))
-            atomic_write(metadata_path(path), _meta_bytes(prev.meta.raw))
+                atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), meta_bytes(bad.meta.raw))
+            atomic_write(metadata_path(path), meta_bytes(prev.meta.raw))
             atomic_write(path, prev.blob)
             for p in (prev_path, metadata_path(prev_path)):
                 try:
@@ -399,6 +409,7 @@ class InferenceService:
                 slot.failures_since_install = 0
                 slot.above = slot.below = 0
                 slot.in_alarm = False
+                self._attach(slot, prev)
         bad_v = bad.version if bad is not None else None
         log.warning("inference: model %s rolled back from %s to %s: %s", name, bad_v, prev.version, reason)
         self._event("model_rollback", {"model": name, "from": bad_v, "to": prev.version, "reason": reason})
@@ -408,43 +419,14 @@ class InferenceService:
         return [self._describe(s) for s in self.slots.values()]
 
     def register_commands(self, registry: Any) -> None:
-        """``model.list`` (read-only) and ``model.rollback``; ``model.update`` lives in the command builtins."""
-        from edge_agent.commands.schema import Arg
-        from edge_agent.errors import CommandError
+        """``model.list`` (read-only), ``model.rollback`` and ``model.calibrate``; ``model.update`` lives in
+        the command builtins."""
+        from edge_agent.inference.commands import register
 
-        def model_list(ctx: Any) -> list[dict[str, Any]]:
-            """Models with version, sha256, counters and last score."""
-            return self.describe()
+        register(self, registry)
 
-        def model_rollback(ctx: Any, model: str) -> dict[str, Any]:
-            """Restore the previous version of a model (kept since the last install)."""
-            if model not in self.slots:
-                raise CommandError("not_found", f"no model named {model!r} (configured: "
-                                                f"{', '.join(self.slots) or 'none'})")
-            try:
-                return self.rollback(model, reason="model.rollback command")
-            except ModelError as e:
-                raise CommandError("rollback_failed", str(e)) from None
-
-        registry.add("model.list", model_list, read_only=True)
-        registry.add("model.rollback", model_rollback,
-                     {"model": Arg("str", required=True, pattern=ID_PATTERN)})
-
-    def _describe(self, slot: _Slot) -> dict[str, Any]:
-        m, p = slot.active, slot.previous
-        d: dict[str, Any] = {
-            "name": slot.name, "state": "running" if m is not None else "not loaded",
-            "version": m.version if m else None, "sha256": m.sha256 if m else None,
-            "previous": p.version if p else None, "path": str(slot.load_path), "runtime": runtime.runtime_name(),
-            "inputs": list(slot.cfg.inputs), "window": slot.cfg.window, "hop": slot.windower.hop,
-            "threshold": m.threshold if m else None, "windows_cut": slot.windower.cut, "windows_run": slot.run,
-            "windows_skipped": slot.skipped, "bad_input": slot.bad_input, "errors": slot.errors,
-            "alarms": slot.alarms, "last_score": None if slot.last_score is None else _round(slot.last_score),
-            "last_seq": slot.last_seq,
-        }
-        if slot.error:
-            d["error"] = slot.error
-        return d
+    def _describe(self, slot: Slot) -> dict[str, Any]:
+        return describe_slot(slot, runtime.runtime_name())
 
     # ------------------------------------------------------------------ helpers
     def _event(self, name: str, data: dict[str, Any]) -> None:
@@ -452,15 +434,3 @@ class InferenceService:
             self.pipeline.event(name, data)
         except Exception:
             log.exception("inference: cannot publish event %s", name)
-
-
-def _round(v: float) -> float:
-    return float(f"{v:.6g}") if math.isfinite(v) else v
-
-
-def _meta_bytes(raw: Any) -> bytes:
-    import json
-
-    return (json.dumps(dict(raw), indent=1, sort_keys=True) + "\n").encode()
-
-

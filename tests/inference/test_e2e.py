@@ -146,20 +146,21 @@ queue = 100000
 @pytest.mark.skipif(not NAB.exists(), reason=f"NAB data not found at {NAB}")
 def test_full_nab_replay_matches_the_documented_table() -> None:
     """tools/evaluate_nab.py's agent run: the numbers in docs/inference.md must stay true."""
-    import json
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     import evaluate_nab as ev
 
-    envs, desc, _ = ev.run_agent(hop=4, alarm_after=3, rearm=36)
-    wins = [(ev._t(s), ev._t(e)) for s, e in next(iter(json.loads(
-        (ev.NAB / "machine_temperature_windows.json").read_text()).values()))]
-    alarms = sorted(e["data"]["ts"][1] for e in envs if e["stream"] == "events/machine_anomaly")
-    rows, false = ev.judge(alarms, wins)
-    assert desc["windows_run"] == 5666 and desc["windows_skipped"] == 0
-    assert [r["first"] is not None for r in rows] == [False, True, False, True]
-    assert (len(alarms), false) == (4, 2)
+    envs, desc, _ = ev.run_agent(NAB, hop=4, alarm_after=3, rearm=36)
+    wins = ev.labelled_windows(NAB, ev.NAB / "machine_temperature_windows.json")
+    s = ev.summarise(envs, wins)
+    by = {d["name"]: d for d in desc}
+    assert by["shape"]["windows_run"] == 5666 and by["shape"]["windows_skipped"] == 0
+    assert [r["first"] is not None for r in s["shape"]["rows"]] == [False, True, False, True]
+    assert (len(s["shape"]["alarms"]), s["shape"]["false"]) == (3, 1)
+    assert s["shape"]["calibration"]["threshold"] == pytest.approx(0.0144, rel=0.01)
+    assert [r["first"] is not None for r in s["level"]["rows"]] == [False, True, False, False]
+    assert (len(s["level"]["alarms"]), s["level"]["false"]) == (3, 2)
 
 
 def test_daemon_with_a_model_is_quiet_on_stderr_and_publishes(broker: Any, tmp_path: Path) -> None:

@@ -109,3 +109,35 @@ def _float64_scores(z: np.ndarray, std: float) -> np.ndarray:
         if k < len(layers) - 1:
             h = np.tanh(h)
     return ((h - z) ** 2).mean(1)
+
+
+@pytest.mark.skipif(not NAB.exists(), reason=f"NAB data not found at {NAB}")
+def test_shipped_calibration_rule_matches_the_training_data() -> None:
+    """The on-device input scale compares the sensor with the training data's median window std: that
+    reference must be the training stretch's, as tools/train_anomaly.py computes it."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train_anomaly as ta
+
+    stamps, values = ta.read_series(NAB)
+    n = sum(1 for s in stamps if s < ta.TRAIN_END)
+    cal = json.loads(SHIPPED.with_name(SHIPPED.name + ".json").read_text())["calibration"]
+    assert cal["scale"] == "window_std" and cal["windows"] == ta.CALIB_WINDOWS
+    assert cal["scale_reference"] == pytest.approx(float(np.median(ta.windows(values[:n]).std(1))), rel=1e-5)
+    assert (cal["quantile"], cal["margin"]) == (ta.CALIB_QUANTILE, ta.THRESHOLD_FACTOR)
+
+
+def test_level_shift_model_is_what_its_builder_writes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_level_model as bl
+
+    out = tmp_path / "l.tflite"
+    assert bl.main(["--out", str(out)]) == 0
+    shipped = BUILTIN_DIR / "level_shift.tflite"
+    assert out.read_bytes() == shipped.read_bytes()
+    assert json.loads(out.with_name("l.tflite.json").read_text()) == json.loads(
+        shipped.with_name(shipped.name + ".json").read_text())
+    m = load(model_cfg("builtin:level_shift", window=96), shipped)
+    x = np.r_[np.full(72, 10.0), np.full(24, 13.0)].astype(np.float32).reshape(1, -1)
+    assert m.score(x) == pytest.approx(3.0, rel=1e-5)  # float32 sums
+    assert m.score(x[:, ::-1].copy()) == pytest.approx(1.0, rel=1e-5)
+    assert m.threshold == 0.0 and m.rule is not None  # no shipped threshold: it always calibrates
