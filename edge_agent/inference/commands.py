@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ModelError
+from edge_agent.ids import ID_PATTERN
 
 if TYPE_CHECKING:
     from edge_agent.inference.service import InferenceService
@@ -41,6 +42,6 @@ def register(service: InferenceService, registry: Any) -> None:
 
     registry.add("model.list", model_list, read_only=True)
     registry.add("model.calibrate", model_calibrate,
-                 {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
+                 {"model": Arg("str", required=True, pattern=ID_PATTERN)})
     registry.add("model.rollback", model_rollback,
-                 {"model": Arg("str", required=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")})
+                 {"model": Arg("str", required=True, pattern=ID_PATTERN)})
