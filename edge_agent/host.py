@@ -31,9 +31,10 @@ from edge_agent.transport.types import (
 
 if TYPE_CHECKING:
     from edge_agent.config import Config
+    from edge_agent.sensors.base import Reading
 
 __all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Handler",
-           "Host", "InMessage", "LinkLost", "Outgoing", "Refused"]
+           "Host", "InMessage", "LinkLost", "Outgoing", "Refused", "Tap"]
 
 
 class Disposition(Enum):
@@ -44,6 +45,9 @@ class Disposition(Enum):
 
 
 Handler = Callable[[InMessage], Disposition]
+#: Sees every reading the pipeline stores, with the seq of the message that carries it (sensor thread:
+#: must be quick and must not block).
+Tap = Callable[["Reading", int], None]
 
 
 class AgentControl(Protocol):
@@ -93,6 +97,11 @@ class Host(Protocol):
     def on_connection(self, fn: Callable[[ConnectionStatus], None]) -> None: ...
 
     def connection(self) -> ConnectionStatus: ...
+
+    # readings (e.g. inference windows)
+    def add_tap(self, fn: Tap) -> None: ...
+
+    def remove_tap(self, fn: Tap) -> None: ...
 
     # other services (e.g. commands asking inference for its status)
     def service(self, name: str) -> Any | None: ...
