@@ -44,6 +44,7 @@ from edge_agent.commands import signing
 from edge_agent.commands.registry import Registry, load_user_commands
 from edge_agent.commands.store import CommandStore, Record
 from edge_agent.errors import CommandError, DecodeError
+from edge_agent.host import AgentControl, Disposition, Host, InMessage, Outgoing
 from edge_agent.transport.topics import cmd_filters, cmd_reply_topic, parse_cmd_topic
 
 log = logging.getLogger("edge_agent.commands")
@@ -146,7 +147,8 @@ class Job:
 class CommandContext:
     """What a handler gets besides its arguments."""
 
-    app: Any
+    host: Host
+    control: AgentControl
     service: CommandService
     id: str | None
     name: str
@@ -155,6 +157,8 @@ class CommandContext:
     target: str
     reply: ReplyTo
     log: logging.Logger = field(default_factory=lambda: log)
+    #: Set by a handler to run something once its reply is stored (e.g. agent.restart exits the process).
+    after_reply: Callable[[], None] | None = None
 
     def accepted(self, result: Any = None) -> None:
         """Tell the operator a long command started; the final status follows."""
@@ -169,18 +173,20 @@ class CommandContext:
 class CommandService:
     name = "commands"
 
-    def __init__(self, app: Any, *, clock: Callable[[], float] = time.time) -> None:
-        self.app = app
-        self.cfg = app.cfg.commands
-        self.device = app.cfg.device.id
-        self.groups = list(app.cfg.device.groups)
-        self.prefix = app.cfg.mqtt.topic_prefix
+    def __init__(self, host: Host, *, clock: Callable[[], float] = time.time) -> None:
+        self.host = host
+        cfg = host.config
+        self.cfg = cfg.commands
+        self.device = cfg.device.id
+        self.groups = list(cfg.device.groups)
+        self.prefix = cfg.mqtt.topic_prefix
         self.clock = clock
         self.registry = Registry()
         self.verifier = signing.Verifier([(k.name, k.public_key, list(k.allow)) for k in self.cfg.keys])
-        self.store = CommandStore(app.state_dir / STORE_FILE, clock=clock)
+        self.store = CommandStore(host.state_dir / STORE_FILE, clock=clock)
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.cfg.queue)
         self._buckets: dict[str, _Bucket] = {}
+        self._command_sets: list[Callable[[Registry], None]] = []
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
         self._log_window = (0.0, 0)
@@ -198,9 +204,12 @@ class CommandService:
         # CONNECT-time SUBSCRIBE (the transport re-applies them after every reconnect), and a command the
         # broker redelivers from our session right after CONNACK finds its handler, which holds it until
         # start() has run (see on_message) instead of it being acked unhandled.
-        app.add_message_handler(self._matches, self.on_message)
         for f in cmd_filters(self.prefix, self.device, self.groups):
-            app.transport.subscribe(f, qos=1)
+            host.subscribe(f, self._matches, self.on_message, qos=1)
+
+    def add_commands(self, register: Callable[[Registry], None]) -> None:
+        """``register(registry)`` adds another service's commands when this service starts."""
+        self._command_sets.append(register)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -209,13 +218,11 @@ class CommandService:
         from edge_agent.commands import builtins
 
         builtins.register(self.registry)
-        for svc in getattr(self.app, "services", []):
-            fn = getattr(svc, "register_commands", None) if svc is not self else None
-            if fn is not None:
-                try:
-                    fn(self.registry)
-                except Exception:
-                    log.exception("service %s could not register its commands", getattr(svc, "name", svc))
+        for register in self._command_sets:
+            try:
+                register(self.registry)
+            except Exception:
+                log.exception("%s could not register its commands", register)
         load_user_commands(self.registry, list(self.cfg.modules))
         self._warn_config()
         now = self.clock()
@@ -277,24 +284,21 @@ class CommandService:
     def _matches(self, topic: str) -> bool:
         return parse_cmd_topic(self.prefix, topic) is not None
 
-    def on_message(self, msg: Any) -> None:
-        """Validate, persist 'received' and queue. Never raises; quick.
+    def on_message(self, msg: InMessage) -> Disposition:
+        """Validate, persist 'received' and queue; quick (network thread).
 
         Before start() has finished (a redelivery right after CONNACK) it waits for it; if the service is
-        stopping or never starts, the message is left unacknowledged so the broker delivers it again
-        to the next connection, rather than acked and lost.
+        stopping or never starts, the message is left unacknowledged (DEFER, never acked) so the broker
+        delivers it again to the next connection, rather than acked and lost.
         """
         if not self._ready.wait(30.0) or self._stop.is_set():
-            msg.acker = None  # left unacknowledged: redelivered
             log.warning("command on %s left unacknowledged: the command service is %s; the broker will "
                         "deliver it again", msg.topic, "stopping" if self._stop.is_set() else "not started")
-            return
-        try:
-            self._on_message(msg)
-        except Exception:
-            log.exception("command handler failed on %s", getattr(msg, "topic", "?"))
+            return Disposition.DEFER
+        self._on_message(msg)
+        return Disposition.ACK
 
-    def _on_message(self, msg: Any) -> None:
+    def _on_message(self, msg: InMessage) -> None:
         parsed = parse_cmd_topic(self.prefix, msg.topic)
         if parsed is None:
             return
@@ -546,8 +550,6 @@ class CommandService:
 
     # ------------------------------------------------------------------ replies
     def send_reply(self, cmd_id: str | None, reply: ReplyTo, outcome: dict[str, Any]) -> None:
-        from edge_agent.message import Outgoing
-
         body = {"id": cmd_id, "device": self.device, "name": reply.name, **outcome}
         if reply.json:
             payload = json.dumps(body, default=_json_default, separators=(",", ":")).encode()
@@ -559,7 +561,7 @@ class CommandService:
         if reply.correlation is not None:
             props["correlation_data"] = bytes(reply.correlation)
         try:
-            self.app.outbox.put(Outgoing(topic=reply.topic, stream=f"cmd-reply/{reply.name}", raw=payload,
+            self.host.put(Outgoing(topic=reply.topic, stream=f"cmd-reply/{reply.name}", raw=payload,
                                          cls="event", props=props, ttl=REPLY_TTL))
         except Exception as e:
             log.error("reply to %s not stored: %s", reply.topic, e)
@@ -604,7 +606,8 @@ class CommandService:
         if job.persisted and job.id is not None and not self.store.set_running(job.id):
             return None  # already taken (cannot happen with one store, kept as the at-most-once guard)
         spec = self.registry.get(job.name)
-        ctx = CommandContext(self.app, self, job.id, job.name, job.operator, job.kind, job.target, job.reply)
+        ctx = CommandContext(self.host, self.host.control, self, job.id, job.name, job.operator, job.kind,
+                             job.target, job.reply)
         t0 = time.monotonic()
         outcome: dict[str, Any]
         if spec is None:
@@ -631,9 +634,8 @@ class CommandService:
         self.send_reply(job.id, job.reply, outcome)
         for w in waiters:
             self.send_reply(job.id, w, {**outcome, "replay": True})
-        after = getattr(ctx, "after_reply", None)
-        if after is not None:
-            after()
+        if ctx.after_reply is not None:
+            ctx.after_reply()
         return outcome
 
     # ------------------------------------------------------------------ restart
@@ -641,9 +643,7 @@ class CommandService:
         """Stop the agent cleanly (the reply is drained like any backlog), then exit non-zero."""
         def run() -> None:
             try:
-                self.app.outbox.flush()
-                self.app.forwarder.drain(min(5.0, self.app.cfg.agent.stop_timeout or 5.0))
-                self.app.stop()
+                self.host.control.shutdown(min(5.0, self.host.config.agent.stop_timeout or 5.0))
             finally:
                 logging.shutdown()
                 os._exit(code)
