@@ -56,7 +56,7 @@ from edge_agent.transport.topics import (
 )
 
 if TYPE_CHECKING:
-    from edge_agent.app import App
+    from edge_agent.host import Ack, Host
 
 log = logging.getLogger("edge_agent.messaging")
 
@@ -112,17 +112,17 @@ Listener = Callable[[Any], None]
 class MessagingService:
     name = "messaging"
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        cfg = app.cfg
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        cfg = host.config
         self.cfg = cfg.messaging
         self.dev = cfg.device.id
-        self.prefix = app.prefix
+        self.prefix = cfg.mqtt.topic_prefix
         self.groups = list(cfg.device.groups)
         self.default_ttl = self.cfg.default_ttl or cfg.storage.max_age
-        self.history = History(app.state_dir / HISTORY_FILE, max_age=self.cfg.history_max_age,
+        self.history = History(host.state_dir / HISTORY_FILE, max_age=self.cfg.history_max_age,
                                max_bytes=self.cfg.history_max_bytes, sync=cfg.storage.sync)
-        self.assembler = ChunkAssembler(app.state_dir / TRANSFERS_DIR)
+        self.assembler = ChunkAssembler(host.state_dir / TRANSFERS_DIR)
         self.message_listeners: list[Listener] = []
         self.status_listeners: list[Listener] = []
         self.connection_listeners: list[Listener] = []
@@ -139,18 +139,13 @@ class MessagingService:
         self._inbox = inbox_topic(self.prefix, self.dev)
         self._receipts = receipts_topic(self.prefix, self.dev)
         self._group_topics = {group_msg_topic(self.prefix, g): g for g in self.groups}
-        app.outbox.on_committed(self._on_committed)
+        host.on_committed(self._on_committed)
         self._reconcile()
-        on_dropped = getattr(app.outbox, "on_dropped", None)
-        if on_dropped is not None:
-            on_dropped(self._on_dropped)
-        else:
-            log.debug("outbox has no on_dropped(): TTL expiry is detected by the messaging sweep only")
-        app.forwarder.ack_listeners.append(self._on_ack)
-        app.status_listeners.append(self._on_connection)
-        app.add_message_handler(self._match, self._handle)
+        host.on_dropped(self._on_dropped)
+        host.on_ack(self._on_typed_ack)
+        host.on_connection(self._on_connection)
         for t in (self._inbox, self._receipts, *self._group_topics):
-            app.transport.subscribe(t, qos=1)
+            host.subscribe(t, self._match, self._handle, qos=1)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -177,7 +172,7 @@ class MessagingService:
     def _reconcile(self) -> None:
         """At start: a seq we recorded but the outbox never committed was lost with the process (and
         will be reused by the outbox), so its message failed; committed ones are queued."""
-        last = self.app.outbox.last_seq
+        last = self.host.last_seq()
         for seq, (mid, state) in self.history.tracked_seqs().items():
             if seq > last:
                 log.warning("message %s was lost before the outbox stored it (agent stopped); marked failed", mid)
@@ -263,7 +258,7 @@ class MessagingService:
             extra = {**extra, "ttl": ttl_s}
         with self._lock:
             ts = time.time()
-            seq = self.app.outbox.put(Outgoing(topic=topic, stream=stream, data=data, cls=cls, ts=ts, ttl=ttl_s,
+            seq = self.host.put(Outgoing(topic=topic, stream=stream, data=data, cls=cls, ts=ts, ttl=ttl_s,
                                                props=props, extra=extra or None))
             mid = f"{self.dev}:{seq}"
             self._tracked[seq] = mid
@@ -306,7 +301,7 @@ class MessagingService:
                     # first chunk carries "transfer": None and the receiver derives "<dev>:<seq>" from it.
                     data = {"transfer": mid or None, "i": i, "n": total, "sha256": sha, "name": name,
                             "size": size, "chunk": chunk}
-                    seq = self.app.outbox.put(Outgoing(
+                    seq = self.host.put(Outgoing(
                         topic=topic, stream="file", data=data, cls=FILE_CLASS, ts=ts, ttl=ttl_s,
                         props={"message_expiry": math.ceil(ttl_s)} if explicit else None,
                         extra={"to": to, "kind": "file", **({"ttl": ttl_s} if explicit else {})}))
@@ -322,7 +317,7 @@ class MessagingService:
                     self._tracked[seq] = mid
                 batch_bytes += len(chunk)
                 if batch_bytes >= _FILL_BATCH_BYTES:
-                    self.app.outbox.flush()  # bounds memory: chunks wait in the outbox, not in RAM
+                    self.host.flush()  # bounds memory: chunks wait in the outbox, not in RAM
                     batch_bytes = 0
         with self._lock:
             self._filling.discard(mid)
@@ -353,7 +348,7 @@ class MessagingService:
                     data = {"transfer": mid, "i": i, "n": total, "sha256": info["sha256"], "name": info["name"],
                             "size": info["size"], "chunk": chunk}
                     with self._lock:
-                        seq = self.app.outbox.put(Outgoing(topic=inbox_topic(self.prefix, m.to), stream="file",
+                        seq = self.host.put(Outgoing(topic=inbox_topic(self.prefix, m.to), stream="file",
                                                            data=data, cls=FILE_CLASS,
                                                            extra={"to": m.to, "kind": "file"}))
                         self._tracked[seq] = mid
@@ -421,6 +416,12 @@ class MessagingService:
                 if st is not None and st >= 1:
                     self._advance(mid, "queued")
 
+    def _on_typed_ack(self, seq: int, ack: Ack) -> None:
+        from edge_agent.host import Accepted, Refused
+
+        code = ack.code if isinstance(ack, Accepted | Refused) else -1
+        self._on_ack(seq, isinstance(ack, Accepted), code)
+
     def _on_ack(self, seq: int, ok: bool, rc: int) -> None:
         if seq not in self._tracked:  # telemetry and other rows: no lock on the PUBACK hot path
             return
@@ -478,7 +479,7 @@ class MessagingService:
         with self._lock:
             if full not in self._subs:
                 self._subs.append(full)
-        self.app.transport.subscribe(full, qos=1)
+        self.host.subscribe(full, self._match, self._handle, qos=1)
         return full
 
     def _match(self, topic: str) -> bool:
@@ -579,7 +580,7 @@ class MessagingService:
         level = {"delivered": 1, "read": 2}.get(status)
         with self._lock:  # so the commit callback cannot run before the seq is recorded
             try:
-                seq = self.app.outbox.put(Outgoing(topic=receipts_topic(self.prefix, to), stream="receipts",
+                seq = self.host.put(Outgoing(topic=receipts_topic(self.prefix, to), stream="receipts",
                                                    data={"status": status, "ids": mids, **more}, cls="event"))
             except EdgeAgentError as e:
                 log.warning("receipt %s for %d message(s) to %s not queued: %s", status, len(mids), to, e)
