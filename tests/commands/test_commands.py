@@ -305,15 +305,15 @@ def test_rate_limit_per_source(make_app, requester: Requester, signer: Signer) -
 
 def test_megabyte_of_nil_is_not_a_million_item_list(make_app, signer: Signer) -> None:
     """Even with the payload cap raised to 2 MB, the decode limits refuse 1 MB of nil bytes quickly."""
-    from edge_agent.errors import DecodeError
+    from edge_agent.commands.admission import Refused, decode
 
     app = make_app(start=False, commands="max_payload = 2097152")
     svc = app.service("commands")
     for payload in (b"\xdd\x00\x0f\x42\x40" + b"\xc0" * 1_000_000, b"\xc0" * 1_000_000,
                     b"\xdf\x00\x0f\x42\x40" + b"\xc0" * 1_000_000):
         t0 = time.monotonic()
-        with pytest.raises(DecodeError):
-            svc._decode(payload, False)
+        with pytest.raises(Refused, match="decode_error"):
+            decode(payload, False, svc.cfg.max_payload)
         assert time.monotonic() - t0 < 0.5
 
 
