@@ -120,7 +120,13 @@ class App:
                        pipeline=pipeline, transport=transport, forwarder=forwarder, router=self.router,
                        on_connection=self.on_connection, services=self.service)
         self._parts = _Parts(outbox, pipeline, transport, forwarder, status, host)
-        self._build_services(host)
+        try:
+            self._build_services(host)
+        except BaseException:  # e.g. a store that cannot be opened: close what is open, leave no thread
+            self._close_state()
+            self._parts = None
+            self.services = []
+            raise
 
     def _build_services(self, host: AppHost) -> None:
         """Optional parts. Each subscribes its topics and taps through the host when it is built, so
@@ -263,7 +269,8 @@ class App:
                 return
             self._stopped = True
         if not self._started:
-            self._close_unstarted()
+            self._close_state()
+            self.devices.close()
             return
         p = self._built
         self.health.release()
@@ -284,11 +291,11 @@ class App:
         self.devices.close()
         log.info("stopped")
 
-    def _close_unstarted(self) -> None:
+    def _close_state(self) -> None:
+        """Close what open() opened (an agent that never started)."""
         if self._parts is not None:
             self._stop_services()
             self._parts.outbox.close()
-        self.devices.close()
 
     def _stop_services(self) -> None:
         for svc in reversed(self.services):

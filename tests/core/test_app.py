@@ -49,6 +49,17 @@ def test_opened_but_never_started_app_closes_cleanly(tmp_path: Path) -> None:
     again.stop()
 
 
+def test_open_that_fails_closes_what_it_opened(tmp_path: Path) -> None:
+    (tmp_path / "state" / "commands.db").mkdir(parents=True)  # the command store cannot be opened
+    threads = set(threading.enumerate())
+    app = App(config.load(write_config(tmp_path / "c.toml", free_port(), tmp_path / "state")))
+    with pytest.raises(Exception, match=r"commands\.db"):
+        app.open()
+    wait_for(lambda: set(threading.enumerate()) <= threads, 5, msg="the outbox writer stopped")
+    assert app.services == []
+    app.stop()
+
+
 def test_acks_reach_services_typed() -> None:
     assert typed_ack(True, 0) is ACCEPTED and typed_ack(True, 0x10) == Accepted(0x10)
     assert typed_ack(False, -1) is LINK_LOST and typed_ack(False, 0x87) == Refused(0x87)
