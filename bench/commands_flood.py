@@ -30,6 +30,7 @@ from edge_agent import config as config_mod
 from edge_agent.app import App
 from edge_agent.config import MqttConfig
 from edge_agent.devbroker import DevBroker
+from edge_agent.host import Disposition
 from edge_agent.transport.mqtt import InMessage, MqttTransport
 
 CONFIG = """
@@ -42,6 +43,8 @@ port = {port}
 dir = "{state}"
 [agent]
 stop_timeout = 1
+[commands]
+enabled = {commands}
 [[sensors]]
 name = "s1"
 type = "simulated"
@@ -89,20 +92,22 @@ def main() -> None:
     ap.add_argument("--flood-rate", type=float, default=1000.0, help="commands/s during phase 2")
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--null-handler", action="store_true",
-                    help="replace the dispatcher by a no-op after start: the cost of the transport alone")
+                    help="a no-op handler instead of the dispatcher: the cost of the transport alone")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp, DevBroker(workdir=Path(tmp) / "broker") as broker:
-        cfg = config_mod.loads(CONFIG.format(port=broker.port, state=Path(tmp) / "state", interval=1 / a.rate))
+        cfg = config_mod.loads(CONFIG.format(port=broker.port, state=Path(tmp) / "state", interval=1 / a.rate,
+                                             commands="false" if a.null_handler else "true"))
         lat = Latency(broker.port)
         lat.t.start()
         lat.t.wait_online(10)
         app = App(cfg)
+        if a.null_handler:  # no command service: a no-op route on its topic
+            app.open()
+            app.host.subscribe("edge/dev-1/cmd/#", lambda t: t.startswith("edge/dev-1/cmd/"),
+                               lambda msg: Disposition.ACK)
         app.start()
-        app.transport.wait_online(10)
-        if a.null_handler:
-            app.message_handlers[:] = [(m, (lambda msg: None) if getattr(fn, "__self__", None) is
-                                        app.service("commands") else fn) for m, fn in app.message_handlers]
+        app.wait_online(10)
         time.sleep(1.0)
         t0 = time.time()
         time.sleep(a.seconds)
@@ -133,7 +138,8 @@ def main() -> None:
         print(f"flooded:  {len(fl) / (t2 - t1):.1f} readings/s, latency p50 {f50:.1f} ms, p99 {f99:.1f} ms")
         print(f"ratio flooded/baseline: readings/s {len(fl) / (t2 - t1) / (len(base) / (t1 - t0)):.2f}, "
               f"p99 latency {f99 / b99:.2f}")
-        print(f"dispatcher: {svc.counters}, refusals {svc.refusals}")
+        if svc is not None:
+            print(f"dispatcher: {svc.counters}, refusals {svc.refusals}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ level = "warning"
     cfg = config_mod.loads(text, "<bench>")
     w0 = write_bytes()
     app = App(cfg, with_sensors=False)
+    app.open()  # the outbox, without connecting: the backlog is built first
     topic = f"{cfg.mqtt.topic_prefix}/{cfg.device.id}/telemetry/s1"
     t0 = time.perf_counter()
     payload_bytes = 0

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """``from edge_agent import Agent`` without importing paho/SQLite for every ``import edge_agent``."""
     if name in ("Agent", "AsyncAgent"):
-        from edge_agent.messaging import agent
+        from edge_agent import agent  # the one upward import: the facade sits above App
 
         return getattr(agent, name)
     raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")

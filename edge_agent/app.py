@@ -4,38 +4,45 @@
 
     sensors --> Pipeline --> Outbox (SQLite) --> Forwarder --> MqttTransport --> broker
                   '--> inference taps --^                          |
-    broker --> MqttTransport --> services (commands, messaging) ---'--> Outbox (replies, receipts)
+    broker --> MqttTransport --> Router --> services (commands, messaging) --> Outbox (replies, receipts)
 
-Start order: outbox, transport, forwarder, services, sensors. Stop: sensors, services, pipeline
-flush, outbox flush, forwarder drain (``agent.stop_timeout``), offline status, transport, outbox.
+Three steps, each explicit:
+
+* ``App(cfg)`` only records the config: no file is touched and no thread started.
+* :meth:`App.open` opens the state (state dir, outbox, the services' stores) and builds the transport,
+  forwarder, pipeline and services, each service getting the agent as a :class:`~edge_agent.host.Host`
+  (:class:`~edge_agent.apphost.AppHost`). Nothing connects yet. :meth:`App.start` calls it.
+* :meth:`App.start`: outputs (safe state), open, transport, forwarder, services, sensors, status.
+  :meth:`App.stop`: sensors, services, outputs, pipeline flush, outbox flush, forwarder drain
+  (``agent.stop_timeout``), offline status, transport, outbox.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent import __version__, systemd
-from edge_agent import actuators as actuators_mod
 from edge_agent import config as config_mod
-from edge_agent.actuators.base import Actuator, ActuatorContext
+from edge_agent.actuators.base import Actuator
+from edge_agent.apphost import AppControl, AppHost, ConnectionListener
 from edge_agent.config import Config
+from edge_agent.devices import Devices
 from edge_agent.errors import ConfigError
 from edge_agent.forwarder import Forwarder
 from edge_agent.health import Health, stall_request
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
+from edge_agent.router import Router
 from edge_agent.sampling import SensorRunner
-from edge_agent.sensors import plugin_class
-from edge_agent.sensors.base import Reading, Sensor, SensorContext
-from edge_agent.transport.mqtt import ConnectionStatus, InMessage, MqttTransport, Will
-from edge_agent.transport.topics import status_topic
+from edge_agent.sensors.base import Sensor
+from edge_agent.status import StatusReporter, offline_will
+from edge_agent.transport.mqtt import ConnectionStatus, MqttTransport
 
 log = logging.getLogger("edge_agent")
 
@@ -52,337 +59,255 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What :meth:`App.open` builds."""
+
+    outbox: Outbox
+    pipeline: Pipeline
+    transport: MqttTransport
+    forwarder: Forwarder
+    status: StatusReporter
+    host: AppHost
+
+
 class App:
     def __init__(self, cfg: Config, *, with_sensors: bool = True) -> None:
         self.cfg = cfg
-        self.started_at = time.time()
         self.with_sensors = with_sensors
+        self.state_dir = Path(cfg.storage.dir)
         stall = cfg.agent.watchdog_stall or (systemd.watchdog_interval() or 30.0)
         # the outbox writer beats at least once a second when idle: a shorter limit would flap
         self.health = Health(stall=max(stall, 2.0))
-        self.state_dir = Path(cfg.storage.dir)
+        self.router = Router()
+        self.devices = Devices(cfg, self.health)
+        self.control = AppControl(self)
+        self.services: list[Service] = []
+        self._connection_listeners: list[ConnectionListener] = []
+        self._parts: _Parts | None = None
+        self._started = False
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ build
+    def open(self) -> None:
+        """Open the state and build every part; nothing connects yet. Idempotent."""
+        if self._parts is not None:
+            return
+        cfg = self.cfg
+        prefix = cfg.mqtt.topic_prefix
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
-                             max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
-                             sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
-                             topic_prefix=cfg.mqtt.topic_prefix, min_free=cfg.storage.min_free)
-        self.outbox.heartbeat = self.health.beat_fn("outbox")
-        self.prefix = cfg.mqtt.topic_prefix
-        self.pipeline = Pipeline(self.outbox, self.prefix, cfg.device.id,
-                                 {s.name: s.batch for s in cfg.sensors})
-        self.message_handlers: list[tuple[Callable[[str], bool], Callable[[InMessage], None]]] = []
-        self.status_listeners: list[Callable[[ConnectionStatus], None]] = []
-        self.connected_listeners: list[Callable[[bool], None]] = []
-        self.transport = MqttTransport(
-            cfg.mqtt, will=Will(status_topic(self.prefix, cfg.device.id), self._status_payload("offline")),
-            on_status=self._on_status, on_message=self._on_message, on_connected=self._on_connected,
-            manual_ack=True)
+        outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
+                        max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
+                        sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
+                        topic_prefix=prefix, min_free=cfg.storage.min_free)
+        outbox.heartbeat = self.health.beat_fn("outbox")
+        pipeline = Pipeline(outbox, prefix, cfg.device.id, {s.name: s.batch for s in cfg.sensors})
+        transport = MqttTransport(cfg.mqtt, will=offline_will(cfg), on_status=self._on_status,
+                                  on_message=self.router.route, on_connected=self._on_connected, manual_ack=True)
         # the MQTT supervisor sleeps through its reconnect backoff and a blocking connect while the broker
         # is down; that silence is expected (a down broker must not get the agent restarted)
-        self.transport.heartbeat = self.health.beat_fn(
-            "mqtt", grace=cfg.mqtt.reconnect_max + cfg.mqtt.connect_timeout + 10.0)
-        self.forwarder = Forwarder(self.outbox, self.transport, max_rate=cfg.mqtt.max_rate,
-                                   max_rate_bytes=cfg.mqtt.max_rate_bytes)
-        self.transport._on_ack = self.forwarder.on_ack
-        self.forwarder.heartbeat = self.health.beat_fn("forwarder")
+        transport.heartbeat = self.health.beat_fn("mqtt", grace=cfg.mqtt.reconnect_max + cfg.mqtt.connect_timeout
+                                                  + 10.0)
+        forwarder = Forwarder(outbox, transport, max_rate=cfg.mqtt.max_rate, max_rate_bytes=cfg.mqtt.max_rate_bytes)
+        transport._on_ack = forwarder.on_ack  # the transport has no public setter yet (it owns that interface)
+        forwarder.heartbeat = self.health.beat_fn("forwarder")
         test_stall = stall_request(os.environ)  # test-only hook, see edge_agent.health
         if test_stall:
             self.health.stall_on_purpose(*test_stall)
-        self.runners: dict[str, SensorRunner] = {}
-        self.sensors: dict[str, Sensor] = {}
-        self.services: list[Service] = []
-        self._stopped = threading.Event()
-        self._status_due = False  # the last status publish failed (e.g. window full): retry next tick
-        self._status_thread: threading.Thread | None = None
-        self.pin_factory: Any = None
-        self.outputs: dict[str, Actuator] = {}  # opened (safe state) in start(), switched off in stop()
-        self._build_services()
+        status = StatusReporter(lambda: self.cfg, outbox, transport, self.health, self.router.counters)
+        host = AppHost(config=lambda: self.cfg, state_dir=self.state_dir, control=self.control, outbox=outbox,
+                       pipeline=pipeline, transport=transport, forwarder=forwarder, router=self.router,
+                       on_connection=self.on_connection, services=self.service)
+        self._parts = _Parts(outbox, pipeline, transport, forwarder, status, host)
+        try:
+            self._build_services(host)
+        except BaseException:  # e.g. a store that cannot be opened: close what is open, leave no thread
+            self._close_state()
+            self._parts = None
+            self.services = []
+            raise
 
-    # ------------------------------------------------------------------ services
-    def _build_services(self) -> None:
-        """Optional parts; each registers its message handlers and pipeline taps itself."""
+    def _build_services(self, host: AppHost) -> None:
+        """Optional parts. Each subscribes its topics and taps through the host when it is built, so
+        the subscriptions go out with the first CONNECT."""
+        command_sets: list[Callable[[Any], None]] = []  # register_commands(registry) of other services
         if self.cfg.models:
             from edge_agent.inference.service import InferenceService
 
-            self.services.append(InferenceService.from_app(self))
+            inference = InferenceService.from_host(host)
+            self.services.append(inference)
+            command_sets.append(inference.register_commands)
         if self.cfg.messaging.enabled:
-            from edge_agent._apphost_shim import LegacyAppHost  # TEMPORARY shim (issue 13)
             from edge_agent.messaging.service import MessagingService
 
-            messaging = MessagingService(LegacyAppHost(self))
-            messaging.open()  # an Agent may send before it starts (the outbox keeps it)
-            self.services.append(messaging)
+            self.services.append(MessagingService(host))
         if self.cfg.commands.enabled:
             # Last, so the services whose commands it dispatches are started before commands arrive.
             from edge_agent.commands.service import CommandService
 
-            self.services.append(CommandService(self))
+            commands = CommandService(host)
+            for register in command_sets:
+                commands.add_commands(register)
+            self.services.append(commands)
+
+    @property
+    def _built(self) -> _Parts:
+        if self._parts is None:
+            raise RuntimeError("the agent is not open yet: call App.open() or App.start() first")
+        return self._parts
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._built.outbox
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._built.pipeline
+
+    @property
+    def transport(self) -> MqttTransport:
+        return self._built.transport
+
+    @property
+    def forwarder(self) -> Forwarder:
+        return self._built.forwarder
+
+    @property
+    def host(self) -> AppHost:
+        return self._built.host
+
+    @property
+    def runners(self) -> dict[str, SensorRunner]:
+        return self.devices.runners
+
+    @property
+    def sensors(self) -> dict[str, Sensor]:
+        return self.devices.sensors
+
+    @property
+    def outputs(self) -> dict[str, Actuator]:
+        return self.devices.outputs
 
     def service(self, name: str) -> Any:
         return next((s for s in self.services if s.name == name), None)
 
-    def add_message_handler(self, match: Callable[[str], bool], fn: Callable[[InMessage], None]) -> None:
-        self.message_handlers.append((match, fn))
+    def on_connection(self, fn: ConnectionListener) -> None:
+        """``fn(status)`` on every connection state change (network thread: must be quick)."""
+        self._connection_listeners.append(fn)
 
     # ------------------------------------------------------------------ transport callbacks
-    def _on_message(self, msg: InMessage) -> None:
-        """Route an incoming message; PUBACK only after the handler returned (it has stored what it must).
-
-        A handler that raises leaves the message unacknowledged, so it is redelivered rather than lost.
-        A handler that wants to acknowledge later calls ``msg.ack()`` itself; acking twice is harmless.
-        """
-        for match, fn in self.message_handlers:
-            if match(msg.topic):
-                try:
-                    fn(msg)
-                except Exception:
-                    # not acknowledged: the broker redelivers it after the next reconnect
-                    log.exception("handler for %s failed; message left unacknowledged", msg.topic)
-                    return
-                msg.ack()
-                return
-        log.warning("no handler for message on %s; acknowledged and dropped", msg.topic)
-        msg.ack()
-
     def _on_status(self, st: ConnectionStatus) -> None:
         level = logging.WARNING if st.state in ("offline", "auth_failed") else logging.INFO
         log.log(level, "mqtt %s: %s", st.state, st.reason)
-        for fn in self.status_listeners:
+        for fn in list(self._connection_listeners):
             try:
                 fn(st)
             except Exception:
-                log.exception("status listener failed")
+                log.exception("connection listener failed")
 
     def _on_connected(self, session_present: bool) -> None:
-        self.forwarder.on_connected(session_present)
-        self.outbox.count("reconnects", 1 if self.transport.reconnects else 0)
-        self.publish_status()
-        for fn in self.connected_listeners:
-            try:
-                fn(session_present)
-            except Exception:
-                log.exception("connected listener failed")
+        p = self._built
+        p.forwarder.on_connected(session_present)
+        p.outbox.count("reconnects", 1 if p.transport.reconnects else 0)
+        p.status.publish()
 
-    # ------------------------------------------------------------------ status
+    # ------------------------------------------------------------------ queries
     def status_dict(self, state: str = "online") -> dict[str, Any]:
-        st = {"state": state, "dev": self.cfg.device.id, "ts": round(time.time(), 3), "version": __version__,
-              "pid": os.getpid(), "started": round(self.started_at, 3), "groups": list(self.cfg.device.groups)}
-        if state == "online":
-            st["outbox"] = self.outbox.status()  # backlog, oldest age, all counters
-            st["reconnects"] = self.transport.reconnects
-        return st
-
-    def _status_payload(self, state: str) -> bytes:
-        if state == "offline":
-            return json.dumps({"state": "offline", "dev": self.cfg.device.id,
-                               "groups": list(self.cfg.device.groups)}).encode()
-        return json.dumps(self.status_dict(state), separators=(",", ":")).encode()
+        return self._built.status.status_dict(state)
 
     def publish_status(self) -> bool:
-        """Publish the retained online status; False (retried by the status loop) if it could not go out."""
-        try:
-            self.transport.publish(status_topic(self.prefix, self.cfg.device.id), self._status_payload("online"),
-                                   qos=1, retain=True, token=None)
-        except Exception as e:
-            log.debug("status not published: %s", e)
-            self._status_due = True
-            return False
-        self._status_due = False
-        return True
+        return self._built.status.publish()
 
-    def _status_loop(self) -> None:
-        """Watchdog pings (only while every loop ticks), STATUS= lines, status.json, retained status."""
-        interval = systemd.watchdog_interval()
-        next_status = time.monotonic() + self.cfg.agent.status_interval
-        tick = min(interval, 1.0) if interval else 1.0
-        status_file = systemd.runtime_file("status.json")
-        was_stalled: list[str] = []
-        while not self._stopped.wait(tick):
-            stalled = self.health.stalled()
-            if stalled != was_stalled:
-                if stalled:
-                    log.error("watchdog: loop(s) stalled: %s; not pinging systemd", ", ".join(stalled),
-                              extra={"STALLED": ",".join(stalled)})
-                else:
-                    log.warning("watchdog: all loops ticking again")
-                was_stalled = stalled
-            if interval and not stalled:
-                systemd.watchdog()
-            state = self.transport.status.state
-            systemd.status(f"{state}; backlog {self.outbox.pending}; last_seq {self.outbox.last_seq}"
-                           + (f"; STALLED: {', '.join(stalled)}" if stalled else ""))
-            if status_file is not None:
-                self._write_status_file(status_file, state, stalled)
-            if time.monotonic() >= next_status or self._status_due:
-                next_status = time.monotonic() + self.cfg.agent.status_interval
-                if self.transport.connected:
-                    self.publish_status()
+    def connection_status(self) -> ConnectionStatus:
+        return self.transport.status
 
-    def _write_status_file(self, path: Path, state: str, stalled: list[str]) -> None:
-        """$RUNTIME_DIRECTORY/status.json (tmpfs under systemd): what the deploy health gate reads."""
-        doc = {"state": state, "dev": self.cfg.device.id, "ts": round(time.time(), 3), "pid": os.getpid(),
-               "version": __version__, "pending": self.outbox.pending, "last_seq": self.outbox.last_seq,
-               "stalled": stalled}
-        try:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(path)
-        except OSError as e:
-            log.debug("cannot write %s: %s", path, e)
+    def wait_online(self, timeout: float) -> bool:
+        return self.transport.wait_online(timeout)
 
-    # ------------------------------------------------------------------ sensors
-    def _make_sensor(self, sc: Any) -> Sensor:
-        cls = plugin_class(sc.type)
-        ctx = SensorContext(emit=self._push_emitter(sc), log=logging.getLogger(f"edge_agent.sensor.{sc.name}"),
-                            pin_factory=self._get_pin_factory)
-        return cls(sc.name, sc.options, ctx)
+    def wait_sensors_done(self, timeout: float | None = None) -> bool:
+        return self.devices.wait_sensors_done(timeout)
 
-    def _get_pin_factory(self) -> Any:
-        if self.pin_factory is None and self.cfg.agent.pin_factory:
-            from edge_agent import pins
-
-            self.pin_factory = pins.make_factory(self.cfg.agent.pin_factory)
-        return self.pin_factory
-
-    def _push_emitter(self, sc: Any) -> Callable[..., None]:
-        def emit(data: dict[str, Any], cls: str | None = None, stream: str | None = None,
-                 ts: float | None = None) -> None:
-            self.pipeline.submit(Reading(sc.name, ts if ts is not None else time.time(), data,
-                                         cls or sc.cls, stream))
-        return emit
-
-    def _sensor_error(self, name: str, err: Exception, failures: int) -> None:
-        if failures == 1 or failures % 10 == 0:
-            log.warning("sensor %s: read failed (%d in a row): %s", name, failures, err)
-            try:
-                self.pipeline.event("sensor_error", {"sensor": name, "error": f"{type(err).__name__}: {err}",
-                                                     "failures": failures})
-            except Exception:
-                log.exception("cannot record sensor error")
-
-    def _start_sensors(self) -> None:
-        for sc in self.cfg.sensors:
-            sensor = self._make_sensor(sc)
-            try:
-                sensor.open()
-            except Exception as e:
-                log.error("sensor %s (%s) cannot start: %s", sc.name, sc.type, e)
-                self._sensor_error(sc.name, e, 1)
-                continue
-            self.sensors[sc.name] = sensor
-            if sensor.kind == "push":
-                sensor.start()
-                continue
-            runner = SensorRunner(sensor, sc.interval, sc.count, sc.cls, self.pipeline.submit,
-                                  self._sensor_error)
-            self.runners[sc.name] = runner
-            self.health.add_check(f"sensor:{sc.name}", runner.stalled)
-            runner.start()
-
-    def _start_outputs(self) -> None:
-        """Open every actuator in its safe (off) state; one that fails is reported and left out."""
-        for oc in self.cfg.outputs:
-            cls = actuators_mod.plugin_class(oc.type)
-            act = cls(oc.name, oc.options, ActuatorContext(log=logging.getLogger(f"edge_agent.output.{oc.name}"),
-                                                           pin_factory=self._get_pin_factory))
-            try:
-                act.open()
-            except Exception as e:
-                log.error("output %s (%s) cannot start: %s", oc.name, oc.type, e)
-                try:
-                    self.pipeline.event("output_error", {"output": oc.name, "error": f"{type(e).__name__}: {e}"})
-                except Exception:
-                    log.exception("cannot record output error")
-                continue
-            self.outputs[oc.name] = act
-
-    def _close_outputs(self) -> None:
-        for act in self.outputs.values():
-            try:
-                act.close()
-            except Exception:
-                log.exception("closing output %s", act.name)
-
-    def set_interval(self, sensor: str, interval: float) -> None:
-        runner = self.runners.get(sensor)
-        if runner is None:
-            raise KeyError(sensor)
-        runner.set_interval(interval)
+    def drain(self, timeout: float) -> bool:
+        """Store what is buffered and send the backlog, up to ``timeout`` seconds; True if all was sent."""
+        p = self._built
+        p.pipeline.flush()
+        p.outbox.flush()
+        return p.transport.connected and p.forwarder.drain(timeout)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start everything; returns once the outbox is open (the broker may still be down)."""
+        """Start everything; returns once the outbox is open (the broker may still be down).
+
+        Raises :class:`~edge_agent.errors.StartError` naming an output that cannot be opened."""
+        if self._started or self._stopped:
+            raise RuntimeError("App.start() twice, or after stop()")
         log.info("edge-agent %s starting: device %s, broker %s:%d, state %s", __version__, self.cfg.device.id,
                  self.cfg.mqtt.host, self.cfg.mqtt.port, self.state_dir)
-        self._start_outputs()  # first: actuators reach their safe state as early as possible
-        # TEMPORARY shim (issue 13): messaging subscribes in start(); its handlers must exist before the
-        # persistent session's queued messages arrive at CONNACK
-        messaging = self.service("messaging")
-        if messaging is not None:
-            messaging.start()
-        self.transport.start()
-        self.forwarder.start()
+        self.devices.open_outputs()  # first: actuators reach their safe state as early as possible
+        try:
+            self.open()
+        except BaseException:
+            self.devices.close_outputs()
+            raise
+        self._started = True
+        p = self._built
+        p.transport.start()
+        p.forwarder.start()
         for svc in self.services:
-            if svc is not messaging:
-                svc.start()
+            svc.start()
         if self.with_sensors:
-            self._start_sensors()
-        self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
-        self._status_thread.start()
-        systemd.ready(f"started; backlog {self.outbox.pending}")
-
-    def wait_sensors_done(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for r in self.runners.values():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not r.done.wait(left):
-                return False
-        return True
+            self.devices.start_sensors(p.pipeline)
+        p.status.start()
+        systemd.ready(f"started; backlog {p.outbox.pending}")
 
     def stop(self) -> None:
-        if self._stopped.is_set():
+        """Stop in reverse order, sending the backlog for up to ``agent.stop_timeout`` s. Idempotent; also
+        closes an agent that was opened but never started."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if not self._started:
+            self._close_state()
+            self.devices.close()
             return
-        self._stopped.set()
+        p = self._built
         self.health.release()
         systemd.stopping()
         log.info("stopping: sources first")
-        for r in self.runners.values():
-            r.stop()
-        for s in self.sensors.values():
-            try:
-                s.close()
-            except Exception:
-                log.exception("closing sensor %s", s.name)
-        messaging = self.service("messaging")
+        p.status.stop()
+        self.devices.stop_sensors()
+        self._stop_services()
+        self.devices.close_outputs()  # after the command service: no set() can race the switch-off
+        p.pipeline.flush()
+        p.outbox.flush()
+        if self.cfg.agent.stop_timeout > 0 and p.transport.connected and p.outbox.pending:
+            drained = p.forwarder.drain(self.cfg.agent.stop_timeout)
+            log.info("stop: backlog %s (%d pending)", "sent" if drained else "kept for next start", p.outbox.pending)
+        p.forwarder.stop()
+        p.transport.stop(timeout=3.0, offline=offline_will(self.cfg))
+        p.outbox.close()
+        self.devices.close()
+        log.info("stopped")
+
+    def _close_state(self) -> None:
+        """Close what open() opened (an agent that never started)."""
+        if self._parts is not None:
+            self._stop_services()
+            self._parts.outbox.close()
+
+    def _stop_services(self) -> None:
         for svc in reversed(self.services):
-            if svc is messaging:
-                continue  # TEMPORARY shim (issue 13): it closes its history; stopped after the drain below
             try:
                 svc.stop()
             except Exception:
                 log.exception("stopping %s", svc.name)
-        self._close_outputs()  # after the command service: no set() can race the switch-off
-        self.pipeline.flush()
-        self.outbox.flush()
-        if self.cfg.agent.stop_timeout > 0 and self.transport.connected and self.outbox.pending:
-            drained = self.forwarder.drain(self.cfg.agent.stop_timeout)
-            log.info("stop: backlog %s (%d pending)", "sent" if drained else "kept for next start",
-                     self.outbox.pending)
-        self.forwarder.stop()
-        off = Will(status_topic(self.prefix, self.cfg.device.id), self._status_payload("offline"))
-        self.transport.stop(timeout=3.0, offline=off)
-        self.outbox.close()
-        if messaging is not None:  # TEMPORARY shim (issue 13): after the last ack and commit callback
-            try:
-                messaging.stop()
-            except Exception:
-                log.exception("stopping messaging")
-        if self.pin_factory is not None:
-            try:
-                self.pin_factory.close()
-            except Exception:
-                log.debug("pin factory close failed", exc_info=True)
-        log.info("stopped")
+
+    # ------------------------------------------------------------------ control
+    def set_interval(self, sensor: str, interval: float) -> None:
+        """KeyError if ``sensor`` is not a running polled sensor."""
+        self.devices.set_interval(sensor, interval)
 
     def reload(self) -> bool:
         """SIGHUP: re-read the config file. A bad file is refused and the running config kept."""
@@ -393,11 +318,7 @@ class App:
             log.error("reload refused, keeping the running config: %s", e)
             systemd.ready("reload refused: bad config")
             return False
-        for sc in new.sensors:
-            old = self.cfg.sensor(sc.name)
-            if old is not None and old.interval != sc.interval and sc.name in self.runners:
-                self.runners[sc.name].set_interval(sc.interval)
-                log.info("reload: sensor %s interval %s -> %s", sc.name, old.interval, sc.interval)
+        self.devices.reload(new)
         logging.getLogger().setLevel(new.logging.level.upper())
         changed = [k for k in ("device", "mqtt", "storage", "commands", "messaging", "models", "outputs")
                    if getattr(new, k) != getattr(self.cfg, k)]

@@ -16,6 +16,10 @@ class ConfigError(EdgeAgentError, ValueError):
         super().__init__(f"{source}: " + "; ".join(self.errors))
 
 
+class StartError(EdgeAgentError, RuntimeError):
+    """The agent cannot start: a part it needs failed to open (the message names it)."""
+
+
 class OutboxError(EdgeAgentError, OSError):
     """The outbox database cannot be used."""
 

@@ -24,38 +24,12 @@ from typing import Any
 
 from edge_agent.errors import NotConnected, PublishRefused
 from edge_agent.outbox import Outbox, Pending
+from edge_agent.ratelimit import TokenBucket
 from edge_agent.transport.mqtt import MqttTransport
 
 log = logging.getLogger("edge_agent.forwarder")
 
 PREFETCH = 100
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
-        self.tokens = self.capacity
-        self.t = time.monotonic()
-
-    def take(self, n: float = 1.0) -> float:
-        """Take n tokens; return seconds to wait before the take is allowed (0 if now)."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    def available(self) -> float:
-        """Tokens available now (after refill), without taking any."""
-        if self.rate <= 0:
-            return float("inf")
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        return self.tokens
 
 
 class Forwarder:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.message import Outgoing
+from edge_agent.transport.topics import stream_topic
 from edge_agent.transport.types import (
     ACCEPTED,
     LINK_LOST,
@@ -31,9 +32,10 @@ from edge_agent.transport.types import (
 
 if TYPE_CHECKING:
     from edge_agent.config import Config
+    from edge_agent.sensors.base import Reading
 
 __all__ = ["ACCEPTED", "LINK_LOST", "Accepted", "Ack", "AgentControl", "ConnectionStatus", "Disposition", "Handler",
-           "Host", "InMessage", "LinkLost", "Outgoing", "Refused"]
+           "Host", "InMessage", "LinkLost", "Outgoing", "PipelineView", "Refused", "Tap"]
 
 
 class Disposition(Enum):
@@ -44,6 +46,9 @@ class Disposition(Enum):
 
 
 Handler = Callable[[InMessage], Disposition]
+#: Sees every reading the pipeline stores, with the seq of the message that carries it (sensor thread:
+#: must be quick and must not block).
+Tap = Callable[["Reading", int], None]
 
 
 class AgentControl(Protocol):
@@ -94,5 +99,36 @@ class Host(Protocol):
 
     def connection(self) -> ConnectionStatus: ...
 
+    # readings (e.g. inference windows)
+    def add_tap(self, fn: Tap) -> None: ...
+
+    def remove_tap(self, fn: Tap) -> None: ...
+
     # other services (e.g. commands asking inference for its status)
     def service(self, name: str) -> Any | None: ...
+
+
+class PipelineView:
+    """A Host seen as the pipeline (``taps``, ``publish``, ``event``), for a service written against it.
+
+    Readings reach ``taps`` through one host tap; messages go to ``<prefix>/<device>/<stream>`` through
+    :meth:`Host.put`, exactly as the pipeline's own.
+    """
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.taps: list[Tap] = []
+        host.add_tap(self._fan_out)
+
+    def _fan_out(self, reading: Reading, seq: int) -> None:
+        for tap in self.taps:
+            tap(reading, seq)
+
+    def publish(self, stream: str, data: Any, *, cls: str = "telemetry", ts: float | None = None,
+                ttl: float | None = None, extra: dict[str, Any] | None = None) -> int:
+        cfg = self.host.config
+        return self.host.put(Outgoing(topic=stream_topic(cfg.mqtt.topic_prefix, cfg.device.id, stream),
+                                      stream=stream, data=data, cls=cls, ts=ts, ttl=ttl, extra=extra))
+
+    def event(self, name: str, data: Any, cls: str = "event") -> int:
+        return self.publish(f"events/{name}", data, cls=cls)

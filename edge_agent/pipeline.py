@@ -36,6 +36,16 @@ class Pipeline:
         self._lock = threading.Lock()
         self.taps: list[Tap] = []
 
+    def add_tap(self, fn: Tap) -> None:
+        self.taps.append(fn)
+
+    def remove_tap(self, fn: Tap) -> None:
+        """Stop calling ``fn``; a tap that is not there is ignored."""
+        try:
+            self.taps.remove(fn)
+        except ValueError:
+            pass
+
     def submit(self, r: Reading) -> int | None:
         """Store one reading (or add it to its sensor's batch). Returns the seq once stored.
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.host import ACCEPTED, Ack, ConnectionStatus, Disposition, Handler, InMessage, Outgoing
+from edge_agent.host import ACCEPTED, Ack, ConnectionStatus, Disposition, Handler, InMessage, Outgoing, Tap
+from edge_agent.router import Router
+from edge_agent.sensors.base import Reading
 
 
 @dataclass
@@ -67,6 +69,8 @@ class FakeHost:
         self._conn: list[Callable[[ConnectionStatus], None]] = []
         self.connection_status = ConnectionStatus("online")
         self.services: dict[str, Any] = {}
+        self.router = Router()  # the agent's own ack policy
+        self.taps: list[Tap] = []
 
     # -- Host
     @property
@@ -102,6 +106,7 @@ class FakeHost:
 
     def subscribe(self, topic_filter: str, match: Callable[[str], bool], handler: Handler, qos: int = 1) -> None:
         self.subscriptions.append((topic_filter, match, handler, qos))
+        self.router.add(topic_filter, match, handler)
 
     def on_ack(self, fn: Callable[[int, Ack], None]) -> None:
         self._acks.append(fn)
@@ -115,21 +120,18 @@ class FakeHost:
     def service(self, name: str) -> Any | None:
         return self.services.get(name)
 
+    def add_tap(self, fn: Tap) -> None:
+        self.taps.append(fn)
+
+    def remove_tap(self, fn: Tap) -> None:
+        self.taps.remove(fn)
+
     # -- playing the rest of the agent
     def deliver(self, topic: str, payload: bytes, **kw: Any) -> Disposition | None:
-        """Route one inbound QoS 1 message like the agent's router; ``None`` if nothing matched."""
+        """Route one inbound QoS 1 message through the agent's router; ``None`` if nothing matched."""
         msg = InMessage(topic=topic, payload=payload, qos=kw.pop("qos", 1), **kw)
         msg.acker = lambda: self.acked_inbound.append(topic)
-        for _filter, match, handler, _qos in self.subscriptions:
-            if match(topic):
-                try:
-                    d = handler(msg)
-                except Exception:
-                    d = Disposition.ACK  # the router's policy: a raising handler is a refusal, acknowledged
-                if d is Disposition.ACK:
-                    msg.ack()
-                return d
-        return None
+        return self.router.route(msg)
 
     def ack(self, seq: int, ack: Ack = ACCEPTED) -> None:
         for fn in self._acks:
@@ -143,6 +145,11 @@ class FakeHost:
     def drop(self, seqs: list[int], reason: str) -> None:
         for fn in self._dropped:
             fn(seqs, reason)
+
+    def feed(self, reading: Reading, seq: int) -> None:
+        """Play the pipeline storing ``reading`` as message ``seq``: every tap sees it."""
+        for fn in list(self.taps):
+            fn(reading, seq)
 
     def set_connection(self, st: ConnectionStatus) -> None:
         self.connection_status = st

@@ -2,8 +2,9 @@
 
 ::
 
-    broker --> MqttTransport --> CommandService._on_message (network thread: size, decode, rate,
-               signature, key allow-list, expiry, replay; persist 'received'; queue)
+    broker --> MqttTransport --> Router --> CommandService.on_message (network thread: size, decode,
+               rate, then admission.py: signature, key allow-list, schema, replay, clock; persist
+               'received'; queue)
            --> worker thread (persist 'running'; handler; persist 'done' + result)
            --> Outbox.put(reply) --> Forwarder --> broker (Response Topic + Correlation Data)
 """

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent import config as config_mod
@@ -34,6 +34,9 @@ from edge_agent.errors import CommandError, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.ids import ID_PATTERN
 
+if TYPE_CHECKING:
+    from edge_agent.commands.service import CommandContext
+
 _config_lock = threading.Lock()
 _transfer_lock = threading.Lock()  # ChunkAssembler is not thread-safe; commands run on several workers
 #: Sections config.set refuses to touch: changing them remotely would let an operator grant
@@ -41,39 +44,35 @@ _transfer_lock = threading.Lock()  # ChunkAssembler is not thread-safe; commands
 PROTECTED = ("commands", "storage.dir", "device.id", "source", "text_hash")
 
 
-def ping(ctx: Any) -> dict[str, Any]:
+def ping(ctx: CommandContext) -> dict[str, Any]:
     return {"pong": True, "ts": round(time.time(), 3)}
 
 
-def status(ctx: Any) -> dict[str, Any]:
-    app = ctx.app
-    st: dict[str, Any] = {"version": __version__, "device": app.cfg.device.id,
-                          "uptime_s": round(time.time() - app.started_at, 1), "config_hash": app.cfg.text_hash,
-                          "groups": list(app.cfg.device.groups)}
-    conn = app.transport.status
-    st["connection"] = {"state": conn.state, "reason": conn.reason, "reconnects": app.transport.reconnects}
-    try:
-        st["backlog"] = app.outbox.stats().as_dict()
-    except Exception as e:
-        st["backlog"] = {"error": str(e)}
-    st["sensors"] = {name: {"interval": r.interval, "taken": r.taken, "errors": r.errors, "skipped": r.skipped}
-                     for name, r in getattr(app, "runners", {}).items()}
-    inf = app.service("inference")
-    if inf is not None and hasattr(inf, "describe"):
+def status(ctx: CommandContext) -> dict[str, Any]:
+    cfg = ctx.host.config
+    agent = ctx.control.status()
+    conn = ctx.host.connection()
+    st: dict[str, Any] = {"version": __version__, "device": cfg.device.id, "uptime_s": agent.get("uptime_s"),
+                          "config_hash": cfg.text_hash, "groups": list(cfg.device.groups)}
+    st["connection"] = {"state": conn.state, "reason": conn.reason, "reconnects": agent.get("reconnects", 0)}
+    st["backlog"] = agent.get("backlog", {})
+    st["sensors"] = agent.get("sensors", {})
+    inf = ctx.host.service("inference")
+    if inf is None:
+        st["models"] = {}
+    else:
         try:
             st["models"] = inf.describe()
         except Exception as e:
             st["models"] = {"error": str(e)}
-    else:
-        st["models"] = {}
     svc = ctx.service
     st["clock"] = {"now": round(time.time(), 3), "sane": svc.clock_sane()}
     st["commands"] = {"counters": dict(svc.counters), "refusals": dict(svc.refusals)}
     return st
 
 
-def config_get(ctx: Any, key: str | None = None) -> Any:
-    view = config_mod.to_dict(ctx.app.cfg)
+def config_get(ctx: CommandContext, key: str | None = None) -> Any:
+    view = config_mod.to_dict(ctx.host.config)
     if not key:
         return view
     node: Any = view
@@ -167,9 +166,8 @@ def _is_aot(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
-def config_set(ctx: Any, changes: dict[str, Any]) -> dict[str, Any]:
-    app = ctx.app
-    source = app.cfg.source
+def config_set(ctx: CommandContext, changes: dict[str, Any]) -> dict[str, Any]:
+    source = ctx.host.config.source
     if not source or source.startswith("<"):
         raise CommandError("no_config_file", f"the running config was not read from a file ({source})")
     for key in changes:
@@ -193,18 +191,18 @@ def config_set(ctx: Any, changes: dict[str, Any]) -> dict[str, Any]:
             raise CommandError("invalid_config", "; ".join(e.errors)) from None
         _write_atomic(path, new_text)
         try:
-            ok = app.reload()
+            ok = ctx.control.reload()
         except Exception as e:
             ok = False
             ctx.log.exception("config.set: applying failed: %s", e)
         if not ok:
             _write_atomic(path, old_text)
             try:
-                app.reload()
+                ctx.control.reload()
             except Exception:
                 ctx.log.exception("config.set: re-applying the old config failed")
             raise CommandError("apply_failed", "the new config could not be applied; the file was rolled back")
-    return {"applied": sorted(changes), "config_hash": app.cfg.text_hash}
+    return {"applied": sorted(changes), "config_hash": ctx.host.config.text_hash}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -213,20 +211,20 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------- sensors, outputs, history
 
-def sensor_set_interval(ctx: Any, sensor: str, interval: float) -> dict[str, Any]:
+def sensor_set_interval(ctx: CommandContext, sensor: str, interval: float) -> dict[str, Any]:
     try:
-        ctx.app.set_interval(sensor, interval)
+        ctx.control.set_interval(sensor, interval)
     except KeyError:
         raise CommandError("no_such_sensor", f"no running polled sensor named {sensor!r}") from None
     return {"sensor": sensor, "interval": interval, "persisted": False}
 
 
-def output_set(ctx: Any, output: str, value: Any, duration: float | None = None) -> dict[str, Any]:
-    outputs = getattr(ctx.app, "outputs", None)
-    if not outputs or output not in outputs:
+def output_set(ctx: CommandContext, output: str, value: Any, duration: float | None = None) -> dict[str, Any]:
+    out_dev = ctx.control.output(output)
+    if out_dev is None:
         raise CommandError("no_such_output", f"no such output {output!r}")
     try:
-        res = outputs[output].set(value, duration)
+        res = out_dev.set(value, duration)
     except (ValueError, TypeError) as e:
         raise CommandError("bad_value", str(e)) from None
     out = {"output": output, "value": value, "duration": duration}
@@ -235,9 +233,9 @@ def output_set(ctx: Any, output: str, value: Any, duration: float | None = None)
     return out
 
 
-def history_query(ctx: Any, **filters: Any) -> dict[str, Any]:
-    svc = ctx.app.service("messaging")
-    if svc is None or not hasattr(svc, "history_query"):
+def history_query(ctx: CommandContext, **filters: Any) -> dict[str, Any]:
+    svc = ctx.host.service("messaging")
+    if svc is None:
         raise CommandError("unavailable", "no message history on this device (messaging is disabled)")
     try:
         items = svc.history_query(**filters)
@@ -248,14 +246,14 @@ def history_query(ctx: Any, **filters: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- model.update
 
-def model_update(ctx: Any, model: str, transfer: str, index: int, total: int, data: Any, sha256: str,
+def model_update(ctx: CommandContext, model: str, transfer: str, index: int, total: int, data: Any, sha256: str,
                  metadata: dict[str, Any] | None = None) -> Any:
     try:
         from edge_agent.transfer import ChunkAssembler, TransferError
     except ImportError:
         raise CommandError("unavailable", "chunked transfers are not available in this build") from None
-    inf = ctx.app.service("inference")
-    if inf is None or not hasattr(inf, "install"):
+    inf = ctx.host.service("inference")
+    if inf is None:
         raise CommandError("unavailable", "no inference service on this device")
     if isinstance(data, str):  # JSON callers send base64
         try:
@@ -264,8 +262,8 @@ def model_update(ctx: Any, model: str, transfer: str, index: int, total: int, da
             raise CommandError("bad_args", "'data': not base64") from None
     if not isinstance(data, bytes):
         raise CommandError("bad_args", "'data' must be bytes (or base64 text in JSON)")
-    tdir = Path(ctx.app.state_dir) / "model-transfers"
-    mdir = Path(ctx.app.state_dir) / "model-transfers-meta"
+    tdir = ctx.host.state_dir / "model-transfers"
+    mdir = ctx.host.state_dir / "model-transfers-meta"
     mdir.mkdir(parents=True, exist_ok=True)
     meta_file = mdir / f"{transfer}.json"
     if metadata is not None:
@@ -297,7 +295,7 @@ def model_update(ctx: Any, model: str, transfer: str, index: int, total: int, da
 
 # ---------------------------------------------------------------- agent.restart
 
-def agent_restart(ctx: Any, code: int = 75) -> dict[str, Any]:
+def agent_restart(ctx: CommandContext, code: int = 75) -> dict[str, Any]:
     svc = ctx.service
     ctx.after_reply = lambda: svc.exit_process(code)
     return {"restarting": True, "exit_code": code}

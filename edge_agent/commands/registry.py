@@ -5,10 +5,12 @@ User code adds commands in one of three ways (see docs/commands.md):
 * the :func:`command` decorator in a module listed in ``[commands] modules``;
 * an entry point in the ``edge_agent.commands`` group pointing at a decorated function, or at a
   ``register(registry)`` function;
-* another service's ``register_commands(registry)`` (called when the command service starts).
+* another service's ``register_commands(registry)``, handed to the command service by the composition
+  root (:meth:`CommandService.add_commands`) and called when the command service starts.
 
-A handler is ``fn(ctx, **args) -> result`` where ``result`` is anything msgpack/JSON can carry. It
-raises :class:`edge_agent.errors.CommandError` for a clean error reply; any other exception becomes an
+A handler is ``fn(ctx, **args) -> result``: ``ctx`` is a :class:`~edge_agent.commands.service.CommandContext`
+(``ctx.host``, ``ctx.control``, ``ctx.id``, ...), ``result`` anything msgpack/JSON can carry. It raises
+:class:`edge_agent.errors.CommandError` for a clean error reply; any other exception becomes an
 ``internal`` error. Handlers run on a worker thread, never on the network thread, and never in a shell.
 """
 
@@ -89,7 +91,7 @@ def command(name: str, args: Mapping[str, Arg] | None = None, *, read_only: bool
 
         @command("greenhouse.vent", {"open": Arg("bool", required=True)})
         def vent(ctx, open):
-            ctx.app.outputs["vent"].set(open, None)
+            ctx.control.output("vent").set(open, None)
             return {"open": open}
     """
     return USER.command(name, args, read_only=read_only, doc=doc)

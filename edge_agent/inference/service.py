@@ -49,6 +49,7 @@ from typing import Any
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.fsutil import atomic_write
+from edge_agent.host import Host, PipelineView
 from edge_agent.inference import runtime
 from edge_agent.inference.model import Model, metadata_path, parse_metadata
 from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, meta_bytes, round6
@@ -76,8 +77,10 @@ class InferenceService:
         self.unavailable = ""
 
     @classmethod
-    def from_app(cls, app: Any) -> InferenceService:
-        return cls(list(app.cfg.models), app.pipeline, app.state_dir)
+    def from_host(cls, host: Host) -> InferenceService:
+        """As the agent builds it: the configured models, readings through a host tap, results and events
+        through the host's outbox, installed models under its state dir."""
+        return cls(list(host.config.models), PipelineView(host), host.state_dir)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

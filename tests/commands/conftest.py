@@ -142,7 +142,7 @@ def requester(broker: DevBroker) -> Iterator[Requester]:
 
 @pytest.fixture
 def make_app(broker: DevBroker, tmp_path: Path) -> Iterator[Callable[..., App]]:
-    """Start an in-process App against the test broker; stopped at the end of the test."""
+    """Start an in-process App against the test broker (``start=False``: only opened); stopped at the end."""
     apps: list[App] = []
 
     def make(device: str = "dev-1", start: bool = True, **kw: Any) -> App:
@@ -155,6 +155,8 @@ def make_app(broker: DevBroker, tmp_path: Path) -> Iterator[Callable[..., App]]:
             app.start()
             assert app.transport.wait_online(10)
             time.sleep(0.2)  # SUBACK
+        else:
+            app.open()  # the stores and services exist; nothing runs or connects yet
         return app
 
     yield make

@@ -18,6 +18,8 @@ from tests.helpers import Collector, missing, unique, wait_for, write_config
 
 
 def fill(app: App, n: int) -> None:
+    """A backlog before the first connect: open (outbox, no connection), then put."""
+    app.open()
     for i in range(n):
         app.pipeline.publish("bulk/x", {"i": i})
 
@@ -133,6 +135,7 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, fast_ack=fast_ack))
         with Collector(b.port, f"{prefix}/#") as col:
             app = App(cfg, with_sensors=False)
+            app.open()
             client = app.transport._make_client()
             assert isinstance(client, mqtt_mod._Client)
             assert client._fast_ack is fast_ack  # this paho has every internal the fast path uses

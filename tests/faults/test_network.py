@@ -17,6 +17,7 @@ from pathlib import Path
 from edge_agent import config
 from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
+from edge_agent.host import Disposition
 from edge_agent.transport.mqtt import ConnectionStatus
 from tests.faultkit import FaultProxy
 from tests.faults.common import final_check
@@ -46,7 +47,7 @@ def agent(tmp_path: Path, port: int, prefix: str, extra: str = "") -> Iterator[t
                                    sensors=sensors(("s1", 0.01, 0, "telemetry"))))
     app = App(cfg)
     log = StatusLog()
-    app.status_listeners.append(log)
+    app.on_connection(log)
     app.start()
     try:
         assert app.transport.wait_online(10)
@@ -134,8 +135,8 @@ def test_broker_restart_without_persistence_resubscribes_and_replays(tmp_path: P
     probes: list[bytes] = []
     with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{prefix}/dev-1/#", persistent=True) as col, \
             agent(tmp_path, proxy.port, prefix) as (app, _log):
-        app.add_message_handler(lambda t: t == probe_topic, lambda m: probes.append(m.payload))
-        app.transport.subscribe(probe_topic, 1)
+        app.host.subscribe(probe_topic, lambda t: t == probe_topic,
+                           lambda m: probes.append(m.payload) or Disposition.ACK)
         time.sleep(1.0)
         proxy.set_mode("refuse")
         broker.kill()

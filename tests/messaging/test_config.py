@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent import config as config_mod
+from edge_agent.agent import build_config
 from edge_agent.errors import ConfigError
-from edge_agent.messaging.agent import build_config
 from edge_agent.messaging.service import MessagingError
 
 

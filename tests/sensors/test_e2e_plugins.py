@@ -107,7 +107,7 @@ def test_every_plugin_reaches_the_broker(tmp_path: Path, broker: DevBroker, monk
     cfg_file.write_text(text)
     cfg = config.load(cfg_file)
     app = App(cfg)
-    factory: Any = app._get_pin_factory()
+    factory: Any = app.devices.pin_factory()
     adc = MockMCP3x08(factory, bits=10)
     adc.channels[3] = 1.65
     with Collector(broker.port, f"{prefix}/dev-1/#") as col:

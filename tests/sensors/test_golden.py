@@ -88,7 +88,7 @@ def run_case(case: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[dic
         monkeypatch.setattr(Bme280Sensor, "bus_factory", staticmethod(lambda n: bus))
     _sequence(case, work, monkeypatch)
     app = App(cfg)
-    factory = app._get_pin_factory()
+    factory = app.devices.pin_factory()
     if (work / "adc.json").exists():
         spec = json.loads((work / "adc.json").read_text())
         adc = MockMCP3x08(factory, bits=spec["bits"])

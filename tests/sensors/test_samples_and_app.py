@@ -9,6 +9,7 @@ import pytest
 from edge_agent import actuators, config, sample, sensors
 from edge_agent.app import App
 from edge_agent.devbroker import free_port
+from edge_agent.errors import StartError
 from tests.helpers import write_config
 
 
@@ -51,14 +52,9 @@ def test_unknown_type_suggests(tmp_path: Path) -> None:
         config.loads('[[sensors]]\nname="x"\ntype="gpio.digitl"\npin=1\n')
 
 
-def test_app_outputs_safe_state_busy_pin_reported_and_closed(tmp_path: Path) -> None:
-    outs = """
+OUTPUTS = """
 [[outputs]]
 name = "heater"
-type = "gpio.output"
-pin = 20
-[[outputs]]
-name = "clash"
 type = "gpio.output"
 pin = 20
 [[outputs]]
@@ -67,29 +63,39 @@ type = "gpio.output"
 device = "led"
 pin = 21
 """
-    cfg_file = write_config(tmp_path / "c.toml", free_port(), tmp_path / "state", sensors=outs)
+
+
+def _app_with_outputs(tmp_path: Path, outputs: str) -> App:
+    cfg_file = write_config(tmp_path / "c.toml", free_port(), tmp_path / "state", sensors=outputs)
     cfg_file.write_text(cfg_file.read_text().replace("[agent]\n", '[agent]\npin_factory = "mock"\n'))
-    app = App(config.load(cfg_file))
-    factory = app._get_pin_factory()
+    return App(config.load(cfg_file))
+
+
+def test_app_opens_outputs_in_safe_state_and_closes_them(tmp_path: Path) -> None:
+    app = _app_with_outputs(tmp_path, OUTPUTS)
+    factory = app.devices.pin_factory()
+    assert not (tmp_path / "state").exists()  # building the agent touches no file
     app.start()
     try:
-        assert sorted(app.outputs) == ["heater", "lamp"]  # the clash is reported, the agent runs on
+        assert sorted(app.outputs) == ["heater", "lamp"]
         assert factory.pin(20).state == 0 and factory.pin(21).state == 0
         assert app.outputs["lamp"].set(True)["on"] and factory.pin(21).state == 1
         app.outputs["heater"].set(1, 30)
     finally:
         app.stop()
     assert factory.pin(21).state == 0 and factory.pin(20).state == 0  # switched off at stop
-    from edge_agent.outbox import Outbox
-    box = Outbox(tmp_path / "state" / "outbox.db", "dev-1")
-    try:
-        from edge_agent import codec
-        envs = [codec.decode_envelope(p.payload) for p in box.begin(100)]
-    finally:
-        box.close()
-    errs = [e for e in envs if e["stream"] == "events/output_error"]
-    assert len(errs) == 1 and errs[0]["data"]["output"] == "clash"
-    assert "pin GPIO20 is already used" in errs[0]["data"]["error"]
+
+
+def test_app_with_a_broken_output_does_not_start(tmp_path: Path) -> None:
+    """Two outputs on one pin: the start fails naming the output, and what was opened is closed again."""
+    clash = '[[outputs]]\nname = "clash"\ntype = "gpio.output"\npin = 20\n'
+    app = _app_with_outputs(tmp_path, OUTPUTS + clash)
+    factory = app.devices.pin_factory()
+    with pytest.raises(StartError, match=r"output 'clash' \(gpio.output\) cannot start: .*GPIO20 is already used"):
+        app.start()
+    assert app.outputs == {} and factory.pin(20).state == 0 and factory.pin(21).state == 0
+    assert not (tmp_path / "state").exists()  # failed before the outbox was opened
+    app.stop()  # harmless after a failed start
 
 
 def test_hardware_reference_kit_config_is_valid() -> None:

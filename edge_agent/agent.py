@@ -1,7 +1,7 @@
 """The embeddable messaging API: ``from edge_agent import Agent``.
 
 An :class:`Agent` is the daemon's :class:`edge_agent.app.App` (outbox, transport, forwarder, services)
-without sensors, plus the messaging service, behind a small API in the style of messaging SDKs::
+without sensors, with the messaging service, behind a small API in the style of messaging SDKs::
 
     with Agent(device_id="123", host="broker.local", state_dir="/var/lib/chat-123") as agent:
         @agent.on_message
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_agent import config as config_mod
+from edge_agent.app import App
 from edge_agent.config import Config
 from edge_agent.errors import ConfigError
 from edge_agent.messaging.history import ConvSummary, Message
@@ -92,16 +93,16 @@ class Agent:
                  groups: Iterable[str] | None = None, topic_prefix: str | None = None,
                  username: str | None = None, password: str | None = None,
                  settings: Mapping[str, Mapping[str, Any]] | None = None, with_sensors: bool = False) -> None:
-        from edge_agent.app import App
-
         self.cfg = build_config(config, device_id=device_id, host=host, port=port, state_dir=state_dir,
                                 groups=groups, topic_prefix=topic_prefix, username=username, password=password,
                                 settings=settings)
         self.app = App(self.cfg, with_sensors=with_sensors)
+        # open now: sending (into the durable outbox) and the history work before start()
+        self.app.open()
         svc = self.app.service("messaging")
-        if svc is None:  # an App build without the messaging hook: add the service ourselves
-            svc = MessagingService(self.app)
-            self.app.services.append(svc)
+        if not isinstance(svc, MessagingService):  # build_config enables messaging: cannot happen
+            self.app.stop()
+            raise MessagingError("the agent was built without its messaging service")
         self.service: MessagingService = svc
         self._started = False
         self._stopped = False
@@ -128,10 +129,7 @@ class Agent:
         if self._stopped:
             return
         self._stopped = True
-        if self._started:
-            self.app.stop()
-        else:
-            self.app.outbox.close()
+        self.app.stop()  # a never-started app just closes what open() opened
         self.service.close()
 
     def __enter__(self) -> Agent:
@@ -141,11 +139,11 @@ class Agent:
         self.stop()
 
     def wait_online(self, timeout: float = 10.0) -> bool:
-        return self.app.transport.wait_online(timeout)
+        return self.app.wait_online(timeout)
 
     @property
     def connection_status(self) -> ConnectionStatus:
-        return self.app.transport.status
+        return self.app.connection_status()
 
     # ------------------------------------------------------------------ sending
     def send(self, to: str, data: Any, *, ttl: float | None = None) -> Message:

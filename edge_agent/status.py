@@ -1,0 +1,126 @@
+"""The agent's presence and health reporting.
+
+* the retained status message ``<prefix>/<device>/status`` (JSON; see docs/architecture.md): published on
+  every connect and every ``agent.status_interval`` seconds, replaced by ``offline`` on a clean stop or by
+  the last will;
+* systemd: ``WATCHDOG=1`` only while every loop ticks (:class:`~edge_agent.health.Health`), ``STATUS=``
+  lines;
+* ``$RUNTIME_DIRECTORY/status.json``, what the deploy health gate reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__, systemd
+from edge_agent.config import Config
+from edge_agent.health import Health
+from edge_agent.outbox import Outbox
+from edge_agent.transport.mqtt import MqttTransport, Will
+from edge_agent.transport.topics import status_topic
+
+log = logging.getLogger("edge_agent")
+
+
+def offline_will(cfg: Config) -> Will:
+    """The retained ``offline`` status: the last will, and what a clean stop publishes."""
+    payload = json.dumps({"state": "offline", "dev": cfg.device.id, "groups": list(cfg.device.groups)}).encode()
+    return Will(status_topic(cfg.mqtt.topic_prefix, cfg.device.id), payload)
+
+
+class StatusReporter:
+    """Builds the status dict and keeps the status message, systemd and status.json up to date."""
+
+    def __init__(self, config: Callable[[], Config], outbox: Outbox, transport: MqttTransport, health: Health,
+                 counters: Callable[[], dict[str, int]]) -> None:
+        self._config = config  # the running config (replaced by a reload)
+        self.outbox = outbox
+        self.transport = transport
+        self.health = health
+        self.counters = counters  # e.g. the router's inbound_refused
+        self.started_at = time.time()
+        self._due = False  # the last publish failed (e.g. window full): retried at the next tick
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def status_dict(self, state: str = "online") -> dict[str, Any]:
+        cfg = self._config()
+        st: dict[str, Any] = {"state": state, "dev": cfg.device.id, "ts": round(time.time(), 3),
+                              "version": __version__, "pid": os.getpid(), "started": round(self.started_at, 3),
+                              "groups": list(cfg.device.groups)}
+        if state == "online":
+            st["outbox"] = self.outbox.status()  # backlog, oldest age, all counters
+            st["reconnects"] = self.transport.reconnects
+            st.update(self.counters())
+        return st
+
+    def publish(self) -> bool:
+        """Publish the retained online status; False (retried by the loop) if it could not go out."""
+        cfg = self._config()
+        payload = json.dumps(self.status_dict("online"), separators=(",", ":")).encode()
+        try:
+            self.transport.publish(status_topic(cfg.mqtt.topic_prefix, cfg.device.id), payload, qos=1,
+                                   retain=True, token=None)
+        except Exception as e:
+            log.debug("status not published: %s", e)
+            self._due = True
+            return False
+        self._due = False
+        return True
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+
+    def _loop(self) -> None:
+        """Watchdog pings (only while every loop ticks), STATUS= lines, status.json, retained status."""
+        interval = systemd.watchdog_interval()
+        next_status = time.monotonic() + self._config().agent.status_interval
+        tick = min(interval, 1.0) if interval else 1.0
+        status_file = systemd.runtime_file("status.json")
+        was_stalled: list[str] = []
+        while not self._stop.wait(tick):
+            stalled = self.health.stalled()
+            if stalled != was_stalled:
+                if stalled:
+                    log.error("watchdog: loop(s) stalled: %s; not pinging systemd", ", ".join(stalled),
+                              extra={"STALLED": ",".join(stalled)})
+                else:
+                    log.warning("watchdog: all loops ticking again")
+                was_stalled = stalled
+            if interval and not stalled:
+                systemd.watchdog()
+            state = self.transport.status.state
+            systemd.status(f"{state}; backlog {self.outbox.pending}; last_seq {self.outbox.last_seq}"
+                           + (f"; STALLED: {', '.join(stalled)}" if stalled else ""))
+            if status_file is not None:
+                self._write_file(status_file, state, stalled)
+            if time.monotonic() >= next_status or self._due:
+                next_status = time.monotonic() + self._config().agent.status_interval
+                if self.transport.connected:
+                    self.publish()
+
+    def _write_file(self, path: Path, state: str, stalled: list[str]) -> None:
+        """$RUNTIME_DIRECTORY/status.json (tmpfs under systemd): what the deploy health gate reads."""
+        doc = {"state": state, "dev": self._config().device.id, "ts": round(time.time(), 3), "pid": os.getpid(),
+               "version": __version__, "pending": self.outbox.pending, "last_seq": self.outbox.last_seq,
+               "stalled": stalled}
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            tmp.replace(path)
+        except OSError as e:
+            log.debug("cannot write %s: %s", path, e)
