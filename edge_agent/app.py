@@ -53,6 +53,9 @@ class Service(Protocol):
     """An optional part of the agent (commands, inference, messaging)."""
 
     name: str
+    #: stopped after the backlog is sent (messaging: the PUBACKs of the drain still update statuses)
+    #: instead of with the other services, before the outputs switch off
+    stops_after_drain: bool
 
     def start(self) -> None: ...
 
@@ -141,7 +144,9 @@ class App:
         if self.cfg.messaging.enabled:
             from edge_agent.messaging.service import MessagingService
 
-            self.services.append(MessagingService(host))
+            messaging = MessagingService(host)
+            messaging.open()  # history and transfers open now: an Agent may send before it starts
+            self.services.append(messaging)
         if self.cfg.commands.enabled:
             # Last, so the services whose commands it dispatches are started before commands arrive.
             from edge_agent.commands.service import CommandService
@@ -252,10 +257,10 @@ class App:
             raise
         self._started = True
         p = self._built
+        for svc in self.services:  # before the link: the persistent session's queued messages need their handlers
+            svc.start()
         p.transport.start()
         p.forwarder.start()
-        for svc in self.services:
-            svc.start()
         if self.with_sensors:
             self.devices.start_sensors(p.pipeline)
         p.status.start()
@@ -278,7 +283,7 @@ class App:
         log.info("stopping: sources first")
         p.status.stop()
         self.devices.stop_sensors()
-        self._stop_services()
+        self._stop_services(after_drain=False)
         self.devices.close_outputs()  # after the command service: no set() can race the switch-off
         p.pipeline.flush()
         p.outbox.flush()
@@ -287,6 +292,7 @@ class App:
             log.info("stop: backlog %s (%d pending)", "sent" if drained else "kept for next start", p.outbox.pending)
         p.forwarder.stop()
         p.transport.stop(timeout=3.0, offline=offline_will(self.cfg))
+        self._stop_services(after_drain=True)
         p.outbox.close()
         self.devices.close()
         log.info("stopped")
@@ -297,8 +303,12 @@ class App:
             self._stop_services()
             self._parts.outbox.close()
 
-    def _stop_services(self) -> None:
+    def _stop_services(self, after_drain: bool | None = None) -> None:
+        """Stop the services in reverse order: all of them, or those whose ``stops_after_drain`` is
+        ``after_drain``."""
         for svc in reversed(self.services):
+            if after_drain is not None and svc.stops_after_drain != after_drain:
+                continue
             try:
                 svc.stop()
             except Exception:

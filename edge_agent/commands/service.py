@@ -90,6 +90,7 @@ class CommandContext:
 
 class CommandService:
     name = "commands"
+    stops_after_drain = False
 
     def __init__(self, host: Host, *, clock: Callable[[], float] = time.time) -> None:
         self.host = host

@@ -63,6 +63,7 @@ ERROR_EVENT_EVERY = 100  # after the first, publish every N-th run-time error as
 
 class InferenceService:
     name = "inference"
+    stops_after_drain = False
 
     def __init__(self, models: list[ModelConfig], pipeline: Any, state_dir: str | os.PathLike[str]) -> None:
         self.pipeline = pipeline

@@ -68,6 +68,7 @@ class _Parts:
 
 class MessagingService:
     name = "messaging"
+    stops_after_drain = True
 
     def __init__(self, host: Host) -> None:
         self.host = host

@@ -38,7 +38,7 @@ def _modules() -> list[tuple[str, str, ast.Module]]:
 def test_import_contracts_hold() -> None:
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     assert Path(exe).exists(), "import-linter is not installed: pip install -e '.[test]'"
-    r = subprocess.run([exe, "--config", str(ROOT / ".importlinter"), "--no-cache"], cwd=ROOT,
+    r = subprocess.run([exe, str(ROOT / ".importlinter"), "--no-cache"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "BROKEN" not in r.stdout and "0 broken" in r.stdout, r.stdout[-4000:]
