@@ -108,7 +108,7 @@ def test_id_with_a_trailing_newline_is_refused(host: FakeHost, svc: CommandServi
     req = signer.sign("device", "dev-1", "ping", cmd_id="abc\n")
     request(host, "ping", req)
     rep = final_reply(host)
-    assert rep["status"] == "error" and rep["error"]["code"] == "bad_request" and "id must be" in rep["error"][
+    assert rep["status"] == "error" and rep["error"]["code"] == "bad_request" and "is not allowed" in rep["error"][
         "message"]
     assert rep["id"] is None  # an invalid id is not echoed
     assert svc.store.get("abc\n") is None and svc.counters["executed"] == 0
