@@ -205,6 +205,13 @@ class MessagingService:
         """This device's Ed25519 public key (base64), for the fleet roster; None when signing is off."""
         return self._need().auth.public_key
 
+    @property
+    def roster_version(self) -> int | None:
+        """The version of the fleet roster held (None: no verified roster yet)."""
+        book = self._need().auth.book
+        r = book.current if book is not None else None
+        return r.version if r is not None else None
+
     def refused(self) -> dict[str, int]:
         """Inbound envelopes refused as not authentic since start, by reason."""
         return self._need().auth.counts()
