@@ -106,13 +106,17 @@ def forged(dev: str, seq: int, topic: str, stream: str, data: Any, how: str, **e
 HOWS = ("unsigned", "junk", "mallory")
 
 
+def online(*agents: Agent) -> None:
+    assert all(x.wait_online(10) for x in agents)
+    time.sleep(0.3)  # first connections: let the SUBACKs for the new sessions land
+
+
 def test_forged_direct_message_is_never_shown_and_never_displaces_the_real_one(fleet_factory: Any) -> None:
     f = fleet_factory(("alice", "bob"))
     a, b = f.agent("alice"), f.agent("bob")
     rb = Recorder(b)
     with a, b:
-        assert a.wait_online(10) and b.wait_online(10)
-        time.sleep(0.3)
+        online(a, b)
         m1 = a.send("bob", "genuine 1")
         a.wait_status(m1, "delivered", timeout=15)
         inbox = f"{P}/bob/inbox"
@@ -137,8 +141,7 @@ def test_forged_group_message_is_refused(fleet_factory: Any) -> None:
     a, b, c = f.agent("alice"), f.agent("bob"), f.agent("carol")
     rb, rc = Recorder(b), Recorder(c)
     with a, b, c:
-        assert a.wait_online(10) and b.wait_online(10) and c.wait_online(10)
-        time.sleep(0.3)
+        online(a, b, c)
         topic = f"{P}/group/ops/msg"
         nxt = a.service.host.last_seq() + 1
         for seq in range(nxt, nxt + 5):
@@ -180,8 +183,7 @@ def test_forged_file_chunk_is_refused_and_the_real_file_arrives(fleet_factory: A
     a, b = f.agent("alice"), f.agent("bob")
     rb = Recorder(b)
     with a, b:
-        assert a.wait_online(10) and b.wait_online(10)
-        time.sleep(0.3)
+        online(a, b)
         inbox = f"{P}/bob/inbox"
         evil = b"rm -rf /\n"
         nxt = a.service.host.last_seq() + 1
@@ -208,8 +210,7 @@ def test_replays_are_refused(fleet_factory: Any) -> None:
     a, b, c = f.agent("alice"), f.agent("bob"), f.agent("carol")
     rb, rc = Recorder(b), Recorder(c)
     with a, b, c, Collector(f.broker.port, f"{P}/bob/inbox") as spy:
-        assert a.wait_online(10) and b.wait_online(10) and c.wait_online(10)
-        time.sleep(0.3)
+        online(a, b, c)
         m = a.send("bob", "pay 10")
         a.wait_status(m, "delivered", timeout=15)
         wait_for(lambda: spy.count() >= 1, 5)
@@ -254,8 +255,7 @@ def test_revocation_and_rotation(fleet_factory: Any) -> None:
     rb = Recorder(b)
     with b:
         with a:
-            assert a.wait_online(10) and b.wait_online(10)
-            time.sleep(0.3)
+            online(a, b)
             a.wait_status(a.send("bob", "before"), "delivered", timeout=15)
             # revocation: alice is not in version 2
             f.publish_roster(f.roster.without_device("alice"))
