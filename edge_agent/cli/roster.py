@@ -60,23 +60,18 @@ def _fail(what: str, e: Exception, code: int) -> int:
     return code
 
 
-def cmd_add(args: argparse.Namespace) -> int:
+def cmd_edit(args: argparse.Namespace) -> int:
+    """``add`` (also a new key: rotation) and ``remove`` (revocation): edit, bump the version, re-sign."""
+    path = _file(args)
     try:
-        r = add_device(_file(args), args.device, args.public_key, _signer(args), groups=args.group or [],
-                       fleet=_fleet(args))
+        if args.roster_cmd == "add":
+            r = add_device(path, args.device, args.public_key, _signer(args), groups=args.group or [],
+                           fleet=_fleet(args))
+        else:
+            r = remove_device(path, args.device, _signer(args), fleet=_fleet(args))
     except (ValueError, OSError) as e:
-        return _fail("add", e, 64)
-    print(f"{_file(args)}: version {r.version}, {len(r.devices)} device(s); now `edge-agent roster publish`",
-          file=sys.stderr)
-    return 0
-
-
-def cmd_remove(args: argparse.Namespace) -> int:
-    try:
-        r = remove_device(_file(args), args.device, _signer(args), fleet=_fleet(args))
-    except (ValueError, OSError) as e:
-        return _fail("remove", e, 64)
-    print(f"{_file(args)}: version {r.version}, {args.device} revoked; now `edge-agent roster publish`",
+        return _fail(args.roster_cmd, e, 64)
+    print(f"{path}: version {r.version}, {len(r.devices)} device(s); now `edge-agent roster publish`",
           file=sys.stderr)
     return 0
 
@@ -159,10 +154,10 @@ def register(sub: Any) -> None:
     sp.add_argument("device", help="device id")
     sp.add_argument("--public-key", required=True, help="the device's key (`edge-agent roster device-key`)")
     sp.add_argument("--group", action="append", help="a group of the device (repeat)")
-    sp.set_defaults(fn=cmd_add)
+    sp.set_defaults(fn=cmd_edit)
     sp = common(rs.add_parser("remove", help="remove a device (revocation); re-signs"), signs=True)
     sp.add_argument("device", help="device id")
-    sp.set_defaults(fn=cmd_remove)
+    sp.set_defaults(fn=cmd_edit)
     sp = common(rs.add_parser("show", help="print the roster (verified when --config is given)"), signs=False)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_show)
