@@ -160,3 +160,24 @@ def test_authenticator_modes() -> None:
     strict = Authenticator(key, None, mode="required", max_age=60)
     assert strict.check(TOPIC, env) == "unknown sender: not in the fleet roster"
     assert strict.counts() == {"unknown sender": 1}
+
+
+def test_config_checks_of_the_signature_settings(tmp_path: Path) -> None:
+    from edge_agent import config as config_mod
+    from edge_agent.errors import ConfigError
+
+    def problems(messaging: dict[str, Any], commands: dict[str, Any] | None = None) -> str:
+        with pytest.raises(ConfigError) as e:
+            config_mod.build({"device": {"id": "me"}, "messaging": messaging, "commands": commands or {}})
+        return "; ".join(e.value.errors)
+
+    assert problems({"signatures": "required"}).startswith("messaging.signatures: 'required' needs a fleet roster")
+    assert "file not found" in problems({"roster": str(tmp_path / "nope.json")})
+    roster = tmp_path / "r.json"
+    roster.write_text("{}")
+    assert "add the operator's [[commands.keys]]" in problems({"roster": str(roster)})
+    assert "messaging.signatures" in problems({"signatures": "maybe"})
+    _, op = operator()
+    keys = {"keys": [{"name": op.name, "public_key": op.public_key, "allow": ["*"]}]}
+    cfg = config_mod.build({"device": {"id": "me"}, "messaging": {"roster": str(roster)}, "commands": keys})
+    assert cfg.messaging.signatures == "auto" and cfg.messaging.roster == str(roster)
