@@ -25,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ SIG = "sig"
 KEY_FILE = "device.key"
 ROSTER_FILE = "roster.json"
 MODES = ("auto", "required", "off")
+MINE_KEPT = 4096  # signatures of recently sent envelopes, to tell a refusal of ours from one of a forgery
 
 
 class DeviceKeyError(EdgeAgentError, ValueError):
@@ -80,17 +82,29 @@ def public_b64(key: SigningKey) -> str:
     return base64.b64encode(bytes(key.verify_key)).decode()
 
 
+def message_id(env: dict[str, Any]) -> str:
+    """The id of the message ``env`` belongs to: a file chunk's transfer id, else ``"<dev>:<seq>"``."""
+    d = env.get("data")
+    tid = d.get("transfer") if env.get("stream") == "file" and isinstance(d, dict) else None
+    return tid if isinstance(tid, str) and tid.startswith(f"{env['dev']}:") else f"{env['dev']}:{env['seq']}"
+
+
 class Seal:
-    """``Seal(key, topic)(envelope) -> signature``: handed to the outbox as ``extra["sig"]``."""
+    """``Seal(key, topic)(envelope) -> signature``: handed to the outbox as ``extra["sig"]``;
+    ``record(mid, sig)`` is told of each signature made."""
 
-    __slots__ = ("_key", "topic")
+    __slots__ = ("_key", "_record", "topic")
 
-    def __init__(self, key: SigningKey, topic: str) -> None:
+    def __init__(self, key: SigningKey, topic: str, record: Callable[[str, bytes], None] | None = None) -> None:
         self._key = key
+        self._record = record
         self.topic = topic
 
     def __call__(self, env: dict[str, Any]) -> bytes:
-        return self._key.sign(canonical(self.topic, env)).signature
+        sig = self._key.sign(canonical(self.topic, env)).signature
+        if self._record is not None:
+            self._record(message_id(env), sig)
+        return sig
 
 
 def verify(topic: str, env: dict[str, Any], public_key: bytes) -> bool:
@@ -121,6 +135,7 @@ class Authenticator:
         self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._answers: dict[str, list[float]] = {}
+        self._mine: OrderedDict[bytes, str] = OrderedDict()
 
     @property
     def public_key(self) -> str | None:
@@ -128,7 +143,21 @@ class Authenticator:
 
     def extra(self, topic: str) -> dict[str, Any]:
         """What to add to an outgoing envelope's extra: the seal (nothing when signing is off)."""
-        return {SIG: Seal(self._key, topic)} if self._key is not None else {}
+        return {SIG: Seal(self._key, topic, self._remember)} if self._key is not None else {}
+
+    def _remember(self, mid: str, sig: bytes) -> None:
+        with self._lock:
+            self._mine[sig] = mid
+            if len(self._mine) > MINE_KEPT:
+                self._mine.popitem(last=False)
+
+    def signed(self, sig: Any) -> str | None:
+        """The id of our recently sent message that carries signature ``sig`` (None: not one of ours, or
+        too long ago): a ``failed`` answer to a refused envelope applies only to the message it refused."""
+        if not isinstance(sig, bytes):
+            return None
+        with self._lock:
+            return self._mine.get(sig)
 
     @property
     def enforcing(self) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.host import ConnectionStatus, Disposition, InMessage
-from edge_agent.messaging.authn import Authenticator
+from edge_agent.messaging.authn import Authenticator, message_id
 from edge_agent.messaging.envelope import decode_envelope, expired
 from edge_agent.messaging.history import History, HistoryError, HistoryUnavailable
 from edge_agent.messaging.tracking import Tracker
@@ -96,10 +96,9 @@ class Inbound:
                         why, n)
         if not answer or dev == self._dev or not self._auth.may_answer(dev):
             return
-        d = env.get("data")
-        mid = d.get("transfer") if env["stream"] == "file" and isinstance(d, dict) else None
-        mid = mid if isinstance(mid, str) and mid.startswith(f"{dev}:") else f"{dev}:{seq}"
-        self._tracker.send_receipt(dev, [mid], "failed", reason=f"refused by {self._dev}: {why}")
+        sig = env.get("sig")  # the sender applies the answer only if this is the signature it made
+        self._tracker.send_receipt(dev, [message_id(env)], "failed", reason=f"refused by {self._dev}: {why}",
+                                   refused=True, sig=sig if isinstance(sig, bytes) else b"")
 
     def _defer(self, msg: InMessage, route: Route, env: dict[str, Any]) -> Disposition:
         if len(self._deferred) < MAX_DEFERRED:
@@ -185,4 +184,7 @@ class Inbound:
             elif status == "missing" and isinstance(d.get("missing"), list):
                 self._transfers.resend(mid, [i for i in d["missing"] if isinstance(i, int)])
             elif status == "failed":
+                if d.get("refused") and self._auth.signed(d.get("sig")) != mid:
+                    log.info("%s refused an envelope claiming to be %s that we did not sign (a forgery)", by, mid)
+                    continue
                 self._tracker.advance(mid, "failed", f"{by}: {str(d.get('reason', ''))[:500]}")

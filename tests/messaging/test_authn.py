@@ -181,3 +181,15 @@ def test_config_checks_of_the_signature_settings(tmp_path: Path) -> None:
     keys = {"keys": [{"name": op.name, "public_key": op.public_key, "allow": ["*"]}]}
     cfg = config_mod.build({"device": {"id": "me"}, "messaging": {"roster": str(roster)}, "commands": keys})
     assert cfg.messaging.signatures == "auto" and cfg.messaging.roster == str(roster)
+
+
+def test_the_sender_remembers_what_it_signed() -> None:
+    key = SigningKey.generate()
+    auth = Authenticator(key, None, mode="auto", max_age=60)
+    seal = auth.extra(TOPIC)["sig"]
+    raw = codec.encode_envelope("alice", 7, time.time(), "msg", "hi", sig=seal)
+    chunk = codec.encode_envelope("alice", 9, time.time(), "file", {"transfer": "alice:8", "chunk": b"x"},
+                                  sig=auth.extra(TOPIC)["sig"])
+    assert auth.signed(codec.decode(raw)["sig"]) == "alice:7"
+    assert auth.signed(codec.decode(chunk)["sig"]) == "alice:8"  # a chunk belongs to its transfer
+    assert auth.signed(b"\x01" * 64) is None and auth.signed(None) is None

@@ -114,26 +114,34 @@ def online(*agents: Agent) -> None:
 def test_forged_direct_message_is_never_shown_and_never_displaces_the_real_one(fleet_factory: Any) -> None:
     f = fleet_factory(("alice", "bob"))
     a, b = f.agent("alice"), f.agent("bob")
-    rb = Recorder(b)
-    with a, b:
-        online(a, b)
-        m1 = a.send("bob", "genuine 1")
-        a.wait_status(m1, "delivered", timeout=15)
+    ra = Recorder(a)
+    with a:
+        with b:
+            online(a, b)
+            m1 = a.send("bob", "genuine 1")
+            a.wait_status(m1, "delivered", timeout=15)
+        # bob is offline: the forgeries wait in his session *ahead of* alice's genuine message with that seq
         inbox = f"{P}/bob/inbox"
-        for seq in range(m1.seq + 1, m1.seq + 10):  # alice's next seqs, in every forged flavour
+        nxt = a.service.host.last_seq() + 1
+        for seq in range(nxt, nxt + 9):  # alice's next seqs, in every forged flavour
             for how in HOWS:
                 f.publish(inbox, forged("alice", seq, inbox, "msg", "FORGED", how, to="bob", kind="msg"))
-        wait_for(lambda: sum(b.service.refused().values()) >= 27, 10, msg=f"refusals {b.service.refused()}")
         m2 = a.send("bob", "genuine 2")
-        assert m2.seq < m1.seq + 10  # a seq the forgeries claimed
-        assert a.wait_status(m2, "delivered", timeout=15).status == "delivered"
-        wait_for(lambda: len(rb.messages) == 2, 5)
-        time.sleep(0.3)
-        assert rb.data() == ["genuine 1", "genuine 2"] and [m.sender for m in rb.messages] == ["alice", "alice"]
-        assert b.message(m2.id).data == "genuine 2"  # type: ignore[union-attr]
-        assert not list(b.history(search="FORGED"))
-        refused = b.service.refused()
-        assert refused["unsigned"] == 9 and refused["bad signature"] == 18, refused
+        assert nxt <= m2.seq < nxt + 9  # a seq the forgeries claimed
+        a.wait_status(m2, "sent", timeout=15)
+        b2 = f.agent("bob")
+        rb = Recorder(b2)
+        with b2:
+            assert a.wait_status(m2, "delivered", timeout=15).status == "delivered"
+            wait_for(lambda: len(rb.messages) == 2, 5)
+            wait_for(lambda: sum(b2.service.refused().values()) == 27, 10, msg=f"refusals {b2.service.refused()}")
+            time.sleep(0.5)  # bob's "failed" answers to the forgeries have reached alice by now
+            assert rb.data() == ["genuine 1", "genuine 2"] and [m.sender for m in rb.messages] == ["alice", "alice"]
+            assert b2.message(m2.id).data == "genuine 2"  # type: ignore[union-attr]
+            assert not list(b2.history(search="FORGED"))
+            assert b2.service.refused() == {"unsigned": 9, "bad signature": 18}
+            # the answers to the forgeries do not touch alice's genuine message with the claimed seq
+            assert ra.status_of(m2.id) == ["pending", "queued", "sent", "delivered"], ra.status_of(m2.id)
 
 
 def test_forged_group_message_is_refused(fleet_factory: Any) -> None:
@@ -249,39 +257,43 @@ def test_roster_from_an_untrusted_key_is_refused(fleet_factory: Any) -> None:
         assert b.service.roster_version == 1 and rb.data() == []
 
 
-def test_revocation_and_rotation(fleet_factory: Any) -> None:
+def test_rotation_and_revocation(fleet_factory: Any) -> None:
     f = fleet_factory(("alice", "bob"))
     a, b = f.agent("alice"), f.agent("bob")
     rb = Recorder(b)
+    inbox = f"{P}/bob/inbox"
     with b:
         with a:
             online(a, b)
             a.wait_status(a.send("bob", "before"), "delivered", timeout=15)
-            # revocation: alice is not in version 2
-            f.publish_roster(f.roster.without_device("alice"))
-            wait_for(lambda: b.service.roster_version == 2, 10, msg="bob takes roster 2")
-            m = a.send("bob", "after revocation")
-            a.wait_status(m, "sent", timeout=15)
-            wait_for(lambda: b.service.refused().get("unknown sender", 0) == 1, 10, msg=f"{b.service.refused()}")
-            time.sleep(0.3)
-            assert rb.data() == ["before"]
-            old_key = f.keys["alice"]
-        # rotation: alice gets a new key, version 3 lists it
+        old_key = f.keys["alice"]
         key_file = f.tmp / "alice" / "device.key"
         key_file.unlink()
-        new_key = load_or_create_key(key_file)
-        f.publish_roster(f.roster.with_device("alice", bytes(new_key.verify_key)))
-        wait_for(lambda: b.service.roster_version == 3, 10, msg="bob takes roster 3")
-        # an older roster (version 2, properly signed) is refused now
-        f.publish(roster_topic(P), sign_roster(Roster(P, 2, time.time(), {"bob": f.roster.devices["bob"]}), f.op),
-                  retain=True)
+        new_key = load_or_create_key(key_file)  # alice's new key, not yet in bob's roster
         a2 = f.agent("alice")
         with a2:
-            m3 = a2.send("bob", "with the new key")
-            assert a2.wait_status(m3, "delivered", timeout=15).status == "delivered"
-            inbox = f"{P}/bob/inbox"  # the old key no longer speaks for alice
-            f.publish(inbox, codec.encode_envelope("alice", m3.seq + 1, time.time(), "msg", "old key", to="bob",
+            m = a2.send("bob", "new key, old roster")
+            failed = a2.wait_status(m, "failed", timeout=15)  # bob answers: refused, and why
+            assert failed.reason == "bob: refused by bob: bad signature", failed.reason
+            # rotation: version 2 lists the new key
+            f.publish_roster(f.roster.with_device("alice", bytes(new_key.verify_key)))
+            wait_for(lambda: b.service.roster_version == 2, 10, msg="bob takes roster 2")
+            m2 = a2.send("bob", "new key, new roster")
+            assert a2.wait_status(m2, "delivered", timeout=15).status == "delivered"
+            # the old key no longer speaks for alice
+            f.publish(inbox, codec.encode_envelope("alice", m2.seq + 1, time.time(), "msg", "old key", to="bob",
                                                    kind="msg", sig=Seal(old_key, inbox)))
-            wait_for(lambda: b.service.refused().get("bad signature", 0) == 1, 10, msg=f"{b.service.refused()}")
-        assert b.service.roster_version == 3
-        assert rb.data() == ["before", "with the new key"]
+            wait_for(lambda: b.service.refused().get("bad signature", 0) == 2, 10, msg=f"{b.service.refused()}")
+            # revocation: alice is not in version 3; she gets no answer (not a roster member any more)
+            f.publish_roster(f.roster.without_device("alice"))
+            wait_for(lambda: b.service.roster_version == 3, 10, msg="bob takes roster 3")
+            m3 = a2.send("bob", "after revocation")
+            a2.wait_status(m3, "sent", timeout=15)
+            wait_for(lambda: b.service.refused().get("unknown sender", 0) == 1, 10, msg=f"{b.service.refused()}")
+            # an older roster (version 2, properly signed, alice in it) is refused now
+            v2 = Roster(P, 2, time.time(), {**f.roster.devices, "alice": f.roster.devices["bob"]})
+            f.publish(roster_topic(P), sign_roster(v2, f.op), retain=True)
+            time.sleep(0.5)
+            assert b.service.roster_version == 3 and a2.message(m3.id).status == "sent"  # type: ignore[union-attr]
+        assert rb.data() == ["before", "new key, new roster"]
+        assert [x.sender for x in rb.messages] == ["alice", "alice"]
