@@ -3,7 +3,7 @@
 Envelope (a msgpack map)::
 
     {"v": 1, "dev": "dev-1", "seq": 42, "ts": 1764316800.25, "stream": "telemetry/s1",
-     "data": {"value": 21.5}, ...optional keys: "cls", "id", "to", "group", "ttl"}
+     "data": {"value": 21.5}, ...optional keys: "cls", "id", "to", "group", "ttl", "sig"}
 
 ``seq`` is strictly increasing per device and never reused. Decoding always uses explicit limits,
 refuses ext types and non-string map keys, so a hostile payload cannot become a huge object.
