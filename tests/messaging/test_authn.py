@@ -193,3 +193,20 @@ def test_the_sender_remembers_what_it_signed() -> None:
     assert auth.signed(codec.decode(raw)["sig"]) == "alice:7"
     assert auth.signed(codec.decode(chunk)["sig"]) == "alice:8"  # a chunk belongs to its transfer
     assert auth.signed(b"\x01" * 64) is None and auth.signed(None) is None
+
+
+def test_enforcing_with_a_roster_refuses_unknown_unsigned_forged_and_too_old(tmp_path: Path) -> None:
+    op, trusted = operator()
+    alice = SigningKey.generate()
+    book = RosterBook([trusted], "edge", tmp_path / "roster.json")
+    auth = Authenticator(alice, book, mode="auto", max_age=3600)
+    env = envelope(alice, ts=time.time())
+    assert auth.check(TOPIC, {**env, "sig": b""}) is None  # auto, no roster yet: open
+    assert book.offer(sign_roster(new_roster("edge").with_device("alice", bytes(alice.verify_key)), op))
+    assert auth.check(TOPIC, env) is None
+    assert auth.check(TOPIC, {**env, "dev": "carol"}) == "unknown sender: not in the fleet roster"
+    assert auth.check(TOPIC, {k: v for k, v in env.items() if k != "sig"}) == "unsigned"
+    assert auth.check(TOPIC, {**env, "seq": 8}) == "bad signature"
+    old = envelope(alice, ts=time.time() - 3601)
+    assert auth.check(TOPIC, old).startswith("too old")  # type: ignore[union-attr]
+    assert auth.counts() == {"unknown sender": 1, "unsigned": 1, "bad signature": 1, "too old": 1}
