@@ -3,7 +3,7 @@
 Envelope (a msgpack map)::
 
     {"v": 1, "dev": "dev-1", "seq": 42, "ts": 1764316800.25, "stream": "telemetry/s1",
-     "data": {"value": 21.5}, ...optional keys: "cls", "id", "to", "group", "ttl"}
+     "data": {"value": 21.5}, ...optional keys: "cls", "id", "to", "group", "ttl", "sig"}
 
 ``seq`` is strictly increasing per device and never reused. Decoding always uses explicit limits,
 refuses ext types and non-string map keys, so a hostile payload cannot become a huge object.
@@ -27,9 +27,14 @@ def encode(obj: Any) -> bytes:
 
 
 def encode_envelope(dev: str, seq: int, ts: float, stream: str, data: Any, **extra: Any) -> bytes:
+    """The envelope as bytes. A callable ``sig`` in ``extra`` (a :class:`edge_agent.messaging.authn.Seal`)
+    is called with the finished envelope and its return value (the signature) stored as ``sig``."""
     env = {"v": ENVELOPE_VERSION, "dev": dev, "seq": seq, "ts": ts, "stream": stream, "data": data}
+    seal = extra.pop("sig", None) if extra else None
     if extra:
         env.update({k: v for k, v in extra.items() if v is not None})
+    if seal is not None:
+        env["sig"] = seal(env) if callable(seal) else seal
     return encode(env)
 
 

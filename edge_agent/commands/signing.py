@@ -33,17 +33,17 @@ from edge_agent.errors import CommandError
 DOMAIN = "edge-agent-cmd/1"
 
 
-def _sorted(obj: Any) -> Any:
+def sorted_maps(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _sorted(obj[k]) for k in sorted(obj, key=lambda k: (type(k).__name__, k))}
+        return {k: sorted_maps(obj[k]) for k in sorted(obj, key=lambda k: (type(k).__name__, k))}
     if isinstance(obj, list | tuple):
-        return [_sorted(v) for v in obj]
+        return [sorted_maps(v) for v in obj]
     return obj
 
 
 def canonical(kind: str, target: str, cmd_id: str, name: str, args: Any, issued_at: float | None,
               expires_at: float | None) -> bytes:
-    body = [DOMAIN, kind, target, cmd_id, name, _sorted(args if args is not None else {}),
+    body = [DOMAIN, kind, target, cmd_id, name, sorted_maps(args if args is not None else {}),
             issued_at, expires_at]
     return msgpack.packb(body, use_bin_type=True, use_single_float=False)
 

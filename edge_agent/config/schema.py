@@ -194,6 +194,16 @@ class MessagingConfig(_Frozen):
     chunk_size: int = _f(64 * 1024, "File transfer chunk size in bytes.", ge=1024, le=1024 * 1024)
     transfer_max_age: float = _f(7 * 24 * 3600.0, "Incoming file transfers still incomplete after this many "
                                                   "seconds are removed.", gt=0)
+    signatures: str = _f("auto", "Signed messages: 'auto' signs everything sent and, once a verified fleet "
+                                 "roster is held (messaging.roster, or the retained <prefix>/_roster signed by a "
+                                 "commands.keys operator), refuses direct, group, receipt and file envelopes "
+                                 "not signed by their sender's roster key; 'required' refuses them even before "
+                                 "a roster arrives; 'off' neither signs nor checks (any broker user can then "
+                                 "speak as any device).", choices=("auto", "required", "off"))
+    key: str = _f("", "This device's Ed25519 private key (base64 seed file, mode 0600). Default: "
+                      "<state dir>/device.key, created at first start.")
+    roster: str = _f("", "Signed fleet roster file (`edge-agent roster add ...`) pinned at start; a newer "
+                         "version published retained on <prefix>/_roster replaces it.")
 
 
 @dataclass(frozen=True)

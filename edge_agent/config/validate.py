@@ -311,3 +311,18 @@ def _cross_checks(cfg: Config, errors: Errors) -> None:
                 errors.add(f"mqtt.tls.{key}", f"file not found: {p}")
         if bool(tls.cert) != bool(tls.key):
             errors.add("mqtt.tls", "cert and key go together")
+    _check_signatures(cfg, errors)
+
+
+def _check_signatures(cfg: Config, errors: Errors) -> None:
+    m = cfg.messaging
+    if m.roster and not Path(m.roster).is_file():
+        errors.add("messaging.roster", f"file not found: {m.roster}")
+    if m.roster and not cfg.commands.keys:
+        errors.add("messaging.roster", "a roster is believed only when signed by a trusted operator key: "
+                                       "add the operator's [[commands.keys]]")
+    if m.signatures == "required" and not cfg.commands.keys:
+        errors.add("messaging.signatures", "'required' needs a fleet roster, and a roster needs a trusted operator "
+                                           "key to verify it: add [[commands.keys]] (and messaging.roster)")
+    if m.signatures == "off" and m.roster:
+        errors.add("messaging.signatures", "'off' ignores messaging.roster: remove one of them")

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.host import ConnectionStatus, Disposition, InMessage
+from edge_agent.messaging.authn import Authenticator, message_id
 from edge_agent.messaging.envelope import decode_envelope, expired
 from edge_agent.messaging.history import History, HistoryError, HistoryUnavailable
 from edge_agent.messaging.tracking import Tracker
@@ -41,9 +42,10 @@ MAX_DEFERRED = 1000  # the broker's in-flight window is far smaller; past this, 
 class Inbound:
     """The inbound handlers of one messaging service (see the module docstring)."""
 
-    def __init__(self, history: History, tracker: Tracker, transfers: FileTransfers, *, dev: str,
-                 emit: Callable[[str], None], received: Callable[[], None]) -> None:
+    def __init__(self, history: History, tracker: Tracker, transfers: FileTransfers, auth: Authenticator, *,
+                 dev: str, emit: Callable[[str], None], received: Callable[[], None]) -> None:
         self._history = history
+        self._auth = auth
         self._tracker = tracker
         self._transfers = transfers
         self._dev = dev
@@ -54,21 +56,26 @@ class Inbound:
 
     # ------------------------------------------------------------------ handlers (host.subscribe)
     def inbox(self, msg: InMessage) -> Disposition:
-        return self._handle(msg, lambda env: self._incoming(env, None))
+        return self._handle(msg, lambda env: self._incoming(env, None), verify="answer")
 
     def group(self, name: str) -> Callable[[InMessage], Disposition]:
-        return lambda msg: self._handle(msg, lambda env: self._incoming(env, name))
+        return lambda msg: self._handle(msg, lambda env: self._incoming(env, name), verify="answer")
 
     def receipts(self, msg: InMessage) -> Disposition:
-        return self._handle(msg, self._receipt)
+        return self._handle(msg, self._receipt, verify="silent")
 
     def stream(self, msg: InMessage) -> Disposition:
-        return self._handle(msg, self._stream)
+        return self._handle(msg, self._stream, verify="")  # streams are not authenticated (docs/messaging.md)
 
-    def _handle(self, msg: InMessage, route: Route) -> Disposition:
+    def _handle(self, msg: InMessage, route: Route, verify: str) -> Disposition:
         env = decode_envelope(msg)
         if env is None:
             return Disposition.ACK
+        if verify and not (verify == "answer" and env["dev"] == self._dev):  # our own group echo: ignored anyway
+            why = self._auth.check(msg.topic, env)
+            if why is not None:  # never stored: it cannot be shown as the sender's nor displace the real one
+                self._refuse(msg, env, why, answer=verify == "answer")
+                return Disposition.ACK
         with self._lock:
             if self._deferred:  # keep the order: behind the ones waiting
                 return self._defer(msg, route, env)
@@ -80,6 +87,18 @@ class Inbound:
             except (HistoryError, TransferError) as e:
                 log.warning("message on %s from %s not handled: %s", msg.topic, env["dev"], e)
         return Disposition.ACK
+
+    def _refuse(self, msg: InMessage, env: dict[str, Any], why: str, *, answer: bool) -> None:
+        dev, seq = env["dev"], env["seq"]
+        n = sum(self._auth.counts().values())
+        if n <= 20 or n % 100 == 0:
+            log.warning("message on %s claiming to be %s:%s refused (%s); %d refused so far", msg.topic, dev, seq,
+                        why, n)
+        if not answer or dev == self._dev or not self._auth.may_answer(dev):
+            return
+        sig = env.get("sig")  # the sender applies the answer only if this is the signature it made
+        self._tracker.send_receipt(dev, [message_id(env)], "failed", reason=f"refused by {self._dev}: {why}",
+                                   refused=True, sig=sig if isinstance(sig, bytes) else b"")
 
     def _defer(self, msg: InMessage, route: Route, env: dict[str, Any]) -> Disposition:
         if len(self._deferred) < MAX_DEFERRED:
@@ -165,4 +184,7 @@ class Inbound:
             elif status == "missing" and isinstance(d.get("missing"), list):
                 self._transfers.resend(mid, [i for i in d["missing"] if isinstance(i, int)])
             elif status == "failed":
+                if d.get("refused") and self._auth.signed(d.get("sig")) != mid:
+                    log.info("%s refused an envelope claiming to be %s that we did not sign (a forgery)", by, mid)
+                    continue
                 self._tracker.advance(mid, "failed", f"{by}: {str(d.get('reason', ''))[:500]}")

@@ -29,17 +29,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge_agent import codec
-from edge_agent.host import ConnectionStatus, Host, Outgoing
+from edge_agent.host import ConnectionStatus, Disposition, Host, InMessage, Outgoing
 from edge_agent.message import MESSAGE_CLASSES
+from edge_agent.messaging.authn import KEY_FILE, ROSTER_FILE, Authenticator, load_or_create_key
 from edge_agent.messaging.dispatch import Dispatcher, Listener
 from edge_agent.messaging.envelope import MessagingError, check_filter, check_id, json_safe, topic_matches
 from edge_agent.messaging.history import HISTORY_FILE, STATUSES, History, HistoryError, Message
 from edge_agent.messaging.inbound import Inbound
 from edge_agent.messaging.tracking import RECEIPT_BATCH, Tracker
 from edge_agent.messaging.transfers import TRANSFERS_DIR, FileTransfers, Ttl
+from edge_agent.roster import RosterBook, RosterError, roster_topic
 from edge_agent.transfer import ChunkAssembler
 from edge_agent.transport.topics import group_msg_topic, inbox_topic, receipts_topic, stream_topic, valid_level
 
@@ -64,6 +67,7 @@ class _Parts:
     tracker: Tracker
     transfers: FileTransfers
     inbound: Inbound
+    auth: Authenticator
 
 
 class MessagingService:
@@ -97,15 +101,27 @@ class MessagingService:
                 self._parts = self._make_parts()
                 self._state = "open"
 
+    def _make_auth(self) -> Authenticator:
+        """The device key (read, or made at the first start) and the roster (stored and pinned)."""
+        if self.cfg.signatures == "off":
+            return Authenticator(None, None, mode="off", max_age=self.cfg.history_max_age)
+        key = load_or_create_key(Path(self.cfg.key) if self.cfg.key else self.host.state_dir / KEY_FILE)
+        keys = self.host.config.commands.keys
+        book = RosterBook(keys, self.prefix, self.host.state_dir / ROSTER_FILE) if keys else None
+        if book is not None:
+            book.open(self.cfg.roster or None)
+        return Authenticator(key, book, mode=self.cfg.signatures, max_age=self.cfg.history_max_age)
+
     def _make_parts(self) -> _Parts:
+        auth = self._make_auth()
         h = History(self.host.state_dir / HISTORY_FILE, max_age=self.cfg.history_max_age,
                     max_bytes=self.cfg.history_max_bytes, sync=self._sync)
         try:
-            tracker = Tracker(self.host, h, prefix=self.prefix, emit=self._emitter(h))
+            tracker = Tracker(self.host, h, prefix=self.prefix, emit=self._emitter(h), seal=auth.extra)
             transfers = FileTransfers(self.host, h, tracker, ChunkAssembler(self.host.state_dir / TRANSFERS_DIR),
                                       dev=self.dev, prefix=self.prefix, chunk_size=self.cfg.chunk_size,
-                                      receipt=tracker.send_receipt, received=self._dispatcher.wake)
-            inbound = Inbound(h, tracker, transfers, dev=self.dev, emit=self._emitter(h),
+                                      receipt=tracker.send_receipt, received=self._dispatcher.wake, seal=auth.extra)
+            inbound = Inbound(h, tracker, transfers, auth, dev=self.dev, emit=self._emitter(h),
                               received=self._dispatcher.wake)
             self.host.on_committed(tracker.on_committed)
             self.host.on_dropped(tracker.on_dropped)
@@ -115,7 +131,7 @@ class MessagingService:
         except BaseException:
             h.close()
             raise
-        return _Parts(h, tracker, transfers, inbound)
+        return _Parts(h, tracker, transfers, inbound, auth)
 
     def _emitter(self, h: History) -> Callable[[str], None]:
         """``emit(mid)``: report the message's status as it is now (a snapshot, queued for the callbacks)."""
@@ -129,6 +145,9 @@ class MessagingService:
                 return
             self._state = "started"
             p = self._need()
+            if p.auth.book is not None:  # before the inbox: the retained roster comes first on a new session
+                topic = roster_topic(self.prefix)
+                self.host.subscribe(topic, _exactly(topic), self._on_roster, qos=1)
             self.host.subscribe(self._inbox, _exactly(self._inbox), p.inbound.inbox, qos=1)
             self.host.subscribe(self._receipts, _exactly(self._receipts), p.inbound.receipts, qos=1)
             for g in self.groups:
@@ -181,6 +200,32 @@ class MessagingService:
     def assembler(self) -> ChunkAssembler:
         """Incoming file transfers."""
         return self._need().transfers.assembler
+
+    @property
+    def public_key(self) -> str | None:
+        """This device's Ed25519 public key (base64), for the fleet roster; None when signing is off."""
+        return self._need().auth.public_key
+
+    @property
+    def roster_version(self) -> int | None:
+        """The version of the fleet roster held (None: no verified roster yet)."""
+        book = self._need().auth.book
+        r = book.current if book is not None else None
+        return r.version if r is not None else None
+
+    def refused(self) -> dict[str, int]:
+        """Inbound envelopes refused as not authentic since start, by reason."""
+        return self._need().auth.counts()
+
+    def _on_roster(self, msg: InMessage) -> Disposition:
+        book = self._need().auth.book
+        if book is None or not msg.payload:
+            return Disposition.ACK
+        try:
+            book.offer(msg.payload)
+        except RosterError as e:
+            log.warning("roster on %s refused: %s", msg.topic, e)
+        return Disposition.ACK
 
     # ------------------------------------------------------------------ listeners (user side)
     def add_listener(self, kind: str, fn: Listener) -> None:
@@ -242,7 +287,7 @@ class MessagingService:
             raise MessagingError(f"message data is {size} bytes encoded, over {MAX_DATA}; use send_file()")
         t = self._ttl(ttl)
         p = self._need()
-        extra = {**extra, **t.extra()}
+        extra = {**extra, **t.extra(), **p.auth.extra(topic)}
 
         def build(ts: float) -> Outgoing:
             return Outgoing(topic=topic, stream=stream, data=data, cls=cls, ts=ts, ttl=t.seconds, props=t.props(),

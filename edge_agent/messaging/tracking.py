@@ -39,8 +39,10 @@ RECEIPT_BATCH = 500
 class Tracker:
     """Owns the seq bookkeeping of one messaging service; ``emit(mid)`` reports a status change."""
 
-    def __init__(self, host: Host, history: History, *, prefix: str, emit: Callable[[str], None]) -> None:
+    def __init__(self, host: Host, history: History, *, prefix: str, emit: Callable[[str], None],
+                 seal: Callable[[str], dict[str, Any]]) -> None:
         self._host = host
+        self._seal = seal  # topic -> the envelope extra that signs it (authn.Authenticator.extra)
         self._history = history
         self._prefix = prefix
         self._emit = emit
@@ -82,8 +84,9 @@ class Tracker:
     def send_receipt(self, to: str, mids: list[str], status: str, **more: Any) -> None:
         """Put a receipt for ``mids`` (received from ``to``); errors are logged, never raised."""
         level = RECEIPT_LEVEL.get(status)
-        msg = Outgoing(topic=receipts_topic(self._prefix, to), stream="receipts",
-                       data={"status": status, "ids": mids, **more}, cls="event")
+        topic = receipts_topic(self._prefix, to)
+        msg = Outgoing(topic=topic, stream="receipts", data={"status": status, "ids": mids, **more}, cls="event",
+                       extra=self._seal(topic) or None)
         with self._lock:  # so the commit callback cannot run before the seq is recorded
             try:
                 seq = self._host.put(msg)

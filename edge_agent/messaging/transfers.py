@@ -58,8 +58,10 @@ class FileTransfers:
 
     def __init__(self, host: Host, history: History, tracker: Tracker, assembler: ChunkAssembler, *,
                  dev: str, prefix: str, chunk_size: int,
-                 receipt: Callable[..., None], received: Callable[[], None]) -> None:
+                 receipt: Callable[..., None], received: Callable[[], None],
+                 seal: Callable[[str], dict[str, Any]]) -> None:
         self._host = host
+        self._seal = seal  # topic -> the envelope extra that signs it
         self._history = history
         self._tracker = tracker
         self.assembler = assembler
@@ -108,9 +110,11 @@ class FileTransfers:
         data = {"transfer": mid or None, "i": i, "n": info["chunks"], "sha256": info["sha256"],
                 "name": info["name"], "size": info["size"], "chunk": chunk}
 
+        topic = inbox_topic(self._prefix, to)
+
         def build(ts: float) -> Outgoing:
-            return Outgoing(topic=inbox_topic(self._prefix, to), stream="file", data=data, cls=FILE_CLASS, ts=ts,
-                            ttl=ttl.seconds, props=ttl.props(), extra={"to": to, "kind": "file", **ttl.extra()})
+            return Outgoing(topic=topic, stream="file", data=data, cls=FILE_CLASS, ts=ts, ttl=ttl.seconds,
+                            props=ttl.props(), extra={"to": to, "kind": "file", **ttl.extra(), **self._seal(topic)})
 
         def record(seq: int, ts: float) -> str:
             if mid:
@@ -154,8 +158,9 @@ class FileTransfers:
             self._history.add_outseqs(mid, [seq])
             return mid
 
-        self._tracker.put(lambda ts: Outgoing(topic=inbox_topic(self._prefix, to), stream="file", data=data,
-                                              cls=FILE_CLASS, ts=ts, extra={"to": to, "kind": "file"}),
+        topic = inbox_topic(self._prefix, to)
+        self._tracker.put(lambda ts: Outgoing(topic=topic, stream="file", data=data, cls=FILE_CLASS, ts=ts,
+                                              extra={"to": to, "kind": "file", **self._seal(topic)}),
                           record, announce=False)
 
     # ------------------------------------------------------------------ receiving
