@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent import config, ids
+from edge_agent.agent import build_config
 from edge_agent.cli.main import main
 from edge_agent.errors import ConfigError
-from edge_agent.agent import build_config
 
 SENSOR = '[[sensors]]\nname = "{name}"\ntype = "simulated"\n'
 
