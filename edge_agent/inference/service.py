@@ -48,10 +48,10 @@ from typing import Any
 
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
-from edge_agent.fsutil import atomic_write
-from edge_agent.inference import runtime
-from edge_agent.inference.model import Model, metadata_path, parse_metadata
-from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, meta_bytes, round6
+from edge_agent.inference import files, runtime
+from edge_agent.inference.metadata import parse_metadata
+from edge_agent.inference.model import Model, load
+from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, round6
 from edge_agent.inference.window import Window, as_float
 from edge_agent.sensors.base import Reading
 
@@ -99,20 +99,11 @@ class InferenceService:
             self._tapped = True
 
     def _load_at_start(self, slot: Slot) -> None:
-        from edge_agent.inference import model as model_mod
-
         tried: list[str] = []
-        candidates = [slot.load_path]
-        prev = slot.install_path.with_name(slot.install_path.name + ".prev")
-        if prev.exists():
-            candidates.append(prev)  # an interrupted install or a corrupted file: fall back loudly
-        if slot.cfg.path.startswith(model_mod.BUILTIN_PREFIX):
-            shipped = model_mod.BUILTIN_DIR / f"{slot.cfg.path[len(model_mod.BUILTIN_PREFIX):]}.tflite"
-            if shipped not in candidates:
-                candidates.append(shipped)  # a broken installed copy: the shipped model beats none
+        candidates = files.start_candidates(slot.cfg, slot.load_path, slot.install_path)
         for path in candidates:
             try:
-                slot.active = model_mod.load(slot.cfg, path)
+                slot.active = load(slot.cfg, path)
             except ModelError as e:
                 tried.append(str(e))
                 continue
@@ -348,7 +339,8 @@ class InferenceService:
             with slot.lock:
                 recent = slot.windower.latest()
             new.self_test(recent)
-            self._write_files(slot, new)
+            files.write_install(slot.install_path, slot.active, new)
+            slot.load_path = slot.install_path
             with slot.cond:
                 old = slot.active
                 slot.previous = old
@@ -365,23 +357,6 @@ class InferenceService:
                                         "sha256": new.sha256})
         return self._describe(slot)
 
-    def _write_files(self, slot: Slot, new: Model) -> None:
-        """New files in place (atomic renames), the running model's files kept as ``.prev``.
-
-        Order matters for a crash at any point: the ``.prev`` copy is complete before the live file
-        changes, and the loader falls back to ``.prev`` if the live pair does not validate.
-        """
-        path = slot.install_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prev = path.with_name(path.name + ".prev")
-        cur = slot.active
-        if cur is not None:
-            atomic_write(prev, cur.blob)
-            atomic_write(metadata_path(prev), meta_bytes(cur.meta.raw))
-        atomic_write(metadata_path(path), meta_bytes(new.meta.raw))
-        atomic_write(path, new.blob)
-        slot.load_path = path
-
     def rollback(self, name: str, reason: str = "requested") -> dict[str, Any]:
         """Restore the previous model (in memory and on disk); ModelError if there is none."""
         slot = self._slot(name)
@@ -390,18 +365,7 @@ class InferenceService:
                 prev, bad = slot.previous, slot.active
             if prev is None:
                 raise ModelError(f"model {name!r}: no previous model to roll back to")
-            path = slot.install_path
-            prev_path = path.with_name(path.name + ".prev")
-            if bad is not None:  # kept for a post-mortem, never loaded again automatically
-                atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
-                atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), meta_bytes(bad.meta.raw))
-            atomic_write(metadata_path(path), meta_bytes(prev.meta.raw))
-            atomic_write(path, prev.blob)
-            for p in (prev_path, metadata_path(prev_path)):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+            files.write_rollback(slot.install_path, prev, bad)
             with slot.cond:
                 slot.active = prev
                 slot.previous = None
