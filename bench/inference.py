@@ -187,6 +187,52 @@ def stage_vs_bare(model: Path, window: int, hop: int, blocks: int, n_bare: int) 
             "ratio": statistics.median(gi / bi for gi, bi in zip(g, b, strict=True))}
 
 
+def runs_ab(model: Path, window: int, blocks: int) -> dict[str, tuple[float, float]]:
+    """The worker's runs (service.RUN windows invoked back to back, then their results) against RUN = 1 (each
+    window's invoke, then its result: the interleaving before runs), in alternating blocks of one process
+    beside a bare block: {name: (median us per window, median per-block ratio to bare)}."""
+    from edge_agent.inference import service as service_mod
+
+    run = service_mod.RUN
+    svc, _ = service(model, window, 1, queue=CHUNK + 1)
+    slot = svc.slots["m"]
+    it = slot.active.interpreter  # type: ignore[union-attr]
+    i_idx, o_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    data = readings(window + CHUNK * (2 * blocks + 2))
+    x = np.array([r.data["value"] for r in data[:window]], np.float32).reshape(1, window)
+    seq = 0
+
+    def stage() -> float:
+        nonlocal seq
+        n0, start = slot.run, seq
+        seq = start + CHUNK + (window if start == 0 else 0)
+        t = time.perf_counter()
+        for k in range(start, seq):
+            svc.tap(data[k], k)
+        assert svc.wait_idle(60)
+        return (time.perf_counter() - t) / (slot.run - n0)
+
+    def bare() -> None:
+        it.set_tensor(i_idx, x)
+        it.invoke()
+        it.get_tensor(o_idx)
+
+    stage()
+    r: dict[str, list[float]] = {"bare": [], f"RUN={run}": [], "RUN=1": []}
+    try:
+        for _ in range(blocks):
+            r["bare"].append(per_call(bare, CHUNK))
+            service_mod.RUN = run
+            r[f"RUN={run}"].append(stage())
+            service_mod.RUN = 1
+            r["RUN=1"].append(stage())
+    finally:
+        service_mod.RUN = run
+        svc.stop()
+    return {k: (statistics.median(v) * 1e6, statistics.median(a / b for a, b in zip(v, r["bare"], strict=True)))
+            for k, v in r.items()}
+
+
 def latency(rate: float, seconds: float) -> tuple[float, float, float, int]:
     """Paced readings (hop 1): seconds from handing a window's last reading to the tap to its result."""
     svc, pipe = service(MODEL, 32, 1, queue=4)
@@ -264,8 +310,17 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=9)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the model sweep (median reported)")
+    ap.add_argument("--runs-ab", action="store_true", help="only: the worker's runs against RUN = 1, in one process")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if a.runs_ab:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+        for label, path, window in (("shipped", MODEL, 32), ("256-1024-32-1024-256", big_model(tmp, 1024), 256)):
+            for _ in range(a.reps):
+                res = runs_ab(path, window, 25)
+                print(f"{label}: " + ", ".join(f"{k} {us:.2f} us (x{q:.3f})" for k, (us, q) in res.items()),
+                      flush=True)
+        return 0
     print(f"runtime {runtime.runtime_name()}, numpy {np.__version__}, model {MODEL.name} "
           f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks "
           f"({a.n} bare calls / {CHUNK} windows through the service)")

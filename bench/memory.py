@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("pywrap", "capi"):
         prev = 0.0
         for label, mb, anon, file in import_steps(kind):
-            delta = f"(+{mb - prev:4.1f})" if prev else "       "
+            delta = f"({mb - prev:+4.1f})" if prev else "       "
             print(f"  {label:60s} RSS {mb:5.1f} MB {delta}  anon {anon:5.1f}  file-backed {file:5.1f}")
             prev = mb
     return 0
