@@ -1,14 +1,19 @@
 """Peak RSS of the agent with one model beside the same agent without, and what each import costs.
 
-    python bench/memory.py [--seconds 8]
+    python bench/memory.py [--seconds 8] [--knobs]
 
 Each variant is a real ``python -m edge_agent run`` process (one simulated sensor at 100 Hz, a real
 mosquitto), run for ``--seconds``; printed is its peak RSS (``VmHWM`` from /proc, read just before it
-is stopped) and its RSS at that moment. Variants: no model; the shipped autoencoder
-(``builtin:machine_temp_ae``, window 32, hop 4, calibrating); the level-shift detector
-(``builtin:level_shift``, window 96). Then, in fresh interpreters, the RSS added by each import step
-(python + edge_agent.app, + numpy, + the TFLite runtime, + a loaded model). Target (issue 16): peak RSS
-with one model <= 45 MB.
+is stopped) and, at that moment, its RSS, its anonymous RSS (``RssAnon``: the process's own memory; the
+rest of RSS is clean pages of shared libraries, which the kernel can drop and re-read) and its PSS
+(``smaps_rollup``: shared pages divided among the processes mapping them, so it depends on what else
+runs on the host, e.g. other Python processes sharing libpython and numpy). Variants: no model; the
+shipped autoencoder (``builtin:machine_temp_ae``, window 32, hop 4, calibrating); the level-shift
+detector (``builtin:level_shift``, window 96); with ``--knobs`` also the environment settings tried to
+shrink it (OpenBLAS threads, glibc arenas). Then, in fresh interpreters, RSS / anonymous / file-backed
+after each import step (python + edge_agent.app, + numpy, + the inference service, + the TFLite runtime,
++ a loaded model, + ``malloc_trim``), and for comparison the LiteRT C API library alone through ctypes.
+Target (issue 16): peak RSS with one model <= 45 MB.
 """
 
 from __future__ import annotations
@@ -26,11 +31,20 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.devbroker import DevBroker  # noqa: E402
 
-MODELS = {
-    "no model": "",
-    "machine_temp_ae (window 32)": 'path = "builtin:machine_temp_ae"\nwindow = 32\n',
-    "level_shift (window 96)": 'path = "builtin:level_shift"\nwindow = 96\n',
-}
+AE = 'path = "builtin:machine_temp_ae"\nwindow = 32\n'
+# (label, [[models]] body or '', environment added)
+VARIANTS: list[tuple[str, str, dict[str, str]]] = [
+    ("no model", "", {}),
+    ("machine_temp_ae (window 32)", AE, {}),
+    ("level_shift (window 96)", 'path = "builtin:level_shift"\nwindow = 96\n', {}),
+]
+BLAS1 = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+EXTRA: list[tuple[str, str, dict[str, str]]] = [  # --knobs: environment settings tried on the shipped model
+    ("machine_temp_ae + OPENBLAS/OMP_NUM_THREADS=1", AE, BLAS1),
+    ("machine_temp_ae + MALLOC_ARENA_MAX=2", AE, {"MALLOC_ARENA_MAX": "2"}),
+    ("machine_temp_ae + both", AE, {**BLAS1, "MALLOC_ARENA_MAX": "2"}),
+    ("no model + MALLOC_ARENA_MAX=2", "", {"MALLOC_ARENA_MAX": "2"}),
+]
 
 
 def _status_mb(pid: int, key: str) -> float:
@@ -40,8 +54,17 @@ def _status_mb(pid: int, key: str) -> float:
     return 0.0
 
 
-def run_variant(broker: DevBroker, tmp: Path, name: str, model: str, seconds: float) -> tuple[float, float]:
-    """(peak RSS, current RSS) in MB of an agent process with ``model`` (a [[models]] body, or '')."""
+def _pss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_variant(broker: DevBroker, tmp: Path, name: str, model: str, seconds: float,
+                env: dict[str, str] | None = None) -> tuple[float, float, float, float]:
+    """(peak RSS, current RSS, current PSS, current anonymous RSS) in MB of an agent process with ``model``
+    (a [[models]] body, or '') and ``env`` added to its environment."""
     cfg = tmp / f"{abs(hash(name))}.toml"
     body = f'[[models]]\nname = "m"\ninputs = ["s"]\nhop = 4\nqueue = 16\n{model}' if model else ""
     cfg.write_text(f"""
@@ -63,12 +86,13 @@ type = "simulated"
 interval = 0.01
 {body}""")
     p = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     try:
         time.sleep(seconds)
         if p.poll() is not None:
             raise SystemExit(f"{name}: the agent exited with {p.returncode}")
-        return _status_mb(p.pid, "VmHWM"), _status_mb(p.pid, "VmRSS")
+        return (_status_mb(p.pid, "VmHWM"), _status_mb(p.pid, "VmRSS"), _pss_mb(p.pid),
+                _status_mb(p.pid, "RssAnon"))
     finally:
         p.terminate()
         p.wait(15)
@@ -77,28 +101,46 @@ interval = 0.01
 STEPS = r"""
 import sys, json
 from pathlib import Path
-def rss():
+def mem():
+    d = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+        if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
+            d[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return [d["VmRSS"], d["RssAnon"], d["RssFile"]]
 out = []
-import edge_agent.app, edge_agent.inference.service
-out.append(("python + edge_agent (app, inference service)", rss(), "numpy" in sys.modules))
-import numpy
-out.append(("+ numpy", rss(), True))
-from edge_agent.inference import runtime
-runtime.unavailable_reason()
-out.append(("+ the TFLite runtime", rss(), True))
-from edge_agent.config import ModelConfig
-from edge_agent.inference.model import load, BUILTIN_DIR
-m = load(ModelConfig(name="m", path="builtin:machine_temp_ae", inputs=["s"]), BUILTIN_DIR / "machine_temp_ae.tflite")
-out.append(("+ the shipped model loaded", rss(), True))
+import edge_agent.app
+out.append(("python + edge_agent.app", *mem()))
+if sys.argv[1] == "pywrap":
+    import numpy
+    out.append(("+ numpy", *mem()))
+    import edge_agent.inference.service
+    out.append(("+ edge_agent.inference.service", *mem()))
+    from edge_agent.inference import runtime
+    runtime.unavailable_reason()
+    out.append(("+ the TFLite runtime (%s)" % runtime.runtime_name(), *mem()))
+    from edge_agent.config import ModelConfig
+    from edge_agent.inference.model import load, BUILTIN_DIR
+    m = load(ModelConfig(name="m", path="builtin:machine_temp_ae", inputs=["s"]),
+             BUILTIN_DIR / "machine_temp_ae.tflite")
+    m.self_test()
+    out.append(("+ the shipped model loaded and run", *mem()))
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    out.append(("+ malloc_trim(0)", *mem()))
+else:  # what the LiteRT C API library alone costs, without numpy or the Python wrapper
+    import ctypes, importlib.util
+    spec = importlib.util.find_spec("ai_edge_litert")
+    lib = Path(spec.submodule_search_locations[0]) / "libLiteRt.so"
+    ctypes.CDLL(str(lib))
+    out.append(("+ ctypes + ai_edge_litert's libLiteRt.so (C API, no numpy)", *mem()))
 print(json.dumps(out))
 """
 
 
-def import_steps() -> list[tuple[str, float, bool]]:
-    r = subprocess.run([sys.executable, "-c", STEPS], cwd=ROOT, capture_output=True, text=True, check=True,
+def import_steps(kind: str) -> list[tuple[str, float, float, float]]:
+    """(label, RSS, RssAnon, RssFile) in MB after each step, in a fresh interpreter; ``kind`` "pywrap" (the
+    agent's path: numpy + the runtime's Python wrapper) or "capi" (ctypes + libLiteRt.so only)."""
+    r = subprocess.run([sys.executable, "-c", STEPS, kind], cwd=ROOT, capture_output=True, text=True, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     import json
 
@@ -108,24 +150,27 @@ def import_steps() -> list[tuple[str, float, bool]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--knobs", action="store_true", help="also the environment settings of EXTRA")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     broker = DevBroker(workdir=tmp / "broker").start()
     try:
+        print(f"agent, 1 simulated sensor at 100 Hz, {a.seconds:g} s (target with one model: peak RSS <= 45 MB)")
         base = None
-        for name, model in MODELS.items():
-            peak, now = run_variant(broker, tmp, name, model, a.seconds)
+        for name, model, env in VARIANTS + (EXTRA if a.knobs else []):
+            peak, now, pss, anon = run_variant(broker, tmp, name, model, a.seconds, env)
             base = peak if base is None else base
-            extra = "" if peak == base else f" (+{peak - base:.1f} MB over no model; target <= 45 MB)"
-            print(f"agent, 1 simulated sensor at 100 Hz, {name:28s}: peak RSS {peak:5.1f} MB, now {now:5.1f} MB"
-                  + extra, flush=True)
+            extra = "" if peak == base else f" ({peak - base:+4.1f})"
+            print(f"{name:44s}: peak RSS {peak:5.1f} MB{extra:8s} | now: RSS {now:5.1f}, anon {anon:5.1f}, "
+                  f"PSS {pss:5.1f} MB", flush=True)
     finally:
         broker.close()
-    prev = 0.0
-    for label, mb, np_loaded in import_steps():
-        note = " (numpy already imported)" if np_loaded and prev == 0.0 else ""
-        print(f"  {label:46s} {mb:5.1f} MB" + (f" (+{mb - prev:.1f})" if prev else "") + note)
-        prev = mb
+    for kind in ("pywrap", "capi"):
+        prev = 0.0
+        for label, mb, anon, file in import_steps(kind):
+            delta = f"({mb - prev:+4.1f})" if prev else "       "
+            print(f"  {label:60s} RSS {mb:5.1f} MB {delta}  anon {anon:5.1f}  file-backed {file:5.1f}")
+            prev = mb
     return 0
 
 

@@ -99,7 +99,6 @@ class SensorRunner:
                 time.sleep(left)
 
     def _run(self) -> None:
-        failures = 0
         try:
             try:
                 self.sensor.start()
@@ -107,70 +106,85 @@ class SensorRunner:
                 self.errors += 1
                 self.on_error(self.sensor.name, e, 1)
                 return
-            self.t0 = time.monotonic()
-            k = 0  # deadline = t0 + k * interval: a product, not a running sum, so no rounding creep
-            deadline = self.t0
-            while not self._stop.is_set():
-                if self._reschedule.is_set():
-                    self._reschedule.clear()
-                    self.t0 = deadline = time.monotonic()
-                    k = 0
-                if not self._sleep_until(deadline):
-                    if self._stop.is_set():
-                        break
-                    continue  # set_interval(): start the new schedule now
-                self.last_tick = time.monotonic()
-                try:
-                    out = self.sensor.read()
-                except Exhausted:
-                    self.exhausted = True
-                    log.info("sensor %s: no more data after %d reading(s)", self.sensor.name, self.taken)
-                    break
-                except Exception as e:  # a failing sensor never stops the agent
-                    failures += 1
-                    self.errors += 1
-                    self.on_error(self.sensor.name, e, failures)
-                    backoff = min(BACKOFF_MAX, max(self.interval, 0.5) * 2 ** min(failures - 1, 10))
-                    deadline = time.monotonic() + backoff
-                    continue
-                if failures:
-                    log.info("sensor %s recovered after %d failure(s)", self.sensor.name, failures)
-                    failures = 0
-                    self.t0, k = self.last_tick, 0
-                if isinstance(out, Stamped):
-                    reading = Reading(self.sensor.name, out.ts, out.data, self.cls)
-                else:
-                    reading = Reading(self.sensor.name, self.clock(), out, self.cls)
-                try:
-                    self.sink(reading)
-                except Exception as e:  # the pipeline refused (closed at stop, or a bug): keep sampling
-                    if self._stop.is_set():
-                        break
-                    self.dropped += 1
-                    if self.dropped == 1 or self.dropped % 1000 == 0:
-                        log.error("sensor %s: reading not stored (%d so far): %s: %s", self.sensor.name,
-                                  self.dropped, type(e).__name__, e)
-                self.taken += 1
-                if self.count and self.taken >= self.count:
-                    break
-                step = self.sensor.pace()
-                if step is not None:  # self-paced: move the origin by the paced step
-                    self.t0 += max(0.0, step)
-                    k = 0
-                    deadline = self.t0
-                    continue
-                k += 1
-                deadline = self.t0 + k * self.interval
-                behind = time.monotonic() - deadline
-                if behind > self.interval:
-                    missed = int(behind / self.interval)
-                    self.skipped += missed
-                    k += missed
-                    deadline = self.t0 + k * self.interval
+            self._loop()
         except Exception:
             log.exception("sensor %s: sampler failed", self.sensor.name)
         finally:
             self.done.set()
+
+    def _loop(self) -> None:
+        """Sleep until each deadline, read, hand the reading to the sink; until stopped, exhausted or done."""
+        failures = 0
+        self.t0 = time.monotonic()
+        k = 0  # deadline = t0 + k * interval: a product, not a running sum, so no rounding creep
+        deadline = self.t0
+        while not self._stop.is_set():
+            if self._reschedule.is_set():
+                self._reschedule.clear()
+                self.t0 = deadline = time.monotonic()
+                k = 0
+            if not self._sleep_until(deadline):
+                if self._stop.is_set():
+                    break
+                continue  # set_interval(): start the new schedule now
+            self.last_tick = time.monotonic()
+            try:
+                out = self.sensor.read()
+            except Exhausted:
+                self.exhausted = True
+                log.info("sensor %s: no more data after %d reading(s)", self.sensor.name, self.taken)
+                break
+            except Exception as e:  # a failing sensor never stops the agent
+                failures += 1
+                self.errors += 1
+                self.on_error(self.sensor.name, e, failures)
+                backoff = min(BACKOFF_MAX, max(self.interval, 0.5) * 2 ** min(failures - 1, 10))
+                deadline = time.monotonic() + backoff
+                continue
+            if failures:
+                log.info("sensor %s recovered after %d failure(s)", self.sensor.name, failures)
+                failures = 0
+                self.t0, k = self.last_tick, 0
+            if not self._deliver(out):
+                break
+            self.taken += 1
+            if self.count and self.taken >= self.count:
+                break
+            k, deadline = self._next_deadline(k)
+
+    def _deliver(self, out: Any) -> bool:
+        """Hand one read to the sink as a Reading; False if the sink refused because we are stopping."""
+        if isinstance(out, Stamped):
+            reading = Reading(self.sensor.name, out.ts, out.data, self.cls)
+        else:
+            reading = Reading(self.sensor.name, self.clock(), out, self.cls)
+        try:
+            self.sink(reading)
+        except Exception as e:  # the pipeline refused (closed at stop, or a bug): keep sampling
+            if self._stop.is_set():
+                return False
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("sensor %s: reading not stored (%d so far): %s: %s", self.sensor.name,
+                          self.dropped, type(e).__name__, e)
+        return True
+
+    def _next_deadline(self, k: int) -> tuple[int, float]:
+        """(k, deadline) of the next tick after tick ``k``: the paced step if the sensor paces itself, else
+        the next ``t0 + k * interval`` not already past (ticks missed meanwhile are skipped and counted)."""
+        step = self.sensor.pace()
+        if step is not None:  # self-paced: move the origin by the paced step
+            self.t0 += max(0.0, step)
+            return 0, self.t0
+        k += 1
+        deadline = self.t0 + k * self.interval
+        behind = time.monotonic() - deadline
+        if behind > self.interval:
+            missed = int(behind / self.interval)
+            self.skipped += missed
+            k += missed
+            deadline = self.t0 + k * self.interval
+        return k, deadline
 
 
 def describe(runner: SensorRunner) -> dict[str, Any]:

@@ -42,11 +42,10 @@ Layout of the input tensor: the window's rows in time order, each row holding on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +54,11 @@ import numpy as np
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.inference import runtime
-from edge_agent.inference.calibration import Rule, parse_rule
+from edge_agent.inference.metadata import OUTPUT_KINDS, Metadata, parse_metadata, sha256_hex
 
-OUTPUT_KINDS = ("reconstruction", "score", "scores")
+__all__ = ["BUILTIN_DIR", "BUILTIN_PREFIX", "CONFIG_OUTPUTS", "OUTPUT_KINDS", "Metadata", "Model",
+           "NonFiniteOutput", "Result", "load", "metadata_path", "parse_metadata", "paths", "read_files",
+           "sha256_hex"]
 # the config's ``output`` says what a result means; which metadata kinds can deliver it
 CONFIG_OUTPUTS = {"reconstruction": ("reconstruction", "score"), "scores": ("scores",)}
 BUILTIN_PREFIX = "builtin:"
@@ -66,112 +67,6 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 
 class NonFiniteOutput(ModelError):
     """The model produced NaN or infinity for a finite input window."""
-
-
-@dataclass(frozen=True)
-class Metadata:
-    name: str
-    version: str
-    sha256: str
-    input_shape: tuple[int, ...]
-    input_dtype: str
-    output_shape: tuple[int, ...]
-    output: str
-    labels: tuple[str, ...] = ()
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    threshold: float | None = None
-    calibration: Rule | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-
-def parse_metadata(d: Any, source: str = "metadata") -> Metadata:
-    """Validate a decoded metadata document; ModelError lists every problem."""
-    if not isinstance(d, Mapping):
-        raise ModelError(f"{source}: must be a JSON object, got {type(d).__name__}")
-    errs: list[str] = []
-
-    def get(key: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
-        if key not in d:
-            if required:
-                errs.append(f"{key}: required key is missing")
-            return None
-        v = d[key]
-        if not isinstance(v, kind) or isinstance(v, bool):
-            errs.append(f"{key}: wrong type {type(v).__name__}")
-            return None
-        return v
-
-    def shape(key: str) -> tuple[int, ...]:
-        v = get(key, list)
-        if v is None:
-            return ()
-        if not v or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
-            errs.append(f"{key}: must be a list of positive integers, got {v!r}")
-            return ()
-        return tuple(v)
-
-    def floats(key: str) -> tuple[float, ...]:
-        v = d.get(key, [])
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool)
-                                              and math.isfinite(x) for x in v):
-            errs.append(f"{key}: must be a finite number or a list of them, got {v!r}")
-            return ()
-        return tuple(float(x) for x in v)
-
-    name = get("name", str)
-    version = get("version", str)
-    sha = get("sha256", str)
-    if isinstance(sha, str) and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
-        errs.append(f"sha256: must be 64 hex digits, got {sha!r}")
-    in_shape = shape("input_shape")
-    out_shape = shape("output_shape")
-    dtype = d.get("input_dtype", "float32")
-    if dtype != "float32":
-        errs.append(f"input_dtype: only float32 models are supported, got {dtype!r}")
-    output = d.get("output", "reconstruction")
-    if output not in OUTPUT_KINDS:
-        errs.append(f"output: must be one of {', '.join(map(repr, OUTPUT_KINDS))}, got {output!r}")
-    labels = d.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        errs.append(f"labels: must be a list of strings, got {labels!r}")
-        labels = []
-    if output == "scores" and not labels:
-        errs.append("labels: required for output 'scores'")
-    if output == "score" and labels:
-        errs.append(f"labels: output 'score' is one anomaly score and takes no labels, got {labels!r}")
-    if output == "score" and out_shape and math.prod(out_shape) != 1:
-        errs.append(f"output_shape: output 'score' is one value (e.g. [1, 1]), got {list(out_shape)}")
-    if d.get("input", "raw") not in ("raw", "standardised"):
-        errs.append(f"input: must be 'raw' (the graph standardises) or 'standardised' (the agent does), "
-                    f"got {d.get('input')!r}")
-    mean, std = floats("mean"), floats("std")
-    if any(s <= 0 for s in std):
-        errs.append(f"std: must be > 0, got {list(std)}")
-    thr = d.get("threshold")
-    if thr is not None and (not isinstance(thr, int | float) or isinstance(thr, bool) or not math.isfinite(thr)
-                            or thr < 0):
-        errs.append(f"threshold: must be a finite number >= 0, got {thr!r}")
-        thr = None
-    rule = None
-    if d.get("calibration") is not None:
-        try:
-            rule = parse_rule(d["calibration"], source)
-        except ModelError as e:
-            errs.append(str(e).removeprefix(f"{source}: "))
-        if output == "scores":
-            errs.append("calibration: only anomaly-score models (output 'reconstruction' or 'score') calibrate")
-    if errs:
-        raise ModelError(f"{source}: " + "; ".join(errs))
-    return Metadata(name=name, version=version, sha256=sha.lower(), input_shape=in_shape, input_dtype=dtype,
-                    output_shape=out_shape, output=output, labels=tuple(labels), mean=mean, std=std,
-                    threshold=None if thr is None else float(thr), calibration=rule, raw=dict(d))
-
-
-def sha256_hex(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass(slots=True)
@@ -199,6 +94,36 @@ class Model:
         self.sha256 = digest
         self.version = self.meta.version
         self.interpreter = runtime.make_interpreter(blob)
+        i, o = self._check_tensors(where)
+        n_in = len(cfg.inputs)
+        self._check_config(where, n_in)
+        self.mean, self.std = self._normalisation(where, n_in)
+        self.inv_std = (1.0 / self.std).astype(np.float32)
+        self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
+        # learned on the device (see .calibration) unless the config pins a threshold or turns it off
+        self.rule = self.meta.calibration if cfg.threshold == 0 and cfg.calibrate else None
+        self.labels = self.meta.labels
+        self._in_index = i["index"]
+        self._out_index = o["index"]
+        self._in_shape = in_shape = tuple(int(x) for x in i["shape"])
+        self._window_shape = (cfg.window, n_in)
+        self._tensor_in = np.zeros(in_shape, dtype=np.float32)  # the standardised window, as set_tensor wants it
+        self._rows = self._tensor_in.reshape(cfg.window, n_in)
+        self._flat = self._tensor_in.reshape(-1)
+        self._n = float(cfg.window * n_in)
+        self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
+        self.kind = self.meta.output  # "reconstruction", "score" or "scores"
+        self.classifier = self.kind == "scores"
+        self._scalar_norm: tuple[float, float] | None = None
+        if bool(np.all(self.mean == self.mean[0])) and bool(np.all(self.inv_std == self.inv_std[0])):
+            self._scalar_norm = (float(self.mean[0]), float(self.inv_std[0]))
+        # identity standardisation (preprocess "none", or a model standardising in its graph): raw values go in
+        self.identity = bool(np.all(self.mean == 0.0)) and bool(np.all(self.std == 1.0))
+        self._direct = self.kind == "score" and self.identity  # the fast path of score()
+
+    def _check_tensors(self, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The interpreter's one input and one output tensor, checked against the metadata and the config."""
+        cfg, meta = self.cfg, self.meta
         ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(f"{where}: expected 1 input and 1 output tensor, model has {len(ins)} and {len(outs)}")
@@ -212,57 +137,38 @@ class Model:
         if n_in == 0:
             raise ModelError(f"{where}: the config lists no inputs (give inputs = [\"<sensor>\", ...])")
         want = cfg.window * n_in
-        if in_shape != self.meta.input_shape:
+        if in_shape != meta.input_shape:
             raise ModelError(f"{where}: input shape {list(in_shape)} does not match its metadata input_shape "
-                             f"{list(self.meta.input_shape)}")
-        if out_shape != self.meta.output_shape:
+                             f"{list(meta.input_shape)}")
+        if out_shape != meta.output_shape:
             raise ModelError(f"{where}: output shape {list(out_shape)} does not match its metadata "
-                             f"output_shape {list(self.meta.output_shape)}")
+                             f"output_shape {list(meta.output_shape)}")
         if in_shape[0] != 1 or math.prod(in_shape) != want:
             raise ModelError(f"{where}: input shape {list(in_shape)} does not fit the config: window {cfg.window} x "
                              f"{n_in} input(s) = {want} values per window, batch 1 (e.g. [1, {want}])")
         n_out = math.prod(out_shape)
-        if self.meta.output == "reconstruction" and n_out != want:
+        if meta.output == "reconstruction" and n_out != want:
             raise ModelError(f"{where}: output 'reconstruction' needs as many outputs as inputs ({want}), model has "
                              f"output shape {list(out_shape)}")
-        if self.meta.output == "score" and n_out != 1:
+        if meta.output == "score" and n_out != 1:
             raise ModelError(f"{where}: output 'score' needs exactly one output value, model has output shape "
                              f"{list(out_shape)}")
-        if cfg.output == "scores" and n_out != len(self.meta.labels):
-            raise ModelError(f"{where}: output shape {list(out_shape)} does not match its {len(self.meta.labels)} "
+        if cfg.output == "scores" and n_out != len(meta.labels):
+            raise ModelError(f"{where}: output shape {list(out_shape)} does not match its {len(meta.labels)} "
                              f"labels")
+        return i, o
+
+    def _check_config(self, where: str, n_in: int) -> None:
+        """The metadata's window, inputs and input kind against the config."""
         for key in ("window", "inputs"):
             v = self.meta.raw.get(key)
-            expect = cfg.window if key == "window" else n_in
+            expect = self.cfg.window if key == "window" else n_in
             if v is not None and v != expect:
                 raise ModelError(f"{where}: metadata {key} is {v} but the config gives {expect}")
-        if self.meta.raw.get("input") == "raw" and cfg.preprocess == "standardize":
+        if self.meta.raw.get("input") == "raw" and self.cfg.preprocess == "standardize":
             raise ModelError(f"{where}: the model takes raw readings (metadata input = 'raw': its graph "
                              f"standardises), so preprocess = 'standardize' would standardise twice; use "
                              f"preprocess = 'metadata' (the default) or 'none'")
-        self.mean, self.std = self._normalisation(where, n_in)
-        self.inv_std = (1.0 / self.std).astype(np.float32)
-        self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
-        # learned on the device (see .calibration) unless the config pins a threshold or turns it off
-        self.rule = self.meta.calibration if cfg.threshold == 0 and cfg.calibrate else None
-        self.labels = self.meta.labels
-        self._in_index = i["index"]
-        self._out_index = o["index"]
-        self._in_shape = in_shape
-        self._window_shape = (cfg.window, n_in)
-        self._tensor_in = np.zeros(in_shape, dtype=np.float32)  # the standardised window, as set_tensor wants it
-        self._rows = self._tensor_in.reshape(cfg.window, n_in)
-        self._flat = self._tensor_in.reshape(-1)
-        self._n = float(want)
-        self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
-        self.kind = self.meta.output  # "reconstruction", "score" or "scores"
-        self.classifier = self.kind == "scores"
-        self._scalar_norm: tuple[float, float] | None = None
-        if bool(np.all(self.mean == self.mean[0])) and bool(np.all(self.inv_std == self.inv_std[0])):
-            self._scalar_norm = (float(self.mean[0]), float(self.inv_std[0]))
-        # identity standardisation (preprocess "none", or a model standardising in its graph): raw values go in
-        self.identity = bool(np.all(self.mean == 0.0)) and bool(np.all(self.std == 1.0))
-        self._direct = self.kind == "score" and self.identity  # the fast path of score()
 
     def _normalisation(self, where: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
         mode = self.cfg.preprocess

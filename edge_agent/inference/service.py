@@ -1,40 +1,22 @@
 """The inference service: a pipeline tap, one worker thread per model, hot-swap with rollback.
 
-Off the sampling path. The tap runs on the sensor's thread for every stored reading, so it only does
-O(1) work and allocates nothing: look up which models want this sensor, append a row to their ring
-buffer (:mod:`.window`) and, only if that model's worker is asleep and a window became due, wake it.
-The model runs on its own worker thread, which reads every due window straight out of the ring (no
-copy, no per-window queue entry) and runs the ones that piled up while it was busy in one go, without
-taking the lock per window. If the worker falls more than ``queue`` windows behind, the *oldest* due
-windows are skipped and counted (fresh data matters more than old data for real-time decisions); the
-ring has a fixed size, so nothing queues without bound, and sampling never waits for inference.
+Off the sampling path (see docs/inference.md). The tap runs on the sensor's thread for every stored
+reading: O(1), no allocation: a row into the model's ring (:mod:`.window`) and, only if its worker sleeps
+and a window became due, a wake-up. The worker reads due windows in place from the ring and runs those
+that piled up in *runs* of up to ``RUN`` windows: first the invokes back to back (the model's weights
+stay in cache), then each result's message and alarm state. More than ``queue`` windows behind, the
+oldest are skipped and counted; sampling never waits for inference.
 
-Results. Each window gives one message on ``inference/<model>`` (class "inference")::
+Results: one message per window on ``inference/<model>``; alarms on ``events/<alarm>`` after
+``alarm_after`` windows in a row at or above the threshold, re-armed after ``rearm`` below it.
 
-    {"model": "anomaly", "version": "1.0.0", "score": 0.12, "threshold": 0.5, "alarm": false,
-     "seq": [first_seq, last_seq], "ts": [first_ts, last_ts], "window": 17}
-
-(``"labels": {label: score}, "top": label`` as well for classifier models.) When the score stays at or
-above the threshold for ``alarm_after`` windows, one alarm goes to ``events/<alarm>`` (class "alarm",
-the highest priority, last to be evicted). It re-arms after ``rearm`` windows below the threshold, so a
-long anomaly is one alarm, not hundreds.
-
-Hot-swap. :meth:`InferenceService.install` validates a new model completely (metadata, sha256, shapes
-against the config, a test invoke on a window at the mean and on the latest real window) on the caller's
-thread, writes it to disk (the previous files kept as ``<path>.prev``), then swaps one reference under
-a lock: the worker picks the model once per window, so the switch happens between windows and no
-window or sample is lost. A model that then fails at run time (raises, or gives NaN/inf)
-``max_failures`` times is rolled back automatically; :meth:`rollback` does the same on request. A model
-that fails validation never replaces the running one.
-
-Calibration (:mod:`.calibration`). A model whose metadata declares a calibration rule first runs a
-warm-up: its results are marked ``"calibrating": true`` and raise no alarm; then its threshold and input
-scale are learned from those windows, persisted, and published (``events/model_calibrated``). The input
-scale is applied by the tap (one float multiply per reading); windows already in the ring when it
-changes are rescaled by the worker (:meth:`.slot.Slot.rescaled`), so results do not depend on its lag.
-
-Where no TFLite runtime exists, the service logs one clear line, publishes ``events/inference_unavailable``
-and stays idle; the rest of the agent runs normally.
+Hot-swap: :meth:`InferenceService.install` validates a new model completely on the caller's thread,
+writes its files (:mod:`.files`), then swaps one reference under a lock; the worker picks the model once
+per run, so the switch lands between windows and none is lost. ``max_failures`` run-time failures of a
+new model roll it back. Calibration (:mod:`.calibration`): a warm-up marks results ``"calibrating"``
+(no alarm), then threshold and input scale are learned and applied (the tap multiplies readings by the
+scale; windows already in the ring are rescaled by the worker, :meth:`.slot.Slot.rescaled`). Without a
+TFLite runtime the service logs one line, publishes ``events/inference_unavailable`` and stays idle.
 """
 
 from __future__ import annotations
@@ -48,17 +30,18 @@ from typing import Any
 
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
-from edge_agent.fsutil import atomic_write
 from edge_agent.host import Host, PipelineView
-from edge_agent.inference import runtime
-from edge_agent.inference.model import Model, metadata_path, parse_metadata
-from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, meta_bytes, round6
+from edge_agent.inference import files, runtime
+from edge_agent.inference.metadata import parse_metadata
+from edge_agent.inference.model import Model, load
+from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, round6
 from edge_agent.inference.window import Window, as_float
 from edge_agent.sensors.base import Reading
 
 log = logging.getLogger("edge_agent.inference")
 
 ERROR_EVENT_EVERY = 100  # after the first, publish every N-th run-time error as an event
+RUN = 16  # windows invoked back to back before their results are published (when the worker is behind)
 
 
 class InferenceService:
@@ -87,8 +70,7 @@ class InferenceService:
     def start(self) -> None:
         self.unavailable = runtime.unavailable_reason()
         if self.unavailable:
-            names = ", ".join(self.slots)
-            log.error("inference: models not loaded (%s): %s", names, self.unavailable)
+            log.error("inference: models not loaded (%s): %s", ", ".join(self.slots), self.unavailable)
             self._event("inference_unavailable", {"models": list(self.slots), "reason": self.unavailable})
             for slot in self.slots.values():
                 slot.error = self.unavailable
@@ -103,20 +85,10 @@ class InferenceService:
             self._tapped = True
 
     def _load_at_start(self, slot: Slot) -> None:
-        from edge_agent.inference import model as model_mod
-
         tried: list[str] = []
-        candidates = [slot.load_path]
-        prev = slot.install_path.with_name(slot.install_path.name + ".prev")
-        if prev.exists():
-            candidates.append(prev)  # an interrupted install or a corrupted file: fall back loudly
-        if slot.cfg.path.startswith(model_mod.BUILTIN_PREFIX):
-            shipped = model_mod.BUILTIN_DIR / f"{slot.cfg.path[len(model_mod.BUILTIN_PREFIX):]}.tflite"
-            if shipped not in candidates:
-                candidates.append(shipped)  # a broken installed copy: the shipped model beats none
-        for path in candidates:
+        for path in files.start_candidates(slot.cfg, slot.load_path, slot.install_path):
             try:
-                slot.active = model_mod.load(slot.cfg, path)
+                slot.active = load(slot.cfg, path)
             except ModelError as e:
                 tried.append(str(e))
                 continue
@@ -137,10 +109,8 @@ class InferenceService:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking readings, let each worker finish the windows already queued, then join."""
         if self._tapped:
-            try:
+            if self.tap in self.pipeline.taps:
                 self.pipeline.taps.remove(self.tap)
-            except ValueError:
-                pass
             self._tapped = False
         self._stopping = True
         for slot in self.slots.values():
@@ -197,54 +167,76 @@ class InferenceService:
                 if slot.next >= cut:  # stopping, and every due window has been run
                     return
                 slot.busy = True
-            start = slot.next
-            if cut - start > keep:  # more than `queue` windows behind: the oldest are skipped, and counted
-                slot.skipped += cut - keep - start
-                start = cut - keep
+            if cut - slot.next > keep:  # more than `queue` windows behind: the oldest are skipped, and counted
+                slot.skipped += cut - keep - slot.next
+                slot.next = cut - keep
             try:
-                for k in range(start, cut):  # without the lock: the windows are read lock-free (Windower.get)
-                    try:
-                        # the model is picked once per window, so a hot-swap lands between windows
-                        self._run_one(slot, slot.active, k)
-                    except Exception:  # never let one window kill the worker
-                        log.exception("inference: model %s: unexpected error", slot.name)
+                while slot.next < cut:  # without the lock: the windows are read lock-free (Windower.get)
+                    # the model is picked once per run, so a hot-swap lands between windows
+                    self._run(slot, slot.active, min(cut, slot.next + RUN))
             finally:
                 slot.next = cut
                 with slot.cond:
                     slot.busy = False
                     slot.cond.notify_all()
 
-    def _run_one(self, slot: Slot, model: Model | None, k: int) -> None:
-        w = slot.windower.get(k)
-        if w is None or model is None:  # lapped by the writer, or no model loaded: dropped, and counted
-            slot.skipped += 1
+    def _run(self, slot: Slot, model: Model | None, end: int) -> None:
+        """Windows ``slot.next`` .. ``end - 1``: the invokes back to back, then each result published (the
+        run ends early after a failure or a warm-up window, so those are handled before the next invoke)."""
+        if model is None:  # no model loaded: dropped, and counted
+            slot.skipped += end - slot.next
+            slot.next = end
             return
-        x, first_seq, last_seq, first_ts, last_ts, index, bad, _ = w  # one unpack of the window tuple
-        if k < slot.from_k:  # holds rows from before the input scale changed: rescale them (a copy)
-            x = slot.rescaled(k, x)
-        if bad:  # NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
-            slot.bad_input += 1
-            return
-        labels: dict[str, float] | None = None
-        top: str | None = None
-        failed: Exception | None = None
-        score = 0.0
-        calibrating = slot.calibrating
-        kept = x.copy() if calibrating else None  # before the intact check: a copy of what the model saw
+        done: list[tuple[Window, Any, Exception | None, Any]] = []
         try:
-            if model.classifier:
-                res = model.infer(x)
-                score, labels, top = res.score, res.labels, res.top
-            else:  # an anomaly score: straight to a float, no Result object
-                score = model.score(x)
-        except Exception as e:
-            failed = e
-        if not slot.windower.intact(k):  # the ring moved on while the model read it: neither the result
-            slot.skipped += 1            # nor a failure says anything about the model
-            return
-        if failed is not None:
-            self._failure(slot, model, w, failed)
-            return
+            self._invoke_run(slot, model, end, done)
+        except Exception:  # never let one window kill the worker
+            log.exception("inference: model %s: unexpected error", slot.name)
+        for w, res, failed, kept in done:
+            try:
+                if failed is not None:
+                    self._failure(slot, model, w, failed)
+                else:
+                    self._publish(slot, model, w, res, kept)
+            except Exception:
+                log.exception("inference: model %s: unexpected error", slot.name)
+
+    def _invoke_run(self, slot: Slot, model: Model, end: int, done: list[Any]) -> None:
+        windower = slot.windower
+        while slot.next < end:
+            k = slot.next
+            slot.next = k + 1
+            w = windower.get(k)
+            if w is None:  # lapped by the writer: dropped, and counted
+                slot.skipped += 1
+                continue
+            x = w[0]
+            if k < slot.from_k:  # holds rows from before the input scale changed: rescale them (a copy)
+                x = slot.rescaled(k, x)
+            if w[6]:  # bad: NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
+                slot.bad_input += 1
+                continue
+            kept = x.copy() if slot.calibrating else None  # before the intact check: a copy of what it saw
+            failed = None
+            try:  # an anomaly score: straight to a float, no Result object
+                res = model.infer(x) if model.classifier else model.score(x)
+            except Exception as e:
+                res, failed = None, e
+            if not windower.intact(k):  # the ring moved on while the model read it: neither the result
+                slot.skipped += 1        # nor a failure says anything about the model
+                continue
+            done.append((w, res, failed, kept))
+            if failed is not None or kept is not None:
+                return
+
+    def _publish(self, slot: Slot, model: Model, w: Window, res: Any, kept: Any) -> None:
+        """One window's result: counters, alarm state, the result message, the warm-up, an alarm."""
+        _, first_seq, last_seq, first_ts, last_ts, index, _, _ = w  # one unpack of the window tuple
+        if res.__class__ is float:  # an anomaly score
+            score, labels, top = res, None, None
+        else:  # a classifier's Result
+            score, labels, top = res.score, res.labels, res.top
+        calibrating = kept is not None
         slot.run += 1
         slot.last_score = score
         seq = [first_seq, last_seq]
@@ -263,7 +255,7 @@ class InferenceService:
             data["calibrating"] = True
         self.pipeline.publish(slot.stream, data, cls="inference", ts=last_ts)
         if kept is not None:
-            self._calibration_step(slot, model, kept, k, last_ts)
+            self._calibration_step(slot, model, kept, index, last_ts)
         if raise_alarm:
             slot.alarms += 1
             alarm = {k: data[k] for k in ("model", "version", "score", "threshold", "seq", "ts")}
@@ -313,8 +305,7 @@ class InferenceService:
             except ModelError as e:
                 raise ModelError(f"model {name!r}: {e}") from None
             slot.set_scale(1.0)
-            slot.above = slot.below = 0
-            slot.in_alarm = False
+            slot.reset_alarm()
         return self._describe(slot)
 
     def _failure(self, slot: Slot, model: Model, w: Window, err: Exception) -> None:
@@ -352,7 +343,8 @@ class InferenceService:
             with slot.lock:
                 recent = slot.windower.latest()
             new.self_test(recent)
-            self._write_files(slot, new)
+            files.write_install(slot.install_path, slot.active, new)
+            slot.load_path = slot.install_path
             with slot.cond:
                 old = slot.active
                 slot.previous = old
@@ -360,31 +352,13 @@ class InferenceService:
                 slot.on_probation = old is not None
                 slot.failures_since_install = 0
                 slot.error = ""
-                slot.above = slot.below = 0
-                slot.in_alarm = False
+                slot.reset_alarm()
                 self._attach(slot, new)
         old_v = old.version if old is not None else None
         log.info("inference: model %s %s installed (was %s), sha256 %s", name, new.version, old_v, new.sha256[:16])
         self._event("model_installed", {"model": name, "version": new.version, "previous": old_v,
                                         "sha256": new.sha256})
         return self._describe(slot)
-
-    def _write_files(self, slot: Slot, new: Model) -> None:
-        """New files in place (atomic renames), the running model's files kept as ``.prev``.
-
-        Order matters for a crash at any point: the ``.prev`` copy is complete before the live file
-        changes, and the loader falls back to ``.prev`` if the live pair does not validate.
-        """
-        path = slot.install_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prev = path.with_name(path.name + ".prev")
-        cur = slot.active
-        if cur is not None:
-            atomic_write(prev, cur.blob)
-            atomic_write(metadata_path(prev), meta_bytes(cur.meta.raw))
-        atomic_write(metadata_path(path), meta_bytes(new.meta.raw))
-        atomic_write(path, new.blob)
-        slot.load_path = path
 
     def rollback(self, name: str, reason: str = "requested") -> dict[str, Any]:
         """Restore the previous model (in memory and on disk); ModelError if there is none."""
@@ -394,25 +368,13 @@ class InferenceService:
                 prev, bad = slot.previous, slot.active
             if prev is None:
                 raise ModelError(f"model {name!r}: no previous model to roll back to")
-            path = slot.install_path
-            prev_path = path.with_name(path.name + ".prev")
-            if bad is not None:  # kept for a post-mortem, never loaded again automatically
-                atomic_write(path.with_name(path.name + ".rolledback"), bad.blob)
-                atomic_write(metadata_path(path.with_name(path.name + ".rolledback")), meta_bytes(bad.meta.raw))
-            atomic_write(metadata_path(path), meta_bytes(prev.meta.raw))
-            atomic_write(path, prev.blob)
-            for p in (prev_path, metadata_path(prev_path)):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+            files.write_rollback(slot.install_path, prev, bad)
             with slot.cond:
                 slot.active = prev
                 slot.previous = None
                 slot.on_probation = False
                 slot.failures_since_install = 0
-                slot.above = slot.below = 0
-                slot.in_alarm = False
+                slot.reset_alarm()
                 self._attach(slot, prev)
         bad_v = bad.version if bad is not None else None
         log.warning("inference: model %s rolled back from %s to %s: %s", name, bad_v, prev.version, reason)
@@ -423,8 +385,7 @@ class InferenceService:
         return [self._describe(s) for s in self.slots.values()]
 
     def register_commands(self, registry: Any) -> None:
-        """``model.list`` (read-only), ``model.rollback`` and ``model.calibrate``; ``model.update`` lives in
-        the command builtins."""
+        """``model.list`` (read-only), ``model.rollback``, ``model.calibrate`` (``model.update``: builtins)."""
         from edge_agent.inference.commands import register
 
         register(self, registry)

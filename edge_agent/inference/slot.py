@@ -64,6 +64,11 @@ class Slot:
         self.from_k = 0
         self.calibrating = False
 
+    def reset_alarm(self) -> None:
+        """Forget the alarm state (a new model, a new warm-up): the debounce starts again."""
+        self.above = self.below = 0
+        self.in_alarm = False
+
     def set_scale(self, scale: float) -> None:
         """The tap multiplies readings by ``scale`` from now on. The caller holds ``lock``, as the tap does,
         so the row count read here is exactly where the new scale starts; windows due before that point

@@ -353,3 +353,49 @@ def test_builtin_model_install_goes_to_state_dir_and_is_preferred(tmp_path: Path
         assert d["state"] == "running" and d["version"] == meta["version"] and d["path"] == str(shipped)
     finally:
         h3.close()
+
+
+def test_backlog_runs_in_order_and_rollback_lands_on_the_next_window(tmp_path: Path) -> None:
+    """The worker runs a backlog in runs (invokes back to back, then the results): every window is published,
+    in order, and a run ends at a failure, so after the failure that rolls a model back the very next
+    window of the same backlog already runs on the restored model."""
+    from edge_agent.inference.service import RUN, InferenceService
+    from edge_agent.outbox import Outbox
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sensors.base import Reading
+
+    gate = threading.Event()
+
+    class Gated(Pipeline):
+        def publish(self, stream: str, data: Any, **kw: Any) -> int:
+            if stream.startswith("inference/"):
+                gate.wait(20)
+            return super().publish(stream, data, **kw)
+
+    p, _, _ = model_files(tmp_path / "live", scale(0.0), n_in=1, version="1")  # score x^2
+    _, blob, meta = model_files(tmp_path / "v2", [tb.Unary("sqrt")], n_in=1, version="2")  # NaN for x < 0
+    ob = Outbox(tmp_path / "o.db", "d")
+    pipe = Gated(ob, "edge", "d")
+    svc = InferenceService([model_cfg(p, window=1, preprocess="none", max_failures=3, queue=1000)], pipe,
+                           tmp_path / "state")
+    gate.set()
+    svc.start()
+    try:
+        svc.install("m", blob, meta)
+        gate.clear()
+        pipe.submit(Reading("s1", 0.0, {"value": 4.0}))  # v2: (sqrt(4) - 4)^2 = 4; its publish blocks
+        wait_for(lambda: svc.slots["m"].busy, 10, msg="worker busy")
+        values = [-1.0] * 3 + [2.0] * (3 * RUN)  # three failures (-> rollback to v1), then a long backlog
+        for v in values:
+            pipe.submit(Reading("s1", 0.0, {"value": v}))
+        gate.set()
+        assert svc.wait_idle(20)
+        res = [e["data"] for e in read_messages(ob, "inference/m")]
+        assert [(r["version"], r["score"]) for r in res] == [("2", 4.0)] + [("1", 4.0)] * (3 * RUN)
+        assert [r["window"] for r in res] == [0, *range(4, 4 + 3 * RUN)]
+        d = svc.describe()[0]
+        assert (d["version"], d["errors"], d["windows_run"], d["windows_skipped"]) == ("1", 3, 1 + 3 * RUN, 0)
+    finally:
+        gate.set()
+        svc.stop()
+        ob.close()
