@@ -14,9 +14,8 @@ Hot-swap: :meth:`InferenceService.install` validates a new model completely on t
 writes its files (:mod:`.files`), then swaps one reference under a lock; the worker picks the model once
 per run, so the switch lands between windows and none is lost. ``max_failures`` run-time failures of a
 new model roll it back. Calibration (:mod:`.calibration`): a warm-up marks results ``"calibrating"``
-(no alarm), then threshold and input scale are learned and applied (the tap multiplies readings by the
-scale; windows already in the ring are rescaled by the worker, :meth:`.slot.Slot.rescaled`). Without a
-TFLite runtime the service logs one line, publishes ``events/inference_unavailable`` and stays idle.
+(no alarm), then threshold and input scale are learned and applied (windows already in the ring are
+rescaled by the worker). Without a runtime: one log line, ``events/inference_unavailable``, idle.
 """
 
 from __future__ import annotations
