@@ -269,26 +269,21 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
+#: exception -> (exit status, message prefix); PasswordFileError before its base class OSError's kin
+_EXITS: tuple[tuple[type[Exception], int, str], ...] = (
+    (ValueError, 64, ""), (PasswordFileError, 66, ""), (FileNotFoundError, 69, ""),
+    (DynsecError, 1, "refused by the broker: "), (BrokerError, 2, ""))
+
+
 def _run(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             check_id(args.prefix, "--prefix")
             return fn(args)
-        except ValueError as e:
-            print(f"edge-agent users: {e}", file=sys.stderr)
-            return 64
-        except PasswordFileError as e:
-            print(f"edge-agent users: {e}", file=sys.stderr)
-            return 66
-        except FileNotFoundError as e:
-            print(f"edge-agent users: {e}", file=sys.stderr)
-            return 69
-        except DynsecError as e:
-            print(f"edge-agent users: refused by the broker: {e}", file=sys.stderr)
-            return 1
-        except BrokerError as e:
-            print(f"edge-agent users: {e}", file=sys.stderr)
-            return 2
+        except tuple(e for e, _, _ in _EXITS) as exc:
+            code, head = next((c, h) for e, c, h in _EXITS if isinstance(exc, e))
+            print(f"edge-agent users: {head}{exc}", file=sys.stderr)
+            return code
     return wrapped
 
 
