@@ -211,7 +211,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         print(f"# new token for {name} written to {args.token_file} (mode 0600)", file=sys.stderr)
     else:
         print(f"password = {json.dumps(token)}")
-    print("# existing connections keep running until they reconnect; restart the agent with the new password",
+    print("# the broker disconnected the account's sessions: the device reconnects only with the new token",
           file=sys.stderr)
     return 0
 
@@ -263,8 +263,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
         groups = _groups(args.prefix, ctl.get_client(dev))
     print(f"{dev}: {', '.join(groups) or '(no groups)'}")
     if add or remove:
-        print(f"# set the same in the device's config and restart it: [device] groups = {json.dumps(groups)}",
-              file=sys.stderr)
+        print("# the broker disconnected the device (it reconnects with the new rights); set the same in its "
+              f"config and restart it so it subscribes: [device] groups = {json.dumps(groups)}", file=sys.stderr)
     return 0
 
 
