@@ -214,20 +214,30 @@ def allowed(roles: Sequence[Role], action: str, topic: str) -> bool:
 
 
 # ------------------------------------------------------------------ the device's config
-def config_snippet(plan: DevicePlan, *, host: str, port: int, prefix: str, token: str | None = None,
-                   token_file: str | None = None, public_key: str | None = None) -> str:
-    """A ready ``config.toml`` fragment for the device (TOML strings written as JSON strings)."""
+def mqtt_snippet(username: str, *, host: str, port: int, prefix: str, token: str | None = None,
+                 token_file: str | None = None, client_id: str = "") -> list[str]:
+    """The ``[mqtt]`` table of an account's config (TOML strings written as JSON strings)."""
     q = json.dumps
-    lines = ["[device]", f"id = {q(plan.username)}", f"groups = {q(list(plan.groups))}", "", "[mqtt]",
-             f"host = {q(host)}", f"port = {int(port)}", f"topic_prefix = {q(prefix)}",
-             f"username = {q(plan.username)}"]
-    if plan.client_id and plan.client_id != default_client_id(plan.username):
-        lines.append(f"client_id = {q(plan.client_id)}")
+    lines = ["[mqtt]", f"host = {q(host)}", f"port = {int(port)}", f"topic_prefix = {q(prefix)}",
+             f"username = {q(username)}"]
+    if client_id:
+        lines.append(f"client_id = {q(client_id)}")
     if token is not None:
         lines.append(f"password = {q(token)}")
     elif token_file is not None:
         lines.append(f"# password = the contents of {token_file} (mode 0600; copy it into mqtt.password,")
         lines.append("# keeping config.toml readable only by root and the agent's group)")
+    return lines
+
+
+def config_snippet(plan: DevicePlan, *, host: str, port: int, prefix: str, token: str | None = None,
+                   token_file: str | None = None, public_key: str | None = None) -> str:
+    """A ready ``config.toml`` fragment for the device: [device] id and groups, [mqtt] account."""
+    q = json.dumps
+    cid = plan.client_id if plan.client_id and plan.client_id != default_client_id(plan.username) else ""
+    lines = ["[device]", f"id = {q(plan.username)}", f"groups = {q(list(plan.groups))}", "",
+             *mqtt_snippet(plan.username, host=host, port=port, prefix=prefix, token=token, token_file=token_file,
+                           client_id=cid)]
     if public_key:
         lines += ["", "# signed fleet roster entry for this device (device id -> Ed25519 public key, groups):",
                   f"# {q({'device': plan.username, 'public_key': public_key, 'groups': list(plan.groups)})}"]

@@ -166,10 +166,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     else:
         print(f"# token for {args.name} (shown once; the broker keeps only a hash)", file=sys.stderr)
     if plan is None:
-        print(f'# operator config: [mqtt] username = "{args.name}", password = the token; the same '
-              "[mqtt] host/port/topic_prefix as the fleet")
-        if token_file is None:
-            print(f"password = {json.dumps(token)}")
+        print("# operator account: the [mqtt] table of the config `ctl send`/`ctl watch` read (--config)")
+        print("\n".join(dynsec.mqtt_snippet(args.name, host=host, port=port, prefix=args.prefix,
+                                           token=token if token_file is None else None,
+                                           token_file=str(token_file) if token_file else None)))
         return 0
     print(dynsec.config_snippet(plan, host=host, port=port, prefix=args.prefix,
                                 token=token if token_file is None else None,

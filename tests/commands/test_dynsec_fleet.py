@@ -48,6 +48,15 @@ def raw(b: DynsecBroker, user: str, tokens: dict[str, str], client_id: str | Non
     return c
 
 
+def operator_ping(b: DynsecBroker, tmp_path: Path, token: str, dev: str) -> int:
+    """``edge-agent ctl send --device dev ping`` with the operator's account; its exit status."""
+    op_cfg = tmp_path / "op.toml"
+    op_cfg.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {b.port}\nusername = "op"\npassword = "{token}"\n'
+                      f'[storage]\ndir = "{tmp_path / "op-state"}"\n')
+    return main(["ctl", "send", "--device", dev, "ping", "--unsigned", "--timeout", "15", "--config", str(op_cfg),
+                 "--json"])
+
+
 def test_fleet_each_device_does_its_job(dynsec_broker: DynsecBroker, tmp_path: Path, capsys) -> None:
     b = dynsec_broker
     tokens = provision(b, tmp_path, skip=("dev-3",))
@@ -93,15 +102,10 @@ def test_fleet_each_device_does_its_job(dynsec_broker: DynsecBroker, tmp_path: P
         wait_for(lambda: any(m.topic == "edge/dev-3/telemetry/s1" for m in list(got)), 20,
                  msg=f"operator saw no telemetry from dev-3: {agent3.output()[-2000:]}")
         # a command from the operator, answered (reply on the operator's private _ctl topic)
-        op_cfg = tmp_path / "op.toml"
-        op_cfg.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {b.port}\nusername = "op"\n'
-                          f'password = "{tokens["op"]}"\n[storage]\ndir = "{tmp_path / "op-state"}"\n')
         capsys.readouterr()
-        rc = main(["ctl", "send", "--device", "dev-3", "ping", "--unsigned", "--timeout", "15",
-                   "--config", str(op_cfg), "--json"])
+        assert operator_ping(b, tmp_path, tokens["op"], "dev-3") == 0
         out = capsys.readouterr().out
-        assert rc == 0, out
-        assert '"ok"' in out and "dev-3" in out
+        assert '"ok"' in out and "dev-3" in out, out
         # a direct and a group message between two apps, delivered and read
         d = a1.send("dev-2", {"text": "direct"})
         g = a1.send_group("lab", {"text": "to lab"})

@@ -142,6 +142,9 @@ def test_config_snippet_is_a_valid_config(tmp_path: Path) -> None:
                                   prefix="edge", token_file="/secret/d.token")
     assert 'client_id = "cid-1"' in other and "password =" not in other.replace("# password =", "")
     assert "/secret/d.token" in other
+    op = "\n".join(dynsec.mqtt_snippet("alice", host="h", port=1884, prefix="p1", token="t"))
+    op_cfg = config_mod.loads(op + f'\n[storage]\ndir = "{tmp_path}"\n', "<operator snippet>")
+    assert (op_cfg.mqtt.username, op_cfg.mqtt.password, op_cfg.mqtt.topic_prefix) == ("alice", "t", "p1")
 
 
 def test_cli_helpers(tmp_path: Path) -> None:
