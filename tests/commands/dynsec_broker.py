@@ -29,7 +29,13 @@ NOT_AUTHORIZED = 0x87
 
 
 def find_plugin() -> str | None:
-    return next((p for p in PLUGINS if os.path.exists(p)), None)
+    """The plugin's path: the usual places, else what ``dpkg -L mosquitto`` lists."""
+    found = next((p for p in PLUGINS if os.path.exists(p)), None)
+    if found is None and shutil.which("dpkg"):
+        r = subprocess.run(["dpkg", "-L", "mosquitto"], capture_output=True, text=True, timeout=30)
+        found = next((line for line in r.stdout.splitlines() if line.endswith("/mosquitto_dynamic_security.so")),
+                     None)
+    return found
 
 
 @dataclass
