@@ -3,7 +3,7 @@
 Secrets never appear on a command line (``/proc/<pid>/cmdline`` is readable by every local user):
 
 * the admin's user name and password go into a private options file (mode 0600, in a private temp
-  directory handed to mosquitto_ctrl as ``$XDG_CONFIG_HOME``; mosquitto_ctrl 2.0.11 ignores ``-o``);
+  directory handed to mosquitto_ctrl as ``$XDG_CONFIG_HOME``; its ``-o FILE`` did not work with mosquitto_ctrl 2.0.11);
 * a client's password is written to mosquitto_ctrl's stdin, where ``createClient``/``setClientPassword``
   read it when ``-p`` is not given.
 
@@ -25,8 +25,15 @@ from pathlib import Path
 
 from edge_agent.dynsec import Role
 
-_ERROR = re.compile(r"^(?:(\w+): )?Error: (.*)$", re.MULTILINE)
-_CONN_ERROR = re.compile(r"^Connection error: (.*)$", re.MULTILINE)
+_ERROR = re.compile(r"(?:(\w+): )?Error: (.*)")
+_CONN_ERROR = re.compile(r"Connection error: (.*)")
+_FIELD = re.compile(r"(\w[\w ]*):\s*(.*)")
+_PRIORITY = re.compile(r"(.*?)\s*\(priority: -?\d+\)")
+
+
+def _line(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The first whole line of ``text`` that ``pattern`` matches (fullmatch: no ``$`` pitfalls)."""
+    return next((m for line in text.splitlines() if (m := pattern.fullmatch(line.strip()))), None)
 
 
 class DynsecError(RuntimeError):
@@ -98,10 +105,10 @@ class DynsecCtl:
                                capture_output=True, text=True, timeout=self.timeout, env=env)
         except subprocess.TimeoutExpired as e:
             raise BrokerError(f"mosquitto_ctrl dynsec {args[0]} did not finish within {self.timeout} s") from e
-        conn = _CONN_ERROR.search(r.stderr)
+        conn = _line(_CONN_ERROR, r.stderr)
         if conn:
             raise BrokerError(f"cannot log in to the broker as the dynsec admin: {conn.group(1)}")
-        err = _ERROR.search(r.stderr)
+        err = _line(_ERROR, r.stderr)
         if err:
             reason = err.group(2).strip()
             if err.group(1) is None:  # "Error: Connection refused" and other client-side failures
@@ -172,7 +179,12 @@ class DynsecCtl:
 
 def _names(value: str) -> list[str]:
     """'a (priority: -1)' -> 'a'; mosquitto_ctrl prints one name per line, continued with spaces."""
-    return [re.sub(r"\s*\(priority: -?\d+\)$", "", v.strip()) for v in value.split("\n") if v.strip()]
+    names = []
+    for v in (v.strip() for v in value.split("\n")):
+        m = _PRIORITY.fullmatch(v)
+        if v:
+            names.append(m.group(1) if m else v)
+    return names
 
 
 def parse_client(text: str) -> ClientInfo:
@@ -181,7 +193,7 @@ def parse_client(text: str) -> ClientInfo:
     fields: dict[str, str] = {}
     key = ""
     for line in text.splitlines():
-        m = re.match(r"^(\w[\w ]*):\s*(.*)$", line)
+        m = _FIELD.fullmatch(line)
         if m and not line.startswith(" "):
             key = m.group(1).strip().lower()
             fields[key] = m.group(2)
