@@ -134,7 +134,7 @@ class RawClient:
     def _on_disconnect(self, c: paho.Client, u: object, flags: object, rc: ReasonCode, p: object) -> None:
         self._note(lambda: setattr(self, "closed", True))
 
-    def _wait(self, pred: object, timeout: float = 5.0) -> None:
+    def _wait(self, pred: object, timeout: float = 10.0) -> None:
         with self.cond:
             assert self.cond.wait_for(pred, timeout), "no answer from the broker"  # type: ignore[arg-type]
 
