@@ -1,6 +1,7 @@
 """Command line: ``edge-agent run | check-config | outbox stats | sample-config | tail | demo``, plus the
-operator's ``keys``/``ctl`` (:mod:`edge_agent.cli.ctl`), ``messages`` (:mod:`edge_agent.cli.messages`) and ``roster``
-(:mod:`edge_agent.cli.roster`).
+operator's ``keys``/``ctl`` (:mod:`edge_agent.cli.ctl`), ``messages`` (:mod:`edge_agent.cli.messages`),
+``roster`` (:mod:`edge_agent.cli.roster`) and ``users`` (:mod:`edge_agent.cli.users`, broker accounts through
+Mosquitto's dynamic security plugin).
 
 Entry point ``edge-agent = edge_agent.cli.main:main``; ``python -m edge_agent`` runs the same."""
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent import config as config_mod
-from edge_agent.cli import ctl, messages, roster
+from edge_agent.cli import ctl, messages, roster, users
 from edge_agent.cli.display import format_envelope, print_config_errors
 from edge_agent.config import EX_CONFIG, Config
 from edge_agent.errors import ConfigError, OutboxError
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.register(sub)
     messages.register(sub)
     roster.register(sub)
+    users.register(sub)
     return p
 
 

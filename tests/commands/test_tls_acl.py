@@ -19,23 +19,13 @@ from edge_agent.config import MqttConfig, TlsConfig
 from edge_agent.devbroker import DevBroker, free_port
 from edge_agent.errors import ConfigError
 from edge_agent.transport.mqtt import InMessage, MqttTransport
+from tests.commands.broker_acl import docs_acl
 from tests.commands.certs import Pki
 from tests.commands.conftest import agent_config
 from tests.helpers import wait_for
 
 # The ACL from docs/commands.md (username = certificate CN = device id, via use_identity_as_username).
-ACL = """\
-# operators (certificate CN "operator") may do everything
-user operator
-topic readwrite edge/#
-
-# every device: its own topics, its groups' and the fleet's commands, replies to operators
-pattern write edge/%u/#
-pattern read edge/%u/cmd/+
-pattern read edge/group/+/cmd/+
-pattern read edge/all/cmd/+
-pattern write edge/_ctl/+/reply
-"""
+ACL = docs_acl()
 
 
 class Client:
