@@ -65,7 +65,7 @@ class App:
         self.outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
                              max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
                              sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
-                             topic_prefix=cfg.mqtt.topic_prefix, min_free=cfg.storage.min_free)
+                             topic_prefix=cfg.mqtt.topic_prefix, min_free=cfg.storage.min_free).open()
         self.outbox.heartbeat = self.health.beat_fn("outbox")
         self.prefix = cfg.mqtt.topic_prefix
         self.pipeline = Pipeline(self.outbox, self.prefix, cfg.device.id,
@@ -83,7 +83,7 @@ class App:
             "mqtt", grace=cfg.mqtt.reconnect_max + cfg.mqtt.connect_timeout + 10.0)
         self.forwarder = Forwarder(self.outbox, self.transport, max_rate=cfg.mqtt.max_rate,
                                    max_rate_bytes=cfg.mqtt.max_rate_bytes)
-        self.transport._on_ack = self.forwarder.on_ack
+        self.transport.set_ack_handler(self.forwarder.on_ack)
         self.forwarder.heartbeat = self.health.beat_fn("forwarder")
         test_stall = stall_request(os.environ)  # test-only hook, see edge_agent.health
         if test_stall:

@@ -54,6 +54,7 @@ from edge_agent.transport.topics import (
     stream_topic,
     valid_level,
 )
+from edge_agent.transport.types import Accepted
 
 if TYPE_CHECKING:
     from edge_agent.app import App
@@ -146,7 +147,9 @@ class MessagingService:
             on_dropped(self._on_dropped)
         else:
             log.debug("outbox has no on_dropped(): TTL expiry is detected by the messaging sweep only")
-        app.forwarder.ack_listeners.append(self._on_ack)
+        # typed ack -> (ok, rc), rc -1 = link lost (until the messaging rewrite takes Host.on_ack)
+        app.forwarder.add_ack_listener(lambda seq, ack: self._on_ack(seq, isinstance(ack, Accepted),
+                                                                     getattr(ack, "code", -1)))
         app.status_listeners.append(self._on_connection)
         app.add_message_handler(self._match, self._handle)
         for t in (self._inbox, self._receipts, *self._group_topics):

@@ -81,7 +81,7 @@ pin = 21
         app.stop()
     assert factory.pin(21).state == 0 and factory.pin(20).state == 0  # switched off at stop
     from edge_agent.outbox import Outbox
-    box = Outbox(tmp_path / "state" / "outbox.db", "dev-1")
+    box = Outbox(tmp_path / "state" / "outbox.db", "dev-1").open()
     try:
         from edge_agent import codec
         envs = [codec.decode_envelope(p.payload) for p in box.begin(100)]
