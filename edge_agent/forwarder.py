@@ -2,14 +2,15 @@
 
 ::
 
-    outbox.begin(room) --> transport.publish(token=seq) ... PUBACK --> outbox.accept([seq])
-                                                       ... link lost --> outbox.release([seq])
+    outbox.begin(room) --> transport.publish(token=seq) ... Accepted --> outbox.accept([seq])
+                                                       ... Refused  --> outbox.accept([seq]), counted "rejected"
+                                                       ... LinkLost --> outbox.release([seq])
 
 ``room`` is the transport's window (``mqtt.max_inflight`` capped by the broker's Receive Maximum) minus
 what is in flight, so paho never holds more than that. The forwarder thread claims rows in batches
 (``PREFETCH``); each PUBACK then publishes the next buffered row from the network thread itself
 (``_pump``), which saves a thread hand-off per message (measured: +25% end-to-end throughput).
-An optional token bucket (``mqtt.max_rate``
+An optional token bucket (:mod:`edge_agent.ratelimit`; ``mqtt.max_rate``
 messages/s, ``mqtt.max_rate_bytes`` bytes/s) throttles the backlog after a reconnect; messages created
 after the connection came up ("live") and alarms/events are not throttled.
 """
