@@ -261,7 +261,7 @@ def saturation() -> tuple[float, int]:
     from edge_agent.pipeline import Pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-inf-"))
-    ob = Outbox(tmp / "o.db", "bench")
+    ob = Outbox(tmp / "o.db", "bench").open()
     pipe = Pipeline(ob, "edge", "bench")
     n = 20000
     cfg = ModelConfig(name="m", path=str(MODEL), inputs=["s"], window=32, hop=1, queue=n, threshold=1e9)

@@ -103,7 +103,7 @@ class App:
         outbox = Outbox(self.state_dir / OUTBOX_FILE, cfg.device.id, max_age=cfg.storage.max_age,
                         max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
                         sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
-                        topic_prefix=prefix, min_free=cfg.storage.min_free)
+                        topic_prefix=prefix, min_free=cfg.storage.min_free).open()
         outbox.heartbeat = self.health.beat_fn("outbox")
         pipeline = Pipeline(outbox, prefix, cfg.device.id, {s.name: s.batch for s in cfg.sensors})
         transport = MqttTransport(cfg.mqtt, will=offline_will(cfg), on_status=self._on_status,
@@ -113,7 +113,7 @@ class App:
         transport.heartbeat = self.health.beat_fn("mqtt", grace=cfg.mqtt.reconnect_max + cfg.mqtt.connect_timeout
                                                   + 10.0)
         forwarder = Forwarder(outbox, transport, max_rate=cfg.mqtt.max_rate, max_rate_bytes=cfg.mqtt.max_rate_bytes)
-        transport._on_ack = forwarder.on_ack  # the transport has no public setter yet (it owns that interface)
+        transport.set_ack_handler(forwarder.on_ack)
         forwarder.heartbeat = self.health.beat_fn("forwarder")
         test_stall = stall_request(os.environ)  # test-only hook, see edge_agent.health
         if test_stall:

@@ -16,15 +16,11 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.config import Config
 from edge_agent.forwarder import Forwarder
 from edge_agent.host import (
-    ACCEPTED,
-    LINK_LOST,
-    Accepted,
     Ack,
     AgentControl,
     ConnectionStatus,
     Handler,
     Outgoing,
-    Refused,
     Tap,
 )
 from edge_agent.outbox import Outbox
@@ -36,13 +32,6 @@ if TYPE_CHECKING:
     from edge_agent.app import App
 
 ConnectionListener = Callable[[ConnectionStatus], None]
-
-
-def typed_ack(ok: bool, rc: int) -> Ack:
-    """The forwarder's (ok, reason code) as an :data:`~edge_agent.host.Ack` (rc -1: the link dropped)."""
-    if ok:
-        return ACCEPTED if rc == 0 else Accepted(rc)
-    return LINK_LOST if rc == -1 else Refused(rc)
 
 
 class AppHost:
@@ -95,7 +84,7 @@ class AppHost:
         self._transport.subscribe(topic_filter, qos=qos)
 
     def on_ack(self, fn: Callable[[int, Ack], None]) -> None:
-        self._forwarder.ack_listeners.append(lambda seq, ok, rc: fn(seq, typed_ack(ok, rc)))
+        self._forwarder.add_ack_listener(fn)
 
     def on_connection(self, fn: ConnectionListener) -> None:
         self._on_connection(fn)

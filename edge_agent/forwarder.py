@@ -2,14 +2,15 @@
 
 ::
 
-    outbox.begin(room) --> transport.publish(token=seq) ... PUBACK --> outbox.accept([seq])
-                                                       ... link lost --> outbox.release([seq])
+    outbox.begin(room) --> transport.publish(token=seq) ... Accepted --> outbox.accept([seq])
+                                                       ... Refused  --> outbox.accept([seq]), counted "rejected"
+                                                       ... LinkLost --> outbox.release([seq])
 
 ``room`` is the transport's window (``mqtt.max_inflight`` capped by the broker's Receive Maximum) minus
 what is in flight, so paho never holds more than that. The forwarder thread claims rows in batches
 (``PREFETCH``); each PUBACK then publishes the next buffered row from the network thread itself
 (``_pump``), which saves a thread hand-off per message (measured: +25% end-to-end throughput).
-An optional token bucket (``mqtt.max_rate``
+An optional token bucket (:mod:`edge_agent.ratelimit`; ``mqtt.max_rate``
 messages/s, ``mqtt.max_rate_bytes`` bytes/s) throttles the backlog after a reconnect; messages created
 after the connection came up ("live") and alarms/events are not throttled.
 """
@@ -19,21 +20,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from edge_agent.errors import NotConnected, PublishRefused
-from edge_agent.outbox import Outbox, Pending
+from edge_agent.message import Pending
 from edge_agent.ratelimit import TokenBucket
 from edge_agent.transport.mqtt import MqttTransport
+from edge_agent.transport.types import ACCEPTED, Accepted, Ack, LinkLost, Refused
 
 log = logging.getLogger("edge_agent.forwarder")
 
 PREFETCH = 100
 
+AckListener = Callable[[int, Ack], None]
+
+
+class Queue(Protocol):
+    """What the forwarder needs of the outbox (its only reader)."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def last_assigned(self) -> int: ...
+
+    def begin(self, limit: int, *, live_after: int | None = None, part: str = "all") -> list[Pending]: ...
+
+    def accept(self, seqs: Iterable[int]) -> None: ...
+
+    def release(self, seqs: Iterable[int]) -> None: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
 
 class Forwarder:
-    def __init__(self, outbox: Outbox, transport: MqttTransport, *, max_rate: float = 0.0,
+    def __init__(self, outbox: Queue, transport: MqttTransport, *, max_rate: float = 0.0,
                  max_rate_bytes: float = 0.0) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -52,41 +76,51 @@ class Forwarder:
         self.sent = 0
         self.rejected = 0
         self.heartbeat: Callable[[], None] = lambda: None
-        self.ack_listeners: list[Callable[[int, bool, int], None]] = []
+        self._ack_listeners: list[AckListener] = []
+
+    def add_ack_listener(self, fn: AckListener) -> None:
+        """Call ``fn(seq, ack)`` on the network thread for every outbox row's ack (``ack`` is
+        ``Accepted``, ``Refused`` or ``LinkLost``: released, it will be sent again). Must return quickly."""
+        self._ack_listeners.append(fn)
 
     # called by the transport (network thread)
-    def on_ack(self, token: Any, ok: bool, rc: int) -> None:
+    def on_ack(self, token: Any, ack: Ack) -> None:
         if not isinstance(token, int):  # not an outbox row (e.g. the retained status message)
-            if self._waiting or (not self._throttled and rc != -1 and not self._pump()):
+            if self._waiting or (not self._throttled and not isinstance(ack, LinkLost) and not self._pump()):
                 self._wake.set()
             return
         seq = token
-        if ok:
+        lost = False
+        if ack is ACCEPTED or isinstance(ack, Accepted):  # the singleton first: the PUBACK hot path
             self.outbox.accept((seq,))
-        elif rc == -1:
-            self.outbox.release((seq,))
+        elif isinstance(ack, Refused):
+            self._refused(seq, ack)
         else:
-            # The broker refused the message itself (e.g. 0x87 not authorized, 0x95 too large): retrying
-            # cannot help. It is removed and accounted, never silently dropped.
-            self.rejected += 1
-            self.outbox.count("rejected")
-            log.error("broker rejected message seq=%d with reason code 0x%02x; removed", seq, rc)
-            self.outbox.accept((seq,))
-        for fn in self.ack_listeners:
+            lost = True
+            self.outbox.release((seq,))
+        for fn in self._ack_listeners:
             try:
-                fn(seq, ok, rc)
+                fn(seq, ack)
             except Exception:
                 log.exception("ack listener failed")
         wake = len(self._buffer) < PREFETCH // 2  # time to refill
         if not self._throttled:
             # send the next row from this (the network) thread: no thread hand-off per message. If the
             # forwarder thread holds the pump, it must look at the room again: wake it.
-            if rc != -1 and not self._pump():
+            if not lost and not self._pump():
                 wake = True
         elif self._waiting:
             wake = True
         if wake and not self._wake.is_set():
             self._wake.set()
+
+    def _refused(self, seq: int, ack: Refused) -> None:
+        """The broker refused the message itself (e.g. 0x87 not authorized, 0x95 too large): retrying
+        cannot help. It is removed and accounted, never silently dropped."""
+        self.rejected += 1
+        self.outbox.count("rejected")
+        log.error("broker rejected message seq=%d with reason code 0x%02x; removed", seq, ack.code)
+        self.outbox.accept((seq,))
 
     def on_connected(self, session_present: bool) -> None:
         self._online_since = time.time()

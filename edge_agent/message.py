@@ -1,7 +1,8 @@
 """What producers hand to the agent: :class:`Outgoing` and the message classes.
 
 Producers (the pipeline, inference, commands, messaging) import this module, never ``outbox``: the
-outbox is the only owner of the queue database, and this is the only shape it accepts.
+outbox is the only owner of the queue database, and this is the only shape it accepts. The forwarder
+gets stored messages back as :class:`Pending`.
 """
 
 from __future__ import annotations
@@ -85,3 +86,17 @@ class Outgoing:
             raise ValueError(f"Outgoing.ttl must be a positive finite number of seconds, not {self.ttl!r}")
         if self.raw is not None and not isinstance(self.raw, bytes | bytearray | memoryview):
             raise ValueError(f"Outgoing.raw must be bytes, not {type(self.raw).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A stored message as the outbox hands it to the forwarder (``created`` in epoch seconds)."""
+
+    seq: int
+    prio: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    props: dict[str, Any] | None
+    created: float

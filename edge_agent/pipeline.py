@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.message import Outgoing
-from edge_agent.outbox import Outbox
 from edge_agent.sensors.base import Reading
 from edge_agent.transport.topics import stream_topic
 
@@ -26,8 +25,14 @@ log = logging.getLogger("edge_agent.pipeline")
 Tap = Callable[[Reading, int], None]
 
 
+class Sink(Protocol):
+    """Where messages go (the outbox): ``put`` stores one and returns its seq."""
+
+    def put(self, msg: Outgoing) -> int: ...
+
+
 class Pipeline:
-    def __init__(self, outbox: Outbox, prefix: str, device_id: str, batches: dict[str, int] | None = None) -> None:
+    def __init__(self, outbox: Sink, prefix: str, device_id: str, batches: dict[str, int] | None = None) -> None:
         self.outbox = outbox
         self.prefix = prefix
         self.device_id = device_id

@@ -1,4 +1,5 @@
-"""A token bucket: the one rate limiter (forwarder backlog throttling, command rate limits)."""
+"""A token bucket: the forwarder's backlog throttle (``mqtt.max_rate``/``max_rate_bytes``), reused by
+other parts that must bound a rate."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import time
 
 
 class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` (default: one second's worth, at least 1) saved up.
+    A rate <= 0 means no limit. Not thread-safe: one user at a time."""
+
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
         self.capacity = burst if burst is not None else max(1.0, rate)

@@ -1,13 +1,14 @@
 """MQTT 5 transport: the only module that imports paho-mqtt.
 
-paho's callbacks and return codes become plain Python callbacks and exceptions here, and nowhere else.
+paho's callbacks and return codes become plain Python callbacks, typed acks (:data:`Ack`: ``Accepted``,
+``Refused``, ``LinkLost``) and exceptions here, and nowhere else.
 Known paho 2.x traps and how this module avoids them:
 
 * paho keeps its session in memory and re-sends all of it after a reconnect, ignoring ``max_inflight``
   (paho #492): every connection gets a **fresh paho Client**; the durable outbox, not paho, replays.
   Acks from an old connection are ignored (generation counter).
 * ``on_publish`` can fire before ``publish()`` returns (paho #482/#361): early acks are parked by mid
-  and matched when ``publish()`` returns. No lock is held across a paho call.
+  and matched when ``publish()`` returns (:mod:`.inflight`). No lock is held across a paho call.
 * ``publish()`` returns ``MQTT_ERR_QUEUE_SIZE``/``MQTT_ERR_NO_CONN`` without raising (paho #856):
   every return code is checked and turned into :class:`PublishRefused`/:class:`NotConnected`.
 * Message ids wrap at 65,535: the forwarder hands paho only a bounded window (``max_inflight``,
@@ -15,7 +16,7 @@ Known paho 2.x traps and how this module avoids them:
 * ``is_connected()`` stays True on a half-open link (paho #840): paho pings every ``keepalive/2`` and
   drops the link after ``keepalive`` without a byte from the broker; in addition an unacknowledged
   publish older than ``keepalive`` drops the link. A dead link is thus detected within ``keepalive``.
-* Reconnects use exponential backoff with full jitter: ``uniform(0, min(max, min_delay * 2**n))``.
+* Reconnects use exponential backoff with full jitter (:mod:`.backoff`).
 
 Hot path (measured with ``py-spy --gil``, see bench/throughput.py): for every PUBACK paho 2.2 builds a
 ``ReasonCode`` and a ``Properties`` object even when the packet is the plain 2-byte success ack Mosquitto
@@ -27,8 +28,8 @@ limit is off because :meth:`MqttTransport.publish` already enforces the window (
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -42,15 +43,21 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
-from edge_agent.errors import NotConnected, PublishRefused, WindowFull
-from edge_agent.transport.types import ConnectionStatus, InMessage, Will
+from edge_agent.errors import NotConnected, PublishRefused
+from edge_agent.transport.backoff import backoff_delay
+from edge_agent.transport.inflight import Inflight
+from edge_agent.transport.types import ACCEPTED, LINK_LOST, Accepted, Ack, ConnectionStatus, InMessage, Refused, Will
 
 log = logging.getLogger("edge_agent.transport")
 
 
-AckCallback = Callable[[Any, bool, int], None]  # (token, ok, reason_code)
+AckCallback = Callable[[Any, Ack], None]  # (token, typed ack)
 
 _AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned, bad auth method
+
+
+class _AckCounts:
+    fast = 0  # PUBACKs decoded by _Client's fast path, all connections together
 
 
 class _Client(paho.Client):
@@ -58,18 +65,20 @@ class _Client(paho.Client):
 
     Relies on paho internals (``_in_packet``, ``_out_messages``, ``_out_message_mutex``,
     ``_do_on_publish``); if a paho upgrade renames one of them, the stock path is used (checked on each
-    new client, see :meth:`fast_ack_supported`).
+    new client, see :meth:`fast_ack_supported`). ``counts.fast`` counts the PUBACKs it decoded.
     """
 
-    _fast_ack = False
+    fast_ack = False
+    counts: _AckCounts
 
     def _handle_pubackcomp(self, cmd: Any) -> Any:
-        if self._fast_ack and cmd == "PUBACK":
+        if self.fast_ack and cmd == "PUBACK":
             packet = self._in_packet["packet"]
             n = len(packet)
             if n == 2 or n == 3:  # mid (+ reason code), no properties
                 mid = (packet[0] << 8) | packet[1]
                 code = packet[2] if n == 3 else 0
+                self.counts.fast += 1
                 with self._out_message_mutex:
                     if mid in self._out_messages:
                         # on_publish gets the reason code as an int (our callback accepts both)
@@ -82,12 +91,6 @@ class _Client(paho.Client):
         ``__init__``)."""
         return all(hasattr(self, a) for a in ("_in_packet", "_out_messages", "_out_message_mutex",
                                               "_do_on_publish"))
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff."""
-    r = rng or random
-    return r.uniform(0, min(hi, lo * (2 ** min(attempt, 30))))
 
 
 def _props(d: dict[str, Any] | None) -> Properties | None:
@@ -124,7 +127,7 @@ class MqttTransport:
         self.will = will
         self._on_status = on_status or (lambda s: None)
         self._on_message = on_message or (lambda m: None)
-        self._on_ack = on_ack or (lambda t, ok, rc: None)
+        self._on_ack: AckCallback = on_ack or (lambda t, ack: None)
         self._on_connected = on_connected or (lambda sp: None)
         self.persistent_session = persistent_session
         self.manual_ack = manual_ack
@@ -132,10 +135,8 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
         self._gen = 0
-        self._mids: dict[int, tuple[Any, float]] = {}
-        self._early: dict[int, int] = {}
-        self._reserved = 0  # QoS>0 publishes handed to paho and not yet acked: never above window
-        self.peak_inflight = 0  # the most QoS>0 messages ever awaiting PUBACK at once (never above window)
+        self._inflight = Inflight()  # guarded by _lock
+        self._ack_counts = _AckCounts()
         self._subs_sent_gen = -1  # the connection generation whose CONNACK re-sent every subscription
         self._online = threading.Event()
         self._lost = threading.Event()
@@ -165,7 +166,21 @@ class MqttTransport:
     def inflight(self) -> int:
         """QoS>0 messages handed to the broker and not acknowledged (all publishers together).
         A lock-free read of one int (atomic in CPython): it is read for every message."""
-        return self._reserved
+        return self._inflight.reserved
+
+    @property
+    def peak_inflight(self) -> int:
+        """The most QoS>0 messages ever awaiting PUBACK at once (never above ``window``)."""
+        return self._inflight.peak
+
+    @property
+    def fast_acks(self) -> int:
+        """PUBACKs decoded by the fast path (``mqtt.fast_ack``), all connections together."""
+        return self._ack_counts.fast
+
+    def set_ack_handler(self, fn: AckCallback) -> None:
+        """Where acks go: ``fn(token, ack)`` on the network thread, ``ack`` an :data:`Ack`."""
+        self._on_ack = fn
 
     def start(self) -> None:
         self._stop.clear()
@@ -194,7 +209,7 @@ class MqttTransport:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 props: dict[str, Any] | None = None, token: Any = None) -> None:
-        """Hand one message to the broker. The ack arrives via ``on_ack(token, ok, reason)``.
+        """Hand one message to the broker. The ack arrives via ``on_ack(token, ack)``.
 
         Raises NotConnected when offline, WindowFull when ``window`` QoS>0 messages are already
         unacknowledged (the broker's Receive Maximum is a hard limit, whoever publishes), and
@@ -205,11 +220,7 @@ class MqttTransport:
             if client is None or not self._online.is_set():
                 raise NotConnected("not connected to the broker")
             if qos > 0:
-                if self._reserved >= self.window:
-                    raise WindowFull(f"{self._reserved} messages already awaiting PUBACK")
-                self._reserved += 1
-                if self._reserved > self.peak_inflight:
-                    self.peak_inflight = self._reserved
+                self._inflight.reserve(self.window)
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
         except BaseException:
@@ -221,24 +232,20 @@ class MqttTransport:
                 raise NotConnected("connection lost while publishing")
             raise PublishRefused(f"paho refused publish to {topic}: {paho.error_string(info.rc)}")
         if qos == 0:
-            self._on_ack(token, True, 0)
+            self._on_ack(token, ACCEPTED)
             return
         with self._lock:
             if gen != self._gen:
                 raise NotConnected("connection replaced while publishing")
-            rc = self._early.pop(info.mid, None)
-            if rc is None:
-                self._mids[info.mid] = (token, time.monotonic())
-            else:
-                self._reserved = max(0, self._reserved - 1)
+            rc = self._inflight.sent(info.mid, token)
         if rc is not None:
             self._deliver_ack(token, rc)
 
     def _unreserve(self, gen: int, qos: int) -> None:
         if qos > 0:
             with self._lock:
-                if gen == self._gen and self._reserved > 0:
-                    self._reserved -= 1
+                if gen == self._gen:
+                    self._inflight.unreserve()
 
     def stop(self, timeout: float = 5.0, offline: Will | None = None) -> None:
         """Disconnect cleanly: publish ``offline`` (e.g. retained offline status) first if given."""
@@ -282,16 +289,17 @@ class MqttTransport:
             log.exception("on_status callback failed")
 
     def _deliver_ack(self, token: Any, rc: int) -> None:
-        ok = rc < 0x80
+        ack = ACCEPTED if rc == 0 else Accepted(rc) if rc < 0x80 else Refused(rc)
         try:
-            self._on_ack(token, ok, rc)
+            self._on_ack(token, ack)
         except Exception:
             log.exception("on_ack callback failed")
 
     def _make_client(self) -> paho.Client:
         c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                     protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
-        c._fast_ack = self.cfg.fast_ack and c.fast_ack_supported()
+        c.fast_ack = self.cfg.fast_ack and c.fast_ack_supported()
+        c.counts = self._ack_counts
         # 0 = no paho limit: publish() enforces the window itself and refuses with WindowFull, so paho
         # never queues (its queue would re-send on its own terms and scan all messages on every ack)
         c.max_inflight_messages_set(0)
@@ -309,7 +317,7 @@ class MqttTransport:
         gen = self._gen
         c.on_connect = lambda cl, ud, flags, rc, props: self._handle_connect(gen, cl, flags, rc, props)
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
-        c.on_publish = lambda cl, ud, mid, rc, props: self._handle_publish(gen, mid, rc)
+        c.on_publish = functools.partial(self._handle_publish, gen)  # no lambda frame per PUBACK
         c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
         return c
 
@@ -345,17 +353,18 @@ class MqttTransport:
             self._online.clear()
             self._lost.set()
 
-    def _handle_publish(self, gen: int, mid: int, rc: Any) -> None:
+    def _handle_publish(self, gen: int, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        """paho's on_publish (bound to its connection's ``gen``), once per PUBACK: keep it lean."""
         code = int(getattr(rc, "value", rc) or 0)
         with self._lock:
             if gen != self._gen:
                 return
-            entry = self._mids.pop(mid, None)
-            if entry is None:
-                self._early[mid] = code
-                return
-            self._reserved = max(0, self._reserved - 1)
-        self._deliver_ack(entry[0], code)
+            entry = self._inflight.acked(mid, code)
+        if entry is not None:
+            try:
+                self._on_ack(entry[0], ACCEPTED if code == 0 else Accepted(code) if code < 0x80 else Refused(code))
+            except Exception:
+                log.exception("on_ack callback failed")
 
     def _handle_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         p = msg.properties
@@ -388,9 +397,7 @@ class MqttTransport:
         while not self._stop.is_set():
             with self._lock:
                 self._gen += 1
-                self._mids.clear()
-                self._early.clear()
-                self._reserved = 0
+                self._inflight.reset()
                 client = self._client = self._make_client()
             self._lost.clear()
             self._set_status(ConnectionStatus("connecting", f"{self.cfg.host}:{self.cfg.port}", attempt=attempt))
@@ -441,7 +448,7 @@ class MqttTransport:
                     return
                 continue
             with self._lock:
-                oldest = min((t for _, t in self._mids.values()), default=None)
+                oldest = self._inflight.oldest()
             if oldest is not None and time.monotonic() - oldest > keepalive:
                 self.drop_connection(f"no PUBACK for {keepalive} s (half-open link?)")
                 return
@@ -453,12 +460,9 @@ class MqttTransport:
 
     def _drop_inflight(self) -> None:
         with self._lock:
-            lost = [tok for tok, _ in self._mids.values()]
-            self._mids.clear()
-            self._early.clear()
-            self._reserved = 0
+            lost = self._inflight.reset()
         for tok in lost:
             try:
-                self._on_ack(tok, False, -1)
+                self._on_ack(tok, LINK_LOST)
             except Exception:
                 log.exception("on_ack callback failed")

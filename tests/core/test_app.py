@@ -10,11 +10,10 @@ import pytest
 
 from edge_agent import config
 from edge_agent.app import App
-from edge_agent.apphost import typed_ack
 from edge_agent.config import MqttConfig
 from edge_agent.devbroker import DevBroker, free_port
 from edge_agent.errors import TransportError
-from edge_agent.host import ACCEPTED, LINK_LOST, Accepted, Disposition, InMessage, Refused
+from edge_agent.host import Disposition, InMessage
 from edge_agent.transport.mqtt import MqttTransport
 from tests.helpers import unique, wait_for, write_config
 
@@ -58,11 +57,6 @@ def test_open_that_fails_closes_what_it_opened(tmp_path: Path) -> None:
     wait_for(lambda: set(threading.enumerate()) <= threads, 5, msg="the outbox writer stopped")
     assert app.services == []
     app.stop()
-
-
-def test_acks_reach_services_typed() -> None:
-    assert typed_ack(True, 0) is ACCEPTED and typed_ack(True, 0x10) == Accepted(0x10)
-    assert typed_ack(False, -1) is LINK_LOST and typed_ack(False, 0x87) == Refused(0x87)
 
 
 def test_poison_messages_do_not_hold_the_receive_window(tmp_path: Path, broker: DevBroker) -> None:

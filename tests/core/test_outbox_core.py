@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
+import pytest
+
 from edge_agent import codec
-from edge_agent.outbox import Outbox, Outgoing, integrity_check, read_stats
+from edge_agent.errors import OutboxClosed
+from edge_agent.message import Outgoing
+from edge_agent.outbox import Outbox, integrity_check, read_stats
 
 
 def put_n(ob: Outbox, n: int, cls: str = "telemetry") -> list[int]:
@@ -15,7 +20,7 @@ def put_n(ob: Outbox, n: int, cls: str = "telemetry") -> list[int]:
 
 
 def test_seq_strictly_increasing_and_in_envelope(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     seqs = put_n(ob, 100)
     assert seqs == list(range(1, 101))
     assert ob.flush()
@@ -28,21 +33,21 @@ def test_seq_strictly_increasing_and_in_envelope(tmp_path: Path) -> None:
 
 
 def test_seq_never_reused_after_restart_even_when_empty(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 10)
     ob.flush()
     ob.accept(r.seq for r in ob.begin(100))
     ob.flush()
     assert ob.pending == 0
     ob.close()
-    ob2 = Outbox(tmp_path / "o.db", "d1")
+    ob2 = Outbox(tmp_path / "o.db", "d1").open()
     assert ob2.put(Outgoing(topic="t", stream="s", data=1)) == 11
     ob2.close()
     assert read_stats(tmp_path / "o.db").last_seq == 11
 
 
 def test_claimed_rows_not_handed_out_twice_and_release(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 10)
     ob.flush()
     a = ob.begin(4)
@@ -59,21 +64,21 @@ def test_claimed_rows_not_handed_out_twice_and_release(tmp_path: Path) -> None:
 
 
 def test_unacked_rows_replayed_in_order_after_restart(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 20)
     ob.flush()
     rows = ob.begin(20)
     ob.accept(r.seq for r in rows[:5])  # 1..5 acked, 6..20 in flight when we "crash"
     ob.flush()
     ob.close()
-    ob2 = Outbox(tmp_path / "o.db", "d1")
+    ob2 = Outbox(tmp_path / "o.db", "d1").open()
     assert [r.seq for r in ob2.begin(100)] == list(range(6, 21))
     ob2.close()
     assert integrity_check(tmp_path / "o.db") == "ok"
 
 
 def test_higher_class_first_then_seq(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 3)
     alarm = ob.put(Outgoing(topic="t", stream="events/x", data={}, cls="alarm"))
     event = ob.put(Outgoing(topic="t", stream="events/y", data={}, cls="event"))
@@ -83,7 +88,7 @@ def test_higher_class_first_then_seq(tmp_path: Path) -> None:
 
 
 def test_group_commit_many_rows_one_transaction(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1", commit_interval=0.2)
+    ob = Outbox(tmp_path / "o.db", "d1", commit_interval=0.2).open()
     put_n(ob, 500)
     ob.flush()
     db = sqlite3.connect(tmp_path / "o.db")
@@ -96,7 +101,7 @@ def test_group_commit_many_rows_one_transaction(tmp_path: Path) -> None:
 
 
 def test_raw_payload_and_props_roundtrip(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     ob.put(Outgoing(topic="r", stream="cmd-reply/ping", raw=b'{"status":"ok"}',
                     props={"correlation_data": b"\x01\x02", "content_type": "application/json"}))
     ob.flush()
@@ -110,7 +115,7 @@ def test_pipeline_taps_see_every_reading_of_a_batch(tmp_path: Path) -> None:
     from edge_agent.pipeline import Pipeline
     from edge_agent.sensors.base import Reading
 
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     p = Pipeline(ob, "edge", "d1", {"s": 3})
     seen: list[tuple[float, int]] = []
     p.taps.append(lambda r, seq: seen.append((r.data["value"], seq)))
@@ -122,3 +127,19 @@ def test_pipeline_taps_see_every_reading_of_a_batch(tmp_path: Path) -> None:
     assert env["data"] == {"ts": [100.0, 101.0, 102.0], "value": [0.0, 1.0, 2.0]} and env["ts"] == 100.0
     p.flush()
     ob.close()
+
+
+def test_constructor_does_no_io_open_does(tmp_path: Path) -> None:
+    """``Outbox(...)`` only stores its parameters: no file, no thread until ``open()``, which returns it."""
+    path = tmp_path / "state" / "o.db"
+    threads = threading.active_count()
+    ob = Outbox(path, "d1")
+    assert not path.parent.exists() and threading.active_count() == threads
+    with pytest.raises(OutboxClosed, match="not open"):
+        ob.put(Outgoing(topic="edge/d1/telemetry/s", stream="telemetry/s", data={}))
+    ob.close()  # closing an outbox never opened is harmless
+    assert ob.open() is ob and path.exists()
+    assert ob.put(Outgoing(topic="edge/d1/telemetry/s", stream="telemetry/s", data={})) == 1
+    ob.close()
+    with pytest.raises(OutboxClosed, match="closed"):
+        ob.put(Outgoing(topic="edge/d1/telemetry/s", stream="telemetry/s", data={}))

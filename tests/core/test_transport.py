@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import weakref
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho  # to provoke paho's own behaviour; agent code never imports it
 import pytest
 
 from edge_agent import config
 from edge_agent.app import App
 from edge_agent.devbroker import DevBroker
-from edge_agent.transport import mqtt as mqtt_mod
-from edge_agent.transport.mqtt import backoff_delay
+from edge_agent.errors import PublishRefused, WindowFull
+from edge_agent.transport.backoff import backoff_delay
+from edge_agent.transport.inflight import Inflight
+from edge_agent.transport.types import ACCEPTED, Accepted, Ack, Refused
 from tests.helpers import Collector, missing, unique, wait_for, write_config
 
 
@@ -56,27 +60,38 @@ def test_broker_receive_maximum_caps_what_paho_holds(tmp_path: Path) -> None:
         b.close()
 
 
+def test_inflight_parks_an_ack_that_beats_publish_returning() -> None:
+    """paho #482 in the window bookkeeping alone: the PUBACK for mid 7 arrives before publish() returned
+    mid 7; the code is parked, handed back when it returns, and the slot is free again."""
+    inf = Inflight()
+    inf.reserve(2)
+    inf.reserve(2)
+    with pytest.raises(WindowFull):
+        inf.reserve(2)
+    assert inf.acked(7, 0) is None  # too early: parked
+    assert inf.sent(7, "token-7") == 0 and inf.reserved == 1
+    assert inf.sent(8, "token-8") is None  # the normal order
+    assert inf.acked(8, 0x87)[0] == "token-8" and inf.reserved == 0 and inf.peak == 2
+
+
 def test_ack_before_publish_returns_is_not_lost(tmp_path: Path, broker: DevBroker,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """paho #482: on_publish may run before publish() returns. Force it: deliver every PUBACK early."""
-    real = mqtt_mod.MqttTransport._make_client
+    """paho #482: on_publish may run before publish() returns. Force it through paho's public surface:
+    every QoS 1 publish() calls the client's on_publish callback (the transport's) before returning, and
+    the real PUBACK later finds no callback."""
+    real_publish = paho.Client.publish
+    early: weakref.WeakKeyDictionary[paho.Client, Any] = weakref.WeakKeyDictionary()
 
-    def make_client(self: mqtt_mod.MqttTransport) -> Any:
-        client = real(self)
-        orig_publish = client.publish
-        gen = self._gen
+    def publish(self: paho.Client, *a: Any, **kw: Any) -> paho.MQTTMessageInfo:
+        info = real_publish(self, *a, **kw)
+        if kw.get("qos", 1) and info.rc == paho.MQTT_ERR_SUCCESS:
+            if self not in early:
+                early[self] = self.on_publish
+                self.on_publish = None  # the real PUBACK then finds nothing to do
+            early[self](self, self.user_data_get(), info.mid, 0, None)  # the ack overtakes the return
+        return info
 
-        def publish(*a: Any, **kw: Any) -> Any:
-            info = orig_publish(*a, **kw)
-            if kw.get("qos", 1):
-                self._handle_publish(gen, info.mid, 0)  # the ack overtakes the return of publish()
-            return info
-
-        client.publish = publish
-        client.on_publish = lambda *a: None  # the real PUBACK then finds nothing to do
-        return client
-
-    monkeypatch.setattr(mqtt_mod.MqttTransport, "_make_client", make_client)
+    monkeypatch.setattr(paho.Client, "publish", publish)
     cfg = config.load(write_config(tmp_path / "c.toml", broker.port, tmp_path / "s", prefix=unique("ea")))
     app = App(cfg, with_sensors=False)
     fill(app, 500)
@@ -91,24 +106,19 @@ def test_ack_before_publish_returns_is_not_lost(tmp_path: Path, broker: DevBroke
 def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, broker: DevBroker,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """paho #856: a full paho queue returns MQTT_ERR_QUEUE_SIZE without raising; rows go back and retry."""
-    real = mqtt_mod.MqttTransport._make_client
-
-    def make_client(self: mqtt_mod.MqttTransport) -> Any:
-        client = real(self)
-        client.max_queued_messages_set(3)  # far below the window of 20: refusals guaranteed
-        return client
-
-    monkeypatch.setattr(mqtt_mod.MqttTransport, "_make_client", make_client)
+    real = paho.Client.max_queued_messages_set
+    # whatever queue the transport asks paho for, paho gets 3: far below the window of 20, refusals guaranteed
+    monkeypatch.setattr(paho.Client, "max_queued_messages_set", lambda self, n: real(self, 3))
     prefix = unique("qs")
     cfg = config.load(write_config(tmp_path / "c.toml", broker.port, tmp_path / "s", prefix=prefix))
     refused = []
-    orig = mqtt_mod.PublishRefused.__init__
+    orig = PublishRefused.__init__
 
     def spy(self: Exception, *a: Any) -> None:
         refused.append(a)
         orig(self, *a)
 
-    monkeypatch.setattr(mqtt_mod.PublishRefused, "__init__", spy)
+    monkeypatch.setattr(PublishRefused, "__init__", spy)
     with Collector(broker.port, f"{prefix}/#") as col:
         app = App(cfg, with_sensors=False)
         fill(app, 1000)
@@ -125,7 +135,8 @@ def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, bro
 def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ack: bool) -> None:
     """A PUBACK carrying a failure reason code (0x87 not authorized, from Mosquitto's ACL) removes the
     message (seq 27 here) and counts it as rejected, on both the fast PUBACK decoder and paho's own path; the
-    messages around it still arrive."""
+    messages around it still arrive. Ack listeners see it as Refused(0x87), the others as Accepted; the
+    fast decoder is used exactly when it is on (so this paho has every internal it relies on)."""
     prefix = unique("acl")
     acl = tmp_path / "acl"
     acl.write_text(f"topic readwrite #\ntopic deny {prefix}/dev-1/forbidden\n")
@@ -136,9 +147,8 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
         with Collector(b.port, f"{prefix}/#") as col:
             app = App(cfg, with_sensors=False)
             app.open()
-            client = app.transport._make_client()
-            assert isinstance(client, mqtt_mod._Client)
-            assert client._fast_ack is fast_ack  # this paho has every internal the fast path uses
+            acks: dict[int, Ack] = {}
+            app.forwarder.add_ack_listener(lambda seq, ack: acks.__setitem__(seq, ack))
             for i in range(50):
                 app.pipeline.publish("bulk/x", {"i": i})
                 if i == 25:
@@ -148,6 +158,13 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
                 wait_for(lambda: app.outbox.pending == 0 and app.transport.inflight() == 0, 30)
                 assert app.forwarder.rejected == 1
                 assert app.outbox.counters["rejected"] == 1
+                assert acks[27] == Refused(0x87)
+                assert all(isinstance(a, Accepted) for s, a in acks.items() if s != 27)
+                assert ACCEPTED in acks.values()
+                if fast_ack:
+                    assert app.transport.fast_acks >= len(acks) - 1  # every plain PUBACK took the fast path
+                else:
+                    assert app.transport.fast_acks == 0
             finally:
                 app.stop()
             # Mosquitto 2.0.11 also drops the connection after a denied publish, and the reset can discard

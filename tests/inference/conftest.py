@@ -79,7 +79,7 @@ class Harness:
         from edge_agent.outbox import Outbox
         from edge_agent.pipeline import Pipeline
 
-        self.outbox = Outbox(tmp / "outbox.db", "dev-1", commit_interval=0.01)
+        self.outbox = Outbox(tmp / "outbox.db", "dev-1", commit_interval=0.01).open()
         self.pipeline = Pipeline(self.outbox, "edge", "dev-1", batches)
         self.service = InferenceService(models, self.pipeline, tmp / "state")
         self.n = 0

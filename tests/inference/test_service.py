@@ -63,7 +63,7 @@ def test_worker_behind_skips_oldest_windows_and_counts_them(tmp_path: Path) -> N
             return super().publish(stream, data, **kw)
 
     p, _, _ = model_files(tmp_path / "m", scale(0.0), n_in=2)
-    ob = Outbox(tmp_path / "o.db", "d")
+    ob = Outbox(tmp_path / "o.db", "d").open()
     pipe = SlowDownstream(ob, "edge", "d")
     svc = InferenceService([model_cfg(p, window=2, queue=3)], pipe, tmp_path / "state")
     svc.start()

@@ -105,7 +105,7 @@ def run_case(case: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[dic
         assert app.wait_sensors_done(30), "sensors did not finish"
     finally:
         app.stop()
-    box = Outbox(tmp / "state" / OUTBOX_FILE, "golden")
+    box = Outbox(tmp / "state" / OUTBOX_FILE, "golden").open()
     try:
         envs = [codec.decode_envelope(p.payload) for p in box.begin(100000)]
     finally:

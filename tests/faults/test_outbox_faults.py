@@ -15,7 +15,8 @@ import pytest
 
 from edge_agent import codec
 from edge_agent.errors import OutboxError
-from edge_agent.outbox import Outbox, Outgoing, integrity_check, precheck, ranges, read_stats
+from edge_agent.message import Outgoing
+from edge_agent.outbox import Outbox, integrity_check, precheck, ranges, read_stats
 from tests.faultkit import disk_free, fill_disk, loop_ext4, loop_mount_unavailable
 
 TOPIC = "edge/d1/telemetry/s"
@@ -67,7 +68,7 @@ def test_ranges_helper() -> None:
 
 
 def test_capacity_evicts_lowest_class_oldest_first_and_reports(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1", max_bytes=1024 * 1024, min_free=0, maintenance_interval=0.2)
+    ob = Outbox(tmp_path / "o.db", "d1", max_bytes=1024 * 1024, min_free=0, maintenance_interval=0.2).open()
     dropped_calls: list[tuple[list[int], str]] = []
     ob.on_dropped(lambda seqs, reason: dropped_calls.append((seqs, reason)))
     alarms = []
@@ -99,7 +100,7 @@ def test_capacity_evicts_lowest_class_oldest_first_and_reports(tmp_path: Path) -
 
 
 def test_ttl_expiry_default_and_per_message(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1", max_age=1.0, maintenance_interval=0.2)
+    ob = Outbox(tmp_path / "o.db", "d1", max_age=1.0, maintenance_interval=0.2).open()
     old = put_n(ob, 50)
     short = put_n(ob, 5, ttl=0.5, cls="event")
     ob.flush()
@@ -119,7 +120,7 @@ def test_ttl_expiry_default_and_per_message(tmp_path: Path) -> None:
 
 
 def test_alarm_jumps_old_telemetry_backlog(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 500)
     ob.flush()
     first = ob.begin(50)  # draining has begun
@@ -139,7 +140,7 @@ def test_alarm_jumps_old_telemetry_backlog(tmp_path: Path) -> None:
 
 
 def test_release_rewinds_cursor(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 20)
     ob.flush()
     a = ob.begin(10)
@@ -151,12 +152,12 @@ def test_release_rewinds_cursor(tmp_path: Path) -> None:
 
 
 def test_seq_sidecar_keeps_seqs_monotonic_when_db_is_lost(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 30)
     ob.flush()
     ob.close()
     Path(tmp_path / "o.db").write_bytes(b"this is not a database at all" * 100)
-    ob2 = Outbox(tmp_path / "o.db", "d1")
+    ob2 = Outbox(tmp_path / "o.db", "d1").open()
     nxt = ob2.put(Outgoing(topic="t", stream="s", data=1))
     assert nxt > 30
     ob2.close()
@@ -166,7 +167,7 @@ def _kill_copy(tmp_path: Path, n: int = 200) -> Path:
     """An outbox with committed rows still in its WAL, as a SIGKILL leaves it (files copied while open)."""
     src = tmp_path / "live"
     src.mkdir()
-    ob = Outbox(src / "o.db", "d1")
+    ob = Outbox(src / "o.db", "d1").open()
     for _ in range(4):  # several commits
         put_n(ob, n // 4)
         ob.flush()
@@ -210,7 +211,7 @@ def test_corruption_quarantined_salvaged_reported(tmp_path: Path, kind: str) -> 
     if kind != "flipped_bytes":
         assert precheck(db) is not None
     t0 = time.monotonic()
-    ob = Outbox(db, "d1")
+    ob = Outbox(db, "d1").open()
     assert time.monotonic() - t0 < 10
     assert ob.recovered is not None, "damage must be detected"
     quarantined = list(db.parent.glob("o.db.corrupt-*"))
@@ -230,13 +231,13 @@ def test_corruption_quarantined_salvaged_reported(tmp_path: Path, kind: str) -> 
     ob.close()
     assert integrity_check(db) == "ok"
     # a second start is clean: no crash loop, no second quarantine
-    ob = Outbox(db, "d1")
+    ob = Outbox(db, "d1").open()
     assert ob.recovered is None and ob.counters["corrupt_recovered"] == 1
     ob.close()
 
 
 def test_stats_cli_fields(tmp_path: Path) -> None:
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 5)
     ob.flush()
     ob.close()
@@ -261,7 +262,7 @@ def test_disk_full_keeps_sampling_bounded_then_recovers(tmp_path: Path) -> None:
     try:
         state = mnt / "state"
         ob = Outbox(state / "o.db", "d1", max_bytes=64 * 1024 * 1024, min_free=0, memory_buffer=500,
-                    reserve_bytes=512 * 1024, maintenance_interval=0.2)
+                    reserve_bytes=512 * 1024, maintenance_interval=0.2).open()
         put_n(ob, 2000, size=100)
         assert ob.flush()
         filler = fill_disk(mnt)
@@ -272,7 +273,7 @@ def test_disk_full_keeps_sampling_bounded_then_recovers(tmp_path: Path) -> None:
             time.sleep(0.05)
         time.sleep(2.0)
         assert ob.counters["store_errors"] > 0
-        assert len(ob._batch) <= 500 + 10
+        assert ob.status()["memory"] <= 500 + 10
         filler.unlink()  # space returns
         assert ob.flush(20), "recovers on its own once space is back"
         time.sleep(0.5)
@@ -292,7 +293,7 @@ def test_disk_full_keeps_sampling_bounded_then_recovers(tmp_path: Path) -> None:
 def test_acked_rows_leave_without_row_deletes(tmp_path: Path) -> None:
     """Acks are kept as ranges and the table is emptied in one go once everything is acked; stats and
     restarts never count or replay an acked row."""
-    ob = Outbox(tmp_path / "o.db", "d1")
+    ob = Outbox(tmp_path / "o.db", "d1").open()
     put_n(ob, 100)
     ob.flush()
     rows = ob.begin(100)
@@ -305,7 +306,7 @@ def test_acked_rows_leave_without_row_deletes(tmp_path: Path) -> None:
     ob.release(r.seq for r in rows[60:])
     assert [r.seq for r in ob.begin(100)] == list(range(61, 101)), "acked rows are never handed out again"
     ob.close()
-    ob = Outbox(tmp_path / "o.db", "d1")  # restart: the acked rows are deleted, the rest replayed
+    ob = Outbox(tmp_path / "o.db", "d1").open()  # restart: the acked rows are deleted, the rest replayed
     assert ob.pending == 40 and [r.seq for r in ob.begin(100)][:1] == [61]
     ob.accept(range(61, 101))
     ob.flush()
@@ -324,14 +325,14 @@ def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> N
         pytest.skip(f"cannot loop-mount ext4 here: {e}")
     try:
         state = mnt / "state"
-        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024)
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024).open()
         put_n(ob, 300)
         ob.flush()
         ob.close()
         assert (state / "o.db.reserve").exists()
         filler = fill_disk(mnt)
         # a restart while the disk is full: SQLite needs room for -wal/-shm; the reserve gives it
-        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024)
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024).open()
         assert ob.recovered is None and not list(state.glob("o.db.corrupt-*"))
         assert ob.pending == 300
         put_n(ob, 2000, size=200)  # cannot all be stored: kept in memory, never an exception
@@ -341,13 +342,13 @@ def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> N
         # no reserve left and still full: it opens (SQLite can reuse its -wal/-shm) or says why; the
         # healthy file is never quarantined
         try:
-            Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).close(2.0)
+            Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).open().close(2.0)
         except OutboxError as e:
             assert "disk full" in str(e)
         assert not list(state.glob("o.db.corrupt-*"))
         filler.unlink()
         filler2.unlink(missing_ok=True)
-        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0)
+        ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).open()
         assert ob.recovered is None and ob.last_seq >= 300
         seq = ob.put(Outgoing(topic=TOPIC, stream="telemetry/s", data={}))
         assert ob.flush() and seq == ob.last_seq

@@ -1,0 +1,145 @@
+"""The consumer side: the reader connection, the claims and the per-class cursors.
+
+``begin()`` orders by class (alarm > event > inference > telemetry), then seq. Rows it handed out are
+"claimed" and not handed out again until ``release()``d or acked. It keeps a cursor per class (and
+per part of a throttled drain) so a drain never re-reads rows it already handed out. Readers use their
+own connection: in WAL mode they see the last commit and never wait for the writer's transaction, so a
+long commit cannot stall the forwarder.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from edge_agent import codec
+from edge_agent.message import Pending
+from edge_agent.outbox.rangeset import NONE_ACKED, Acked
+from edge_agent.outbox.schema import PRIOS, Topics
+from edge_agent.outbox.stats import OutboxStats, oldest, stats_of
+
+
+class Claims:
+    """Thread-safe: one lock guards the reader connection, the claims and the cursors."""
+
+    def __init__(self, topics: Topics) -> None:
+        self._lock = threading.Lock()
+        self._names = topics.names  # read for every row handed out
+        self._rdb: sqlite3.Connection | None = None
+        self._claimed: dict[int, int] = {}  # seq -> prio
+        self._cursor: dict[tuple[int, str], int] = {}
+        self._acked = NONE_ACKED
+        self._ready = threading.Event()
+
+    def attach(self, path: Path) -> None:
+        """Open the reader connection (read-only)."""
+        rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        rdb.execute("PRAGMA query_only=1")
+        self._rdb = rdb
+
+    def close(self) -> None:
+        with self._lock:
+            if self._rdb is not None:
+                self._rdb.close()
+
+    # ------------------------------------------------------------------ the forwarder
+    def begin(self, limit: int, *, live_after: int | None = None, part: str = "all") -> list[Pending]:
+        if limit <= 0:
+            return []
+        if part not in ("all", "live", "backlog"):
+            raise ValueError(f"part must be 'all', 'live' or 'backlog', got {part!r}")
+        boundary = live_after or 0
+        out: list[Pending] = []
+        with self._lock:
+            for p in PRIOS:
+                need = limit - len(out)
+                if need <= 0:
+                    break
+                if part == "all" or p >= 2:
+                    self._fetch(p, "all", 0, None, need, out)
+                elif part == "live":
+                    self._fetch(p, "live", boundary, None, need, out)
+                else:
+                    self._fetch(p, "backlog", 0, boundary, need, out)
+            if not out:
+                self._ready.clear()
+            return out
+
+    def _fetch(self, p: int, seg: str, floor: int, ceil: int | None, need: int, out: list[Pending]) -> None:
+        key = (p, "all" if p >= 2 else seg)
+        cur = max(self._cursor.get(key, 0), floor)
+        where = "prio = 0" if p == 0 else f"prio > 0 AND prio = {p}"  # the partial index needs 'prio > 0'
+        sql = ("SELECT seq, topic, payload, qos, retain, props, created FROM messages WHERE "
+               f"{where} AND seq > ?{' AND seq <= ?' if ceil is not None else ''} ORDER BY seq LIMIT ?")
+        rdb = self._rdb
+        assert rdb is not None, "begin() before open()"
+        claimed, acked, names = self._claimed, self._acked, self._names
+        while need > 0:
+            chunk = need + 32
+            args = (cur, ceil, chunk) if ceil is not None else (cur, chunk)
+            rows = rdb.execute(sql, args).fetchall()
+            for seq, topic, payload, qos, retain, props, created in rows:
+                cur = seq
+                if seq in claimed or seq in acked:
+                    continue
+                claimed[seq] = p
+                out.append(Pending(seq, p, names.get(topic) or self._topic_name(topic), payload,
+                                   qos, bool(retain), codec.decode(props) if props else None, created / 1000.0))
+                need -= 1
+                if need == 0:
+                    break
+            if len(rows) < chunk:
+                break
+        self._cursor[key] = cur
+
+    def _topic_name(self, tid: int) -> str:
+        assert self._rdb is not None
+        row = self._rdb.execute("SELECT topic FROM topics WHERE id=?", (tid,)).fetchone()
+        name = str(row[0]) if row else ""
+        self._names[tid] = name
+        return name
+
+    def release(self, seqs: Iterable[int]) -> None:
+        with self._lock:
+            for s in seqs:
+                p = self._claimed.pop(s, None)
+                if p is None:
+                    continue
+                for key, cur in self._cursor.items():
+                    if key[0] == p and cur >= s:
+                        self._cursor[key] = s - 1
+        self._ready.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # ------------------------------------------------------------------ the writer
+    def claimed(self) -> set[int]:
+        with self._lock:
+            return set(self._claimed)
+
+    def settle(self, acks: list[int], acked: Acked) -> None:
+        """A commit recorded ``acks``: they are no longer claimed, and ``acked`` is what is still stored
+        of the acked rows (one step, so begin() never sees an acked row unclaimed)."""
+        with self._lock:
+            for s in acks:
+                self._claimed.pop(s, None)
+            self._acked = acked
+
+    def data_ready(self) -> None:
+        self._ready.set()
+
+    # ------------------------------------------------------------------ figures
+    def stats(self, path: Path, now: float) -> OutboxStats:
+        with self._lock:
+            assert self._rdb is not None, "stats() before open()"
+            return stats_of(self._rdb, path, now)
+
+    def oldest_created_ms(self) -> int | None:
+        """``created`` (ms) of the oldest row not yet acked, or None when there is none."""
+        with self._lock:
+            assert self._rdb is not None, "status() before open()"
+            row = oldest(self._rdb, self._acked.ranges)
+        return row[0] if row else None
