@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import ids
-from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir
+from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir, state_dir_problem
 from edge_agent.config.schema import Config
 from edge_agent.config.validate import validate
 from edge_agent.errors import ConfigError
@@ -58,6 +58,15 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     """Read and validate the config file ``path`` (default: :func:`default_config_path`)."""
     p = Path(path) if path is not None else default_config_path(env)
     return loads(read_text(p), str(p), env)
+
+
+def check_runnable(cfg: Config) -> Config:
+    """``cfg`` if ``run`` can use what it names on this machine (the state directory), else ConfigError
+    naming the key. ``run`` and ``check-config`` call it; readers (``outbox stats``, ``tail``) do not."""
+    problem = state_dir_problem(cfg.storage.dir)
+    if problem is not None:
+        raise ConfigError(cfg.source or "<memory>", [f"storage.dir: {problem}"])
+    return cfg
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
