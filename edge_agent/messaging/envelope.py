@@ -70,6 +70,24 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def check_data(data: Any) -> int:
+    """The encoded size of a message's ``data``; MessagingError if it cannot be encoded, or if a receiver
+    would refuse it (decoded with the receiver's own limits: map keys must be strings, at most 1,000 keys
+    per map and 10,000 items per array), so what cannot arrive is refused at send() instead of lost."""
+    try:
+        raw = codec.encode(data)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise MessagingError(f"message data cannot be encoded with msgpack: {e}") from None
+    try:
+        codec.decode(raw, **_DECODE)
+    except DecodeError as e:
+        why = str(e)
+        if "map key" in why:
+            why = f"map keys must be strings ({why})"
+        raise MessagingError(f"message data would be refused by the recipient: {why}") from None
+    return len(raw)
+
+
 def decode_envelope(msg: InMessage) -> dict[str, Any] | None:
     """The edge-agent envelope (dev, seq, ts, stream, data) in ``msg``, or None (logged) if it is not one."""
     try:

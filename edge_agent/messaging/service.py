@@ -31,11 +31,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent import codec
 from edge_agent.host import ConnectionStatus, Host, Outgoing
 from edge_agent.message import MESSAGE_CLASSES
 from edge_agent.messaging.dispatch import Dispatcher, Listener
-from edge_agent.messaging.envelope import MessagingError, check_filter, check_id, json_safe, topic_matches
+from edge_agent.messaging.envelope import (
+    MessagingError,
+    check_data,
+    check_filter,
+    check_id,
+    json_safe,
+    topic_matches,
+)
 from edge_agent.messaging.history import HISTORY_FILE, STATUSES, History, HistoryError, Message
 from edge_agent.messaging.inbound import Inbound
 from edge_agent.messaging.tracking import RECEIPT_BATCH, Tracker
@@ -234,10 +240,7 @@ class MessagingService:
 
     def _put(self, topic: str, stream: str, data: Any, *, kind: str, ttl: float | None, extra: dict[str, Any],
              peer: str | None = None, group: str | None = None, cls: str = "event") -> Message:
-        try:
-            size = len(codec.encode(data))
-        except (TypeError, ValueError, OverflowError) as e:
-            raise MessagingError(f"message data cannot be encoded with msgpack: {e}") from None
+        size = check_data(data)
         if size > MAX_DATA:
             raise MessagingError(f"message data is {size} bytes encoded, over {MAX_DATA}; use send_file()")
         t = self._ttl(ttl)
