@@ -623,6 +623,21 @@ class Outbox:
                 self._cond.notify()
         return seq
 
+    def skip_to(self, seq: int, reason: str = "crash") -> list[int]:
+        """Never hand out a seq <= ``seq`` again and report the skipped ones in ``events/dropped``.
+
+        For a client that recorded seqs put just before the last process died, uncommitted (messaging
+        uses seqs as message ids): without this, the next put()s would get them again."""
+        with self._cond:
+            if self._closed:
+                raise OutboxClosed(f"{self.path}: outbox is closed")
+            skipped = list(range(self._next_seq, seq + 1))
+            if skipped:
+                self._next_seq = seq + 1
+                self._account_locked(reason, skipped)
+                self._cond.notify()
+        return skipped
+
     def _account_locked(self, reason: str, seqs: Iterable[int] = (), rngs: Iterable[Iterable[int]] = ()) -> None:
         """Record ``seqs``/``rngs`` as dropped for ``reason`` in an uncommitted events/dropped row (caller
         holds _cond).
