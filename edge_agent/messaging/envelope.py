@@ -16,6 +16,7 @@ from edge_agent.transport.types import InMessage
 log = logging.getLogger("edge_agent.messaging")
 
 # limits for untrusted inbound envelopes: a message's data is at most 1 MiB encoded (bigger goes as a file)
+DATA_MAX = 1024 * 1024  # encoded message data; bigger things go through send_file
 _DECODE = {"max_bytes": 2 * 1024 * 1024, "max_bin": 1024 * 1024 + 1024, "max_str": 1024 * 1024}
 
 
@@ -78,6 +79,8 @@ def check_data(data: Any) -> int:
         raw = codec.encode(data)
     except (TypeError, ValueError, OverflowError) as e:
         raise MessagingError(f"message data cannot be encoded with msgpack: {e}") from None
+    if len(raw) > DATA_MAX:
+        return len(raw)  # the caller refuses it as too big (send_file is the way)
     try:
         codec.decode(raw, **_DECODE)
     except DecodeError as e:

@@ -35,6 +35,7 @@ from edge_agent.host import ConnectionStatus, Host, Outgoing
 from edge_agent.message import MESSAGE_CLASSES
 from edge_agent.messaging.dispatch import Dispatcher, Listener
 from edge_agent.messaging.envelope import (
+    DATA_MAX,
     MessagingError,
     check_data,
     check_filter,
@@ -52,7 +53,7 @@ from edge_agent.transport.topics import group_msg_topic, inbox_topic, receipts_t
 log = logging.getLogger("edge_agent.messaging")
 
 RESERVED_STREAMS = ("inbox", "receipts", "cmd", "cmd-reply", "status")
-MAX_DATA = 1024 * 1024  # encoded message data; bigger things go through send_file
+MAX_DATA = DATA_MAX
 QUERY_FILTERS = frozenset({"peer", "group", "stream", "sender", "since", "until", "search", "unread", "kind",
                            "limit", "newest_first"})
 _PRUNE_EVERY = 600.0  # seconds between full retention passes (history age/size, stale transfers)

@@ -9,31 +9,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 from edge_agent.devbroker import DevBroker
 from tests.helpers import ROOT, wait_for
+from tests.messaging.test_examples import Proc
 
 APP = Path(__file__).with_name("item05_app.py")
 
 
-class Child:
-    def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen([sys.executable, str(APP), *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+class Child(Proc):
+    """The app in a child process, its stdout lines collected as they come."""
 
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip("\n"))
+    def __init__(self, *args: str) -> None:
+        super().__init__([str(APP), *args], ROOT)
 
     def line(self, prefix: str, timeout: float = 30.0) -> str:
         wait_for(lambda: any(x.startswith(prefix) for x in self.lines) or self.p.poll() is not None, timeout,
@@ -48,7 +38,7 @@ class Child:
     def kill(self) -> None:
         self.p.send_signal(signal.SIGKILL)
         self.p.wait(10)
-        self.reader.join(10)
+        self.t.join(10)  # every line the child printed before it died
 
 
 def test_ids_are_never_reused_and_the_lost_are_reported(broker: DevBroker, tmp_path: Path) -> None:
