@@ -72,6 +72,9 @@ class AppHost:
     def last_seq(self) -> int:
         return self._outbox.last_seq
 
+    def skip_seqs(self, upto: int, reason: str) -> list[int]:
+        return self._outbox.skip_to(upto, reason)
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._outbox.on_committed(fn)
 

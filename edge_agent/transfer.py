@@ -37,6 +37,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_CHUNKS = 1_000_000
 META = "meta.json"
+#: Names a received file cannot have: the transfer directory's own entries.
+RESERVED_NAMES = (META, "chunks")
+
+
+def file_name_problem(name: object) -> str | None:
+    """Why a received file could not be called ``name`` (the sender checks the same), or None."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return f"bad file name {name!r} (letters, digits and _ . + @ -, first a letter or digit, no '/')"
+    if name in RESERVED_NAMES:
+        return f"file name {name!r} is reserved ({', '.join(RESERVED_NAMES)}); give another name"
+    return None
 
 
 class TransferError(EdgeAgentError, ValueError):
@@ -141,9 +152,9 @@ class ChunkAssembler:
             raise TransferError(f"transfer {transfer_id}: chunk data must be bytes, got {type(data).__name__}")
         if not isinstance(sha256, str) or not _SHA.fullmatch(sha256):
             raise TransferError(f"transfer {transfer_id}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
-        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name) or name == META):
-            raise TransferError(f"transfer {transfer_id}: bad file name {name!r} (letters, digits and "
-                                "_ . + @ -, no '/')")
+        problem = None if name is None else file_name_problem(name)
+        if problem is not None:
+            raise TransferError(f"transfer {transfer_id}: {problem}")
 
     @staticmethod
     def _read_meta(tdir: Path) -> dict[str, object] | None:

@@ -63,6 +63,7 @@ class FakeHost:
         self.subscriptions: list[tuple[str, Callable[[str], bool], Handler, int]] = []
         self.acked_inbound: list[str] = []  # topics of inbound messages the router acknowledged
         self.flushes = 0
+        self.skipped: list[tuple[list[int], str]] = []  # skip_seqs() calls
         self._committed: list[Callable[[list[int]], None]] = []
         self._dropped: list[Callable[[list[int], str], None]] = []
         self._acks: list[Callable[[int, Ack], None]] = []
@@ -97,6 +98,13 @@ class FakeHost:
 
     def last_seq(self) -> int:
         return self._seq
+
+    def skip_seqs(self, upto: int, reason: str) -> list[int]:
+        with self._lock:
+            skipped = list(range(self._seq + 1, upto + 1))
+            self._seq = max(self._seq, upto)
+            self.skipped.append((skipped, reason))
+            return skipped
 
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._committed.append(fn)

@@ -23,7 +23,7 @@ from edge_agent import config as config_mod
 from edge_agent.cli import ctl, messages, roster, users
 from edge_agent.cli.display import format_envelope, print_config_errors
 from edge_agent.config import EX_CONFIG, Config
-from edge_agent.errors import ConfigError, OutboxError
+from edge_agent.errors import ConfigError, OutboxError, StartError
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent import logs
     from edge_agent.app import App
 
-    cfg = _load(args)
+    cfg = config_mod.check_runnable(_load(args))
     logs.setup(cfg.logging.level, cfg.logging.journal)
     app = App(cfg)
     stop = threading.Event()
@@ -43,7 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda s, f: hup.set())
-    app.start()
+    try:
+        app.start()
+    except (StartError, OSError) as e:  # what the config checks could not foresee: no traceback, a reason
+        app.stop()
+        print(f"edge-agent: cannot start: {e}", file=sys.stderr)
+        return 78 if isinstance(e, StartError) else 74
     try:
         while not stop.is_set():
             if hup.is_set():
@@ -60,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = config_mod.check_runnable(_load(args))
     warnings: list[str] = []
     if cfg.models:
         try:

@@ -30,6 +30,7 @@ from edge_agent import __version__
 from edge_agent import config as config_mod
 from edge_agent.commands.registry import Registry
 from edge_agent.commands.schema import Arg
+from edge_agent.config.schema import INTERVAL_MAX, INTERVAL_MIN
 from edge_agent.errors import CommandError, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.ids import ID_PATTERN
@@ -311,7 +312,7 @@ def register(reg: Registry) -> None:
     reg.add("config.set", config_set, {"changes": Arg("map", required=True, max_len=64)})
     reg.add("sensor.set_interval", sensor_set_interval,
             {"sensor": Arg("str", required=True, pattern=ID),
-             "interval": Arg("float", required=True, gt=0, le=7 * 86400)})
+             "interval": Arg("float", required=True, ge=INTERVAL_MIN, le=INTERVAL_MAX)})
     reg.add("output.set", output_set,
             {"output": Arg("str", required=True, pattern=ID), "value": Arg("scalar", required=True),
              "duration": Arg("float", gt=0, le=86400)})

@@ -3,7 +3,7 @@
 A config file is TOML. :func:`load` returns a :class:`Config` (frozen dataclasses all the way down,
 sequences as tuples) or raises :class:`ConfigError` carrying *every* problem found, each with its key::
 
-    /etc/edge-agent/config.toml: sensors[1].interval: must be > 0, got -1
+    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 0.0001, got -1
     /etc/edge-agent/config.toml: mqtt.prot: unknown key (did you mean 'port'?)
 
 :mod:`.schema` declares the sections (field metadata: ``doc``, bounds, ``choices``, ``pattern``, ``ident``),
@@ -11,7 +11,7 @@ sequences as tuples) or raises :class:`ConfigError` carrying *every* problem fou
 finds the file, the state directory and the default device id.
 """
 
-from edge_agent.config.load import build, load, loads, merge, parse, parse_toml, read_text
+from edge_agent.config.load import build, check_runnable, load, loads, merge, parse, parse_toml, read_text
 from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir
 from edge_agent.config.schema import (
     EX_CONFIG,
@@ -41,6 +41,6 @@ __all__ = [
     "EX_CONFIG", "ID_PATTERN", "ID_RULE", "MODEL_RING_ROWS_MAX", "MODEL_RING_ROW_BYTES", "AgentConfig",
     "CommandsConfig", "Config", "ConfigError", "DeviceConfig", "LoggingConfig", "MessageClass", "MessagingConfig",
     "ModelConfig", "MqttConfig", "OperatorKey", "OutputConfig", "SensorConfig", "StorageConfig", "TlsConfig",
-    "build", "default_config_path", "default_device_id", "default_state_dir", "load", "loads", "merge", "parse",
-    "parse_toml", "read_text", "to_dict", "validate",
+    "build", "check_runnable", "default_config_path", "default_device_id", "default_state_dir", "load", "loads",
+    "merge", "parse", "parse_toml", "read_text", "to_dict", "validate",
 ]

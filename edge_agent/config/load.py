@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_agent import ids
-from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir
+from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir, state_dir_problem
 from edge_agent.config.schema import Config
 from edge_agent.config.validate import validate
 from edge_agent.errors import ConfigError
@@ -29,7 +30,39 @@ def parse_toml(text: str, source: str = "<memory>") -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, [f"invalid TOML: {e}"]) from None
+        raise ConfigError(source, [_toml_problem(text, str(e))]) from None
+
+
+_KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
+_HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]")
+
+
+def _toml_problem(text: str, msg: str) -> str:
+    """A TOML syntax error named by its key where one can be found (tomllib gives a line at most):
+    ``mqtt.port: duplicate key (lines 9 and 12)``, ``mqtt.port: invalid TOML at line 9: ...``."""
+    keys: dict[str, int] = {}
+    where: dict[int, str] = {}  # line number -> key path
+    table, counts = "", dict[str, int]()
+    for n, line in enumerate(text.splitlines(), 1):
+        h = _HEADER.match(line)
+        if h:
+            name = h.group(2)
+            if h.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                name = f"{name}[{counts[name]}]"
+            table = where[n] = name
+            continue
+        k = _KEY.match(line)
+        if k:
+            path = f"{table}.{k.group(1)}" if table else k.group(1)
+            if path in keys:
+                return f"{path}: duplicate key (lines {keys[path]} and {n}): invalid TOML: {msg}"
+            keys[path], where[n] = n, path
+    m = re.search(r"at line (\d+)", msg)
+    n = int(m.group(1)) if m else max(where, default=0)  # "at end of document": the last key seen
+    line = text.splitlines()[n - 1].strip()[:80] if 0 < n <= len(text.splitlines()) else ""
+    key = where.get(n) or next((where[i] for i in range(n, 0, -1) if i in where), "")
+    return f"{key + ': ' if key else ''}invalid TOML at line {n} ({line!r}): {msg}" if n else f"invalid TOML: {msg}"
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
@@ -58,6 +91,15 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     """Read and validate the config file ``path`` (default: :func:`default_config_path`)."""
     p = Path(path) if path is not None else default_config_path(env)
     return loads(read_text(p), str(p), env)
+
+
+def check_runnable(cfg: Config) -> Config:
+    """``cfg`` if ``run`` can use what it names on this machine (the state directory), else ConfigError
+    naming the key. ``run`` and ``check-config`` call it; readers (``outbox stats``, ``tail``) do not."""
+    problem = state_dir_problem(cfg.storage.dir)
+    if problem is not None:
+        raise ConfigError(cfg.source or "<memory>", [f"storage.dir: {problem}"])
+    return cfg
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat as stat_mod
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,3 +40,37 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir("edge-agent", appauthor=False)) / "config.toml"
+
+
+def state_dir_problem(path: str) -> str | None:
+    """Why ``run`` could not use ``path`` as its state directory (create it, write files in it), or None.
+
+    Checked without leaving anything behind: a NUL byte, a symlink loop, a non-directory on the way, a
+    directory (or the nearest existing parent, for one still to be made) this user cannot write."""
+    if not path:
+        return "must not be empty"
+    if "\x00" in path:
+        return f"must not contain a NUL byte, got {path!r}"
+    p = Path(path)
+    while True:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if p.parent == p:
+                return f"{path}: no existing parent directory"
+            p = p.parent  # made by run (mkdir -p): the first existing parent must take it
+            continue
+        except OSError as e:  # ELOOP (a symlink loop), ENOTDIR (a file on the way), EACCES, ENAMETOOLONG
+            return f"{path}: cannot be used: {e.strerror or e}"
+        break
+    if not stat_mod.S_ISDIR(st.st_mode):
+        what = "is" if str(p) == path else f"has {p} on its way, which is"
+        return f"{path}: {what} not a directory"
+    what = "is" if str(p) == path else f"would be made in {p}, which is"
+    if not os.access(p, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{path}: {what} not writable by this user (uid {os.geteuid()})"
+    try:  # what access() cannot tell: a read-only mount, an immutable directory (also for root)
+        tempfile.TemporaryFile(dir=p).close()  # O_TMPFILE where available: nothing visible is made
+    except OSError as e:
+        return f"{path}: {what} not writable: {e.strerror or e}"
+    return None

@@ -20,6 +20,14 @@ from edge_agent.message import MESSAGE_CLASSES
 
 EX_CONFIG = 78
 
+#: Bounds of every duration given in seconds (ten years) and of a sensor's interval (also the
+#: ``sensor.set_interval`` command's): a finite, sane range, so nothing overflows or spins.
+MAX_SECONDS = 10 * 365 * 86400.0
+INTERVAL_MIN = 0.0001
+INTERVAL_MAX = 86400.0
+#: A number without an explicit bound must lie within +-BIG_NUMBER (and a float must be finite).
+BIG_NUMBER = 2**53
+
 # Message classes, lowest first. Eviction drops the lowest class first; the forwarder sends the highest
 # class first. Alarms are the last thing ever dropped.
 MessageClass = Literal["telemetry", "inference", "event", "alarm"]
@@ -72,13 +80,14 @@ class MqttConfig(_Frozen):
     tls: TlsConfig | None = _f(None, "TLS settings; a table {ca, cert, key}. Absent: plain TCP.")
     max_inflight: int = _f(20, "Messages handed to the broker and not yet acknowledged (also capped by "
                                "the broker's Receive Maximum).", ge=1, le=1000)
-    max_rate: float = _f(0.0, "Cap on messages/s sent from the backlog after a reconnect (0 = no cap).", ge=0)
-    max_rate_bytes: float = _f(0.0, "Cap on payload bytes/s from the backlog (0 = no cap).", ge=0)
+    max_rate: float = _f(0.0, "Cap on messages/s sent from the backlog after a reconnect (0 = no cap).", ge=0,
+                         le=1e9)
+    max_rate_bytes: float = _f(0.0, "Cap on payload bytes/s from the backlog (0 = no cap).", ge=0, le=1e12)
     session_expiry: int = _f(3600, "MQTT 5 session expiry in seconds, so messages for this device wait "
-                                   "at the broker while it is offline.", ge=0)
-    connect_timeout: float = _f(10.0, "Seconds to wait for CONNACK.", gt=0)
-    reconnect_min: float = _f(0.5, "First reconnect delay ceiling in seconds (full jitter).", gt=0)
-    reconnect_max: float = _f(60.0, "Longest reconnect delay ceiling in seconds.", gt=0)
+                                   "at the broker while it is offline.", ge=0, le=2**32 - 1)
+    connect_timeout: float = _f(10.0, "Seconds to wait for CONNACK.", ge=0.1, le=3600)
+    reconnect_min: float = _f(0.5, "First reconnect delay ceiling in seconds (full jitter).", ge=0.01, le=3600)
+    reconnect_max: float = _f(60.0, "Longest reconnect delay ceiling in seconds.", ge=0.01, le=86400)
     fast_ack: bool = _f(True, "Decode plain PUBACKs without paho's per-ack objects (about 20% less CPU at "
                               "full rate). Set false to use paho's own path, e.g. after a paho upgrade.")
 
@@ -88,16 +97,18 @@ class StorageConfig(_Frozen):
     dir: str = _f("", "State directory (outbox, history, keys). Default: $STATE_DIRECTORY, else the "
                       "user data dir.")
     max_bytes: int = _f(256 * 1024 * 1024, "Outbox size cap in bytes (also bounded by free disk).",
-                        ge=1024 * 1024)
+                        ge=1024 * 1024, le=2**50)
     max_age: float = _f(7 * 24 * 3600.0, "Messages older than this many seconds expire (accounted in "
-                                         "events/dropped).", gt=0)
+                                         "events/dropped).", ge=1, le=MAX_SECONDS)
     commit_interval: float = _f(0.05, "Group commit: longest time a reading waits before its fsync.",
-                                gt=0, le=5)
+                                ge=0.001, le=5)
     sync: str = _f("normal", "SQLite synchronous mode: 'normal' (WAL; a power cut may lose the last "
                              "commit_interval) or 'full' (fsync every commit).", choices=("normal", "full"))
-    memory_buffer: int = _f(10000, "Messages held in memory while the disk refuses writes.", ge=100)
+    memory_buffer: int = _f(10000, "Messages held in memory while the disk refuses writes.", ge=100,
+                            le=10_000_000)
     min_free: int = _f(16 * 1024 * 1024, "Free disk space (bytes) the outbox leaves to others: when less is "
-                                         "free it evicts like at max_bytes (reason 'disk_full').", ge=0)
+                                         "free it evicts like at max_bytes (reason 'disk_full').", ge=0,
+                       le=2**50)
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class SensorConfig(_Frozen):
     name: str = _f(doc="Sensor name; stream 'telemetry/<name>'.", ident="id")
     type: str = _f(doc="Plugin: simulated, replay, system, gpio.digital, gpio.analog, onewire.ds18b20, "
                        "i2c.bme280.")
-    interval: float = _f(1.0, "Seconds between readings (0.001 to hours).", gt=0)
-    count: int = _f(0, "Stop after this many readings (0 = never).", ge=0)
+    interval: float = _f(1.0, "Seconds between readings (0.0001 to 86400).", ge=INTERVAL_MIN, le=INTERVAL_MAX)
+    count: int = _f(0, "Stop after this many readings (0 = never).", ge=0, le=2**53)
     cls: str = _f("telemetry", "Message class: telemetry, inference, event or alarm.",
                   choices=MESSAGE_CLASSES)
     batch: int = _f(1, "Readings per message; >1 sends values as arrays.", ge=1, le=10000)
@@ -131,31 +142,35 @@ class ModelConfig(_Frozen):
     inputs: tuple[str, ...] = _f(doc="Sensor names whose values form the window (one column each).")
     field: str = _f("value", "Field of each reading's data to feed the model.")
     window: int = _f(32, "Samples per window.", ge=1, le=100000)
-    hop: int = _f(0, "Samples between windows (0 = window, i.e. no overlap).", ge=0)
+    hop: int = _f(0, "Samples between windows (0 = window, i.e. no overlap).", ge=0, le=100000)
     preprocess: str = _f("metadata", "'none', 'standardize' (mean/std below), or 'metadata' (from the "
                                      "model's metadata file).", choices=("none", "standardize", "metadata"))
-    mean: float = _f(0.0, "Mean for 'standardize'.")
-    std: float = _f(1.0, "Standard deviation for 'standardize'.", gt=0)
+    mean: float = _f(0.0, "Mean for 'standardize'.", ge=-1e15, le=1e15)
+    std: float = _f(1.0, "Standard deviation for 'standardize'.", ge=1e-12, le=1e15)
     output: str = _f("reconstruction", "'reconstruction' (mean squared error vs input = anomaly score) or "
                                         "'scores' (class scores with labels).",
                      choices=("reconstruction", "scores"))
     threshold: float = _f(0.0, "Score at or above which an alarm is raised (0 = the metadata's threshold, "
                                "if any, else never). For 'scores', applies to the top class not labelled "
-                               "'normal'.", ge=0)
+                               "'normal'.", ge=0, le=1e15)
     alarm: str = _f("", "Event name for alarms: stream 'events/<alarm>'. Default: '<name>_anomaly'.",
                     ident="id")
-    alarm_after: int = _f(1, "Windows in a row at or above the threshold before the alarm is raised.", ge=1)
-    rearm: int = _f(1, "Windows in a row below the threshold before a new alarm can be raised.", ge=1)
+    alarm_after: int = _f(1, "Windows in a row at or above the threshold before the alarm is raised.", ge=1,
+                         le=1_000_000)
+    rearm: int = _f(1, "Windows in a row below the threshold before a new alarm can be raised.", ge=1,
+                   le=1_000_000)
     queue: int = _f(4, "Windows that may wait for the worker; beyond, the oldest are skipped and counted. "
                        "Sizes the model's ring buffer: window + hop x queue rows (at most 1,000,000).",
                     ge=1, le=100000)
     max_failures: int = _f(3, "Run-time failures (exception or NaN/inf output) of a newly installed model "
-                              "before it is rolled back automatically to the previous one.", ge=1)
+                              "before it is rolled back automatically to the previous one.", ge=1,
+                      le=1_000_000)
     calibrate: bool = _f(True, "Learn the threshold (and input scale) on this device during a warm-up when "
                                "the model's metadata declares a calibration rule; a threshold > 0 pins it.")
     warmup_windows: int = _f(0, "Warm-up length in windows (0 = the model's default; with warmup_seconds, "
                                 "the most windows kept).", ge=0, le=100000)
-    warmup_seconds: float = _f(0.0, "Warm-up length in seconds of reading time instead (0 = by windows).", ge=0)
+    warmup_seconds: float = _f(0.0, "Warm-up length in seconds of reading time instead (0 = by windows).",
+                              ge=0, le=MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -172,12 +187,13 @@ class CommandsConfig(_Frozen):
     unsigned: tuple[str, ...] = _f(("ping", "status"), "Read-only commands accepted without a signature.")
     insecure: bool = _f(False, "Accept unsigned state-changing commands (logged as a warning at start).")
     keys: tuple[OperatorKey, ...] = _f((), "Trusted operator keys.")
-    max_payload: int = _f(256 * 1024, "Largest command payload in bytes.", ge=1024)
-    rate: float = _f(20.0, "Commands/s accepted per source (token bucket).", gt=0)
-    burst: int = _f(40, "Burst size of the command rate limit.", ge=1)
-    max_clock_skew: float = _f(300.0, "Seconds a command's issued_at may lie in the future.", ge=0)
+    max_payload: int = _f(256 * 1024, "Largest command payload in bytes.", ge=1024, le=64 * 1024 * 1024)
+    rate: float = _f(20.0, "Commands/s accepted per source (token bucket).", ge=0.001, le=1e6)
+    burst: int = _f(40, "Burst size of the command rate limit.", ge=1, le=1_000_000)
+    max_clock_skew: float = _f(300.0, "Seconds a command's issued_at may lie in the future.", ge=0,
+                                 le=30 * 86400)
     max_lifetime: float = _f(86400.0, "Longest validity (expires_at - issued_at) of a signed command; "
-                                      "bounds how long seen ids must be kept.", gt=0, le=30 * 86400)
+                                      "bounds how long seen ids must be kept.", ge=1, le=30 * 86400)
     queue: int = _f(64, "Accepted commands waiting for a worker; more are refused as 'busy'.", ge=1, le=10000)
     workers: int = _f(2, "Threads executing commands.", ge=1, le=16)
     modules: tuple[str, ...] = _f((), "Python modules imported at start that register commands with "
@@ -188,12 +204,14 @@ class CommandsConfig(_Frozen):
 @dataclass(frozen=True)
 class MessagingConfig(_Frozen):
     enabled: bool = _f(True, "Receive direct and group messages (inbox) and keep a local history.")
-    history_max_age: float = _f(30 * 24 * 3600.0, "History retention in seconds.", gt=0)
-    history_max_bytes: int = _f(64 * 1024 * 1024, "History size cap in bytes.", ge=1024 * 1024)
-    default_ttl: float = _f(0.0, "Default message time-to-live in seconds (0 = storage.max_age).", ge=0)
+    history_max_age: float = _f(30 * 24 * 3600.0, "History retention in seconds.", ge=1, le=MAX_SECONDS)
+    history_max_bytes: int = _f(64 * 1024 * 1024, "History size cap in bytes.", ge=1024 * 1024,
+                                 le=2**50)
+    default_ttl: float = _f(0.0, "Default message time-to-live in seconds (0 = storage.max_age).", ge=0,
+                               le=MAX_SECONDS)
     chunk_size: int = _f(64 * 1024, "File transfer chunk size in bytes.", ge=1024, le=1024 * 1024)
     transfer_max_age: float = _f(7 * 24 * 3600.0, "Incoming file transfers still incomplete after this many "
-                                                  "seconds are removed.", gt=0)
+                                                  "seconds are removed.", ge=1, le=MAX_SECONDS)
     signatures: str = _f("auto", "Signed messages: 'auto' signs everything sent and, once a verified fleet "
                                  "roster is held (messaging.roster, or the retained <prefix>/_roster signed by a "
                                  "commands.keys operator), refuses direct, group, receipt and file envelopes "
@@ -214,10 +232,11 @@ class LoggingConfig(_Frozen):
 
 @dataclass(frozen=True)
 class AgentConfig(_Frozen):
-    status_interval: float = _f(60.0, "Seconds between retained status updates with counters.", gt=0)
-    stop_timeout: float = _f(5.0, "Seconds a graceful stop may spend sending the backlog.", ge=0)
+    status_interval: float = _f(60.0, "Seconds between retained status updates with counters.", ge=0.1,
+                                  le=86400)
+    stop_timeout: float = _f(5.0, "Seconds a graceful stop may spend sending the backlog.", ge=0, le=3600)
     watchdog_stall: float = _f(0.0, "A loop silent this long counts as stalled (0 = half of "
-                                     "WATCHDOG_USEC, else 30 s).", ge=0)
+                                     "WATCHDOG_USEC, else 30 s).", ge=0, le=86400)
     pin_factory: str = _f("", "gpiozero pin factory: lgpio, rpigpio, native, mock. Default: "
                               "$GPIOZERO_PIN_FACTORY, else gpiozero's choice.",
                           choices=("", "lgpio", "rpigpio", "pigpio", "native", "mock"))

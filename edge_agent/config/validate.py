@@ -3,7 +3,7 @@
 Every problem is gathered (not just the first) with its key path and why, then raised together as one
 :class:`~edge_agent.errors.ConfigError` naming the file::
 
-    /etc/edge-agent/config.toml: sensors[1].interval: must be > 0, got -1
+    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 0.0001, got -1
     /etc/edge-agent/config.toml: mqtt.prot: unknown key (did you mean 'port'?)
 
 Driven by the dataclasses' field metadata (see :mod:`edge_agent.config.schema`); plugin ``Options``
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -23,6 +24,7 @@ from typing import Any
 
 from edge_agent import ids
 from edge_agent.config.schema import (
+    BIG_NUMBER,
     LOADER_FIELDS,
     MODEL_RING_ROW_BYTES,
     MODEL_RING_ROWS_MAX,
@@ -124,11 +126,31 @@ def _check_text(value: str, path: str, errors: Errors, meta: Mapping[str, Any]) 
         errors.add(path, f"{value!r} is not allowed: pattern {pattern}")
 
 
+def _number_ok(value: float, path: str, errors: Errors, meta: Mapping[str, Any]) -> bool:
+    """Every number is finite, and within +-BIG_NUMBER unless its field gives its own bounds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.add(path, f"must be a finite number, got {value!r}")
+        return False
+    lo = meta.get("ge", meta.get("gt", -BIG_NUMBER))
+    hi = meta.get("le", BIG_NUMBER)
+    too_big = "le" not in meta and value > BIG_NUMBER
+    too_small = "ge" not in meta and "gt" not in meta and value < -BIG_NUMBER
+    if too_big or too_small:
+        errors.add(path, f"must be between {lo:g} and {hi:g}, got {value!r}")
+        return False
+    return True
+
+
 def _check_scalar(tp: Any, value: Any, path: str, errors: Errors, meta: Mapping[str, Any]) -> Any:
     if tp is Any:
         return value
     if not _type_ok(tp, value):
         errors.add(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+        return dataclasses.MISSING
+    if isinstance(value, int | float) and not isinstance(value, bool) and not _number_ok(value, path, errors, meta):
+        return dataclasses.MISSING
+    if isinstance(value, str) and "\x00" in value:
+        errors.add(path, f"must not contain a NUL byte, got {value!r}")
         return dataclasses.MISSING
     if "gt" in meta and not value > meta["gt"]:
         errors.add(path, f"must be > {meta['gt']}, got {value!r}")

@@ -53,13 +53,18 @@ class Dispatcher:
         self._wake.set()
 
     def run(self, history: History, stop: threading.Event) -> None:
-        """The thread's loop: until ``stop`` is set (``wake()`` after setting it for a prompt exit)."""
-        while not stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
+        """The thread's loop: until ``stop`` is set (``wake()`` after setting it for a prompt exit). Status
+        and connection changes queued by then (the last ones: ``stopped``, the final PUBACKs' statuses)
+        are still reported before it returns."""
+        try:
+            while not stop.is_set():
+                self._wake.wait(1.0)
+                self._wake.clear()
+                self._drain_events()
+                if self._listeners["message"] and not history.closed and not self._deliver(history, stop):
+                    return
+        finally:
             self._drain_events()
-            if self._listeners["message"] and not history.closed and not self._deliver(history, stop):
-                return
 
     def _drain_events(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from edge_agent.transport.types import InMessage
 log = logging.getLogger("edge_agent.messaging")
 
 # limits for untrusted inbound envelopes: a message's data is at most 1 MiB encoded (bigger goes as a file)
+DATA_MAX = 1024 * 1024  # encoded message data; bigger things go through send_file
 _DECODE = {"max_bytes": 2 * 1024 * 1024, "max_bin": 1024 * 1024 + 1024, "max_str": 1024 * 1024}
 
 
@@ -68,6 +69,26 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def check_data(data: Any) -> int:
+    """The encoded size of a message's ``data``; MessagingError if it cannot be encoded, or if a receiver
+    would refuse it (decoded with the receiver's own limits: map keys must be strings, at most 1,000 keys
+    per map and 10,000 items per array), so what cannot arrive is refused at send() instead of lost."""
+    try:
+        raw = codec.encode(data)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise MessagingError(f"message data cannot be encoded with msgpack: {e}") from None
+    if len(raw) > DATA_MAX:
+        return len(raw)  # the caller refuses it as too big (send_file is the way)
+    try:
+        codec.decode(raw, **_DECODE)
+    except DecodeError as e:
+        why = str(e)
+        if "map key" in why:
+            why = f"map keys must be strings ({why})"
+        raise MessagingError(f"message data would be refused by the recipient: {why}") from None
+    return len(raw)
 
 
 def decode_envelope(msg: InMessage) -> dict[str, Any] | None:

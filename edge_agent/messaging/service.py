@@ -32,12 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent import codec
 from edge_agent.host import ConnectionStatus, Disposition, Host, InMessage, Outgoing
 from edge_agent.message import MESSAGE_CLASSES
 from edge_agent.messaging.authn import KEY_FILE, ROSTER_FILE, Authenticator, load_or_create_key
 from edge_agent.messaging.dispatch import Dispatcher, Listener
-from edge_agent.messaging.envelope import MessagingError, check_filter, check_id, json_safe, topic_matches
+from edge_agent.messaging.envelope import (
+    DATA_MAX,
+    MessagingError,
+    check_data,
+    check_filter,
+    check_id,
+    json_safe,
+    topic_matches,
+)
 from edge_agent.messaging.history import HISTORY_FILE, STATUSES, History, HistoryError, Message
 from edge_agent.messaging.inbound import Inbound
 from edge_agent.messaging.tracking import RECEIPT_BATCH, Tracker
@@ -49,7 +56,7 @@ from edge_agent.transport.topics import group_msg_topic, inbox_topic, receipts_t
 log = logging.getLogger("edge_agent.messaging")
 
 RESERVED_STREAMS = ("inbox", "receipts", "cmd", "cmd-reply", "status")
-MAX_DATA = 1024 * 1024  # encoded message data; bigger things go through send_file
+MAX_DATA = DATA_MAX
 QUERY_FILTERS = frozenset({"peer", "group", "stream", "sender", "since", "until", "search", "unread", "kind",
                            "limit", "newest_first"})
 _PRUNE_EVERY = 600.0  # seconds between full retention passes (history age/size, stale transfers)
@@ -279,10 +286,7 @@ class MessagingService:
 
     def _put(self, topic: str, stream: str, data: Any, *, kind: str, ttl: float | None, extra: dict[str, Any],
              peer: str | None = None, group: str | None = None, cls: str = "event") -> Message:
-        try:
-            size = len(codec.encode(data))
-        except (TypeError, ValueError, OverflowError) as e:
-            raise MessagingError(f"message data cannot be encoded with msgpack: {e}") from None
+        size = check_data(data)
         if size > MAX_DATA:
             raise MessagingError(f"message data is {size} bytes encoded, over {MAX_DATA}; use send_file()")
         t = self._ttl(ttl)

@@ -3,7 +3,7 @@
 ::
 
     put (under the lock, so no outbox callback can miss the seq)  --> "pending"
-    host.on_committed(seqs)                      --> queued
+    host.on_committed(seqs)                      --> queued     (a file: once every chunk is stored)
     host.on_ack(seq, Accepted)                   --> sent       (a file: once every chunk is)
     host.on_ack(seq, Refused(code))              --> failed     (the broker refused it)
     host.on_ack(seq, LinkLost)                   --> unchanged  (released; the outbox sends it again)
@@ -174,7 +174,7 @@ class Tracker:
         if st is not None and st >= 2:
             self.advance(mid, "sent")
             self._history.forget_mid(mid)
-        elif st is not None:  # a file with chunks still on their way
+        elif st is not None and st >= 1:  # a file with chunks still on their way, every one stored
             self.advance(mid, "queued")
 
     def on_dropped(self, seqs: Iterable[int], reason: str) -> None:
@@ -193,10 +193,11 @@ class Tracker:
 
     # ------------------------------------------------------------------ start
     def reconcile(self) -> None:
-        """At start: a seq we recorded but the outbox never committed was lost with the process (and
-        will be reused by the outbox), so its message failed; committed ones are queued; receipts lost
-        with the process (the history commit is synchronous, the outbox's group commit is not) are sent
-        again (the sender ignores what it already knows)."""
+        """At start: a seq we recorded but the outbox never committed was lost with the process, so its
+        message failed (reported to on_message_status) and the outbox skips that seq for good (an id is
+        never reused); committed ones are queued; receipts lost with the process (the history commit is
+        synchronous, the outbox's group commit is not) are sent again (the sender ignores what it already
+        knows)."""
         with self._lock:
             self._reconcile_seqs(self._host.last_seq())
             self._reconcile_open()
@@ -204,16 +205,24 @@ class Tracker:
 
     def _reconcile_seqs(self, last: int) -> None:
         h = self._history
+        lost: dict[str, list[int]] = {}
         for seq, (mid, state) in h.tracked_seqs().items():
             if seq > last:
-                log.warning("message %s was lost before the outbox stored it (agent stopped); marked failed", mid)
-                h.set_status(mid, "failed", "lost: the agent stopped before the outbox stored it")
-                h.forget_mid(mid)
-                h.rename(mid, f"{mid}~lost{int(time.time())}")  # the outbox will hand out this seq again
+                lost.setdefault(mid, []).append(seq)
                 continue
             self._tracked[seq] = mid
             if state == 0:
                 h.mark_outseqs([seq], 1)
+        if not lost:
+            return
+        skipped = self._host.skip_seqs(max(max(v) for v in lost.values()), "crash")
+        log.warning("%d message(s) lost before the outbox stored them (the agent stopped); marked failed, "
+                    "%d seq(s) skipped so their ids are never reused", len(lost), len(skipped))
+        for mid in lost:
+            h.set_status(mid, "failed", "lost: the agent stopped before the outbox stored it; send it again")
+            h.forget_mid(mid)
+            self.forget(mid)  # a file's chunks that were stored
+            self._emit(mid)
 
     def _reconcile_open(self) -> None:
         h = self._history
@@ -225,6 +234,9 @@ class Tracker:
                     log.warning("file %s was interrupted while being queued (%d of %s chunks); marked failed",
                                 mid, have, m.data.get("chunks"))
                     h.set_status(mid, "failed", "interrupted while being queued: send it again")
+                    h.forget_mid(mid)
+                    self.forget(mid)
+                    self._emit(mid)
                     continue
             if status == "pending" and (h.min_outseq_state(mid) or 0) >= 1:
                 h.set_status(mid, "queued")

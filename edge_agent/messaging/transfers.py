@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,15 @@ from edge_agent.host import Host, Outgoing
 from edge_agent.messaging.envelope import MessagingError
 from edge_agent.messaging.history import History
 from edge_agent.messaging.tracking import Tracker
-from edge_agent.transfer import ChecksumMismatch, ChunkAssembler, TransferError, TransferState, file_sha256
+from edge_agent.transfer import (
+    MAX_CHUNKS,
+    ChecksumMismatch,
+    ChunkAssembler,
+    TransferError,
+    TransferState,
+    file_name_problem,
+    file_sha256,
+)
 from edge_agent.transport.topics import inbox_topic
 
 log = logging.getLogger("edge_agent.messaging")
@@ -34,9 +41,9 @@ TRANSFERS_DIR = "transfers"
 # File chunks are bulk data: class telemetry, so after an outage they drain throttled (mqtt.max_rate) and
 # behind messages and alarms, and are the first evicted under capacity pressure (then re-sent on request).
 FILE_CLASS = "telemetry"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,254}")
 _FILL_BATCH_BYTES = 4 * 1024 * 1024  # flush the outbox this often while putting chunks: bounds memory
 _MAX_MISSING_REPORTED = 10000
+_REFUSED_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class FileTransfers:
         self._receipt = receipt  # receipt(to, mids, status, **more)
         self._received = received  # a new file is in the history
         self._asm_lock = threading.Lock()  # chunk writes fsync: kept apart from the tracker's lock
+        self._refused_ids: dict[str, None] = {}  # transfers already answered "failed" (insertion order)
 
     # ------------------------------------------------------------------ sending
     def send(self, to: str, path: str | os.PathLike[str], name: str | None, ttl: Ttl) -> str:
@@ -79,10 +87,14 @@ class FileTransfers:
         if not p.is_file():
             raise MessagingError(f"send_file: {p} is not a readable file")
         name = name or p.name
-        if not _NAME.fullmatch(name):
-            raise MessagingError(f"send_file: file name {name!r} must be letters, digits and _ . + @ - (no '/')")
+        problem = file_name_problem(name)  # the receiver's own check: what it would refuse is refused here
+        if problem is not None:
+            raise MessagingError(f"send_file: {problem}")
         size = p.stat().st_size
         total = max(1, math.ceil(size / self._chunk_size))
+        if total > MAX_CHUNKS:
+            raise MessagingError(f"send_file: {p} is {size} bytes, {total} chunks of {self._chunk_size}: more than "
+                                 f"the {MAX_CHUNKS} a receiver takes (raise messaging.chunk_size)")
         info = {"name": name, "size": size, "sha256": file_sha256(p), "chunks": total,
                 "chunk_size": self._chunk_size, "path": str(p.resolve())}
         mid = ""
@@ -170,6 +182,9 @@ class FileTransfers:
         dev, seq, d = env["dev"], env["seq"], env.get("data")
         if not isinstance(d, dict) or not isinstance(d.get("chunk"), bytes):
             log.warning("file chunk %s:%s dropped: malformed", dev, seq)
+            tid = d.get("transfer") if isinstance(d, dict) else None
+            self._refused(dev, tid if isinstance(tid, str) and tid.startswith(f"{dev}:") else f"{dev}:{seq}",
+                          "malformed file chunk")
             return
         tid = d.get("transfer") or f"{dev}:{seq}"
         if not isinstance(tid, str) or not tid.startswith(f"{dev}:"):
@@ -200,7 +215,17 @@ class FileTransfers:
                 self._receipt(dev, [tid], "failed", reason=str(e))  # the sender must send it again
             except TransferError as e:
                 log.warning("file %s from %s: chunk refused: %s", tid, dev, e)
+                self._refused(dev, tid, str(e))
             return None
+
+    def _refused(self, dev: str, tid: str, reason: str) -> None:
+        """Tell the sender its file failed (once per transfer: its other chunks are refused alike)."""
+        if tid in self._refused_ids:
+            return
+        self._refused_ids[tid] = None
+        while len(self._refused_ids) > _REFUSED_KEPT:
+            del self._refused_ids[next(iter(self._refused_ids))]
+        self._receipt(dev, [tid], "failed", reason=f"refused by {self._dev}: {reason}"[:500])
 
     def prune(self, max_age: float) -> int:
         """Remove incoming transfers still incomplete after ``max_age`` seconds."""

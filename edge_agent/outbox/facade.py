@@ -147,6 +147,18 @@ class Outbox:
         """Queue ``msg`` for the next commit and return its seq. Never blocks on the network or disk."""
         return self._staging.put(msg)
 
+    def skip_to(self, seq: int, reason: str = "crash") -> list[int]:
+        """Never hand out a seq <= ``seq`` again and report the skipped ones in ``events/dropped``.
+
+        For a client that recorded seqs put just before the last process died, uncommitted (messaging
+        uses seqs as message ids): without this, the next put()s would get them again."""
+        with self._staging.cond:
+            skipped = self._staging.skip_locked(seq)
+            if skipped:
+                self._ledger.account(reason, skipped)
+                self._staging.cond.notify()
+        return skipped
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         """Call ``fn(seqs)`` from the writer thread after rows are durably stored."""
         self._committed.append(fn)

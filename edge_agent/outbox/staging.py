@@ -113,6 +113,13 @@ class Staging:
         with self.cond:
             return dict(self.counters), len(self._batch)
 
+    def skip_locked(self, upto: int) -> list[int]:
+        """Never hand out a seq <= ``upto`` again (caller holds cond); the seqs skipped."""
+        skipped = list(range(self._next_seq, upto + 1))
+        if skipped:
+            self._next_seq = upto + 1
+        return skipped
+
     # ------------------------------------------------------------------ the ledger's report rows
     def append_locked(self, msg: Outgoing) -> int:
         """Queue ``msg`` with a new seq (caller holds cond); its seq."""

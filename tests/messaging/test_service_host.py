@@ -330,8 +330,10 @@ def test_restart_marks_a_message_the_outbox_never_stored_failed(make: Make, tmp_
     host2.put(Outgoing(topic="t", stream="s"))
     svc2.start()
     assert status(svc2, kept.id) == "queued"
-    (gone,) = [m for m in svc2.history.query() if m.id.startswith(lost.id + "~lost")]
-    assert gone.status == "failed" and "agent stopped" in gone.reason
+    gone = svc2.history.get(lost.id)  # it keeps its id: the outbox skips its seq instead of reusing it
+    assert gone is not None and gone.status == "failed" and "agent stopped" in gone.reason
+    assert host2.skipped == [([2], "crash")]
+    assert svc2.send("bob", "after the restart").id not in (kept.id, lost.id)
     host2.ack(1)  # the seq is tracked again after the restart
     assert status(svc2, kept.id) == "sent"
 
