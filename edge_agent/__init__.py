@@ -1,6 +1,8 @@
 """edge-agent: a reliable real-time edge node."""
 
-__version__ = "0.1.0"
+from edge_agent.version import __version__
+
+__all__ = ["Agent", "AsyncAgent", "__version__"]
 
 
 def __getattr__(name: str) -> object:

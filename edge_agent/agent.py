@@ -97,17 +97,26 @@ class Agent:
                                 groups=groups, topic_prefix=topic_prefix, username=username, password=password,
                                 settings=settings)
         self.app = App(self.cfg, with_sensors=with_sensors)
-        # open now: sending (into the durable outbox) and the history work before start()
-        self.app.open()
-        svc = self.app.service("messaging")
-        if not isinstance(svc, MessagingService):  # build_config enables messaging: cannot happen
-            self.app.stop()
-            raise MessagingError("the agent was built without its messaging service")
-        self.service: MessagingService = svc
+        self._service: MessagingService | None = None  # opened on first use: see `service`
+        self._open_lock = threading.Lock()
         self._started = False
         self._stopped = False
         self._status_cond = threading.Condition()
-        self.service.add_listener("status", self._status_changed)
+
+    @property
+    def service(self) -> MessagingService:
+        """The messaging service. The first use opens the agent's state (outbox, history), so sending and
+        the history work before :meth:`start`; the constructor itself touches no file."""
+        with self._open_lock:
+            if self._service is None:
+                self.app.open()
+                svc = self.app.service("messaging")
+                if not isinstance(svc, MessagingService):  # build_config enables messaging: cannot happen
+                    self.app.stop()
+                    raise MessagingError("the agent was built without its messaging service")
+                svc.add_listener("status", self._status_changed)
+                self._service = svc
+            return self._service
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -121,6 +130,7 @@ class Agent:
             raise MessagingError("this Agent was stopped; create a new one")
         if not self._started:
             self._started = True
+            _ = self.service  # opened first: the status listener is in place before anything arrives
             self.app.start()
         return self
 
@@ -130,7 +140,8 @@ class Agent:
             return
         self._stopped = True
         self.app.stop()  # a never-started app just closes what open() opened
-        self.service.close()
+        if self._service is not None:
+            self._service.close()
 
     def __enter__(self) -> Agent:
         return self.start()

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent import __version__, systemd
 from edge_agent import config as config_mod
+from edge_agent import systemd
 from edge_agent.actuators.base import Actuator
 from edge_agent.apphost import AppControl, AppHost, ConnectionListener
 from edge_agent.config import Config
@@ -43,6 +43,7 @@ from edge_agent.sampling import SensorRunner
 from edge_agent.sensors.base import Sensor
 from edge_agent.status import StatusReporter, offline_will
 from edge_agent.transport.mqtt import ConnectionStatus, MqttTransport
+from edge_agent.version import __version__
 
 log = logging.getLogger("edge_agent")
 
@@ -152,6 +153,7 @@ class App:
             from edge_agent.commands.service import CommandService
 
             commands = CommandService(host)
+            commands.open()
             for register in command_sets:
                 commands.add_commands(register)
             self.services.append(commands)

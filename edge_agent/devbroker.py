@@ -42,7 +42,6 @@ class DevBroker:
         self.port = port or free_port()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="edge-broker-")
         self.dir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.extra_conf = extra_conf
         self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,6 +60,7 @@ class DevBroker:
         return "\n".join(lines) + "\n" + self.extra_conf
 
     def start(self, timeout: float = 10.0) -> DevBroker:
+        self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.conf_text())
         os.chmod(self.dir, 0o777)  # mosquitto drops root privileges to its own user

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__, systemd
+from edge_agent import systemd
 from edge_agent.config import Config
 from edge_agent.health import Health
 from edge_agent.outbox import Outbox
 from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.transport.topics import status_topic
+from edge_agent.version import __version__
 
 log = logging.getLogger("edge_agent")
 

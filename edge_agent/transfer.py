@@ -76,7 +76,6 @@ class ChunkAssembler:
 
     def __init__(self, dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
 
     # ------------------------------------------------------------------ public API
@@ -84,6 +83,7 @@ class ChunkAssembler:
             *, name: str | None = None) -> TransferState:
         """Store chunk ``index`` (0-based) of ``total``; assemble and verify once all are present."""
         self._check(transfer_id, index, total, data, sha256, name)
+        self.dir.mkdir(parents=True, exist_ok=True)
         tdir = self.dir / transfer_id
         meta = self._read_meta(tdir)
         if meta is None:

@@ -77,21 +77,29 @@ class DynsecCtl:
                              "(mosquitto_ctrl's options file is split on spaces)")
         self.exe = find_ctrl()
         self.timeout = timeout
-        self._dir = tempfile.TemporaryDirectory(prefix="edge-dynsec-")
-        os.chmod(self._dir.name, 0o700)
         opts = [f"-h {host}", f"-p {int(port)}", f"-u {admin_user}", f"-P {admin_password}"]
         if cafile:
             opts.append(f"--cafile {cafile}")
-        path = Path(self._dir.name) / "mosquitto_ctrl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(opts) + "\n")
+        self._opts = "\n".join(opts) + "\n"
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def open(self) -> DynsecCtl:
+        """Write the admin options file (0600, in a private temp dir); idempotent."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="edge-dynsec-")
+            os.chmod(self._dir.name, 0o700)
+            fd = os.open(Path(self._dir.name) / "mosquitto_ctrl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._opts)
+        return self
 
     def close(self) -> None:
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
     def __enter__(self) -> DynsecCtl:
-        return self
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -99,6 +107,8 @@ class DynsecCtl:
     # ------------------------------------------------------------------ raw
     def run(self, *args: str, stdin: str | None = None) -> str:
         """``mosquitto_ctrl dynsec <args>``: stdout, or DynsecError / BrokerError."""
+        self.open()
+        assert self._dir is not None
         env = {**os.environ, "XDG_CONFIG_HOME": self._dir.name}
         try:
             r = subprocess.run([self.exe, "dynsec", *args], input=stdin if stdin is not None else "",

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__
 from edge_agent import config as config_mod
 from edge_agent.cli import ctl, messages, roster, users
 from edge_agent.cli.display import format_envelope, print_config_errors
 from edge_agent.config import EX_CONFIG, Config
 from edge_agent.errors import ConfigError, OutboxError, StartError
+from edge_agent.version import __version__
 
 
 def _load(args: argparse.Namespace) -> Config:

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent import __version__
 from edge_agent import config as config_mod
 from edge_agent.commands.registry import Registry
 from edge_agent.commands.schema import Arg
@@ -34,6 +33,7 @@ from edge_agent.config.schema import INTERVAL_MAX, INTERVAL_MIN
 from edge_agent.errors import CommandError, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.ids import ID_PATTERN
+from edge_agent.version import __version__
 
 if TYPE_CHECKING:
     from edge_agent.commands.service import CommandContext

@@ -132,7 +132,12 @@ class CommandService:
         self._command_sets.append(register)
 
     # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Open the command store (the App does this in its own open(), before anything connects)."""
+        self.store.open()
+
     def start(self) -> None:
+        self.open()
         if self.started:
             return
         from edge_agent.commands import builtins

@@ -76,6 +76,13 @@ class CommandStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._floor: float | None = None
+        self._db: sqlite3.Connection | None = None
+        self.interrupted: list[str] = []
+
+    def open(self) -> CommandStore:
+        """Open (create) the database and close out commands a crash left running; idempotent."""
+        if self._db is not None:
+            return self
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -84,6 +91,7 @@ class CommandStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the command store: {e}") from e
         self.interrupted = self._close_interrupted()
+        return self
 
     def _close_interrupted(self) -> list[str]:
         result = codec.encode({"status": "error", "error": {

@@ -15,13 +15,13 @@ T = "edge/dev-1/cmd/"
 
 
 def test_store_states_and_interrupted(tmp_path: Path) -> None:
-    s = CommandStore(tmp_path / "c.db")
+    s = CommandStore(tmp_path / "c.db").open()
     assert s.add("a", "x", b"d", time.time() + 60, {"args": {}}, {"topic": "t"})
     assert not s.add("a", "x", b"d", time.time() + 60, {}, {})  # known id
     assert s.set_running("a") and not s.set_running("a")
     assert s.add("b", "x", b"d", time.time() + 60, {"args": {"k": 1}}, {"topic": "t"})
     s.close()
-    s = CommandStore(tmp_path / "c.db")  # "restart": a running row is closed as interrupted, never re-run
+    s = CommandStore(tmp_path / "c.db").open()  # "restart": a running row is closed as interrupted, never re-run
     assert s.interrupted == ["a"]
     rec = s.get("a")
     assert rec is not None and rec.state == "done" and rec.result["error"]["code"] == "interrupted"
@@ -34,7 +34,7 @@ def test_store_states_and_interrupted(tmp_path: Path) -> None:
     assert s.time_floor() == 100.0
     s.raise_time_floor(1000.0)
     s.close()
-    s = CommandStore(tmp_path / "c.db")
+    s = CommandStore(tmp_path / "c.db").open()
     assert s.time_floor() == 1000.0
     s.close()
 
@@ -96,6 +96,6 @@ def test_floor_survives_restart(make_app, tmp_path: Path, signer: Signer) -> Non
     wait_for(lambda: svc.store.time_floor() > service_mod.BUILD_TIME_FLOOR, 5)
     floor = svc.store.time_floor()
     app.stop()
-    s = CommandStore(app.state_dir / service_mod.STORE_FILE)
+    s = CommandStore(app.state_dir / service_mod.STORE_FILE).open()
     assert s.time_floor() == floor
     s.close()
