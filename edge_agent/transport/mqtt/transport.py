@@ -1,30 +1,5 @@
-"""MQTT 5 transport: the only module that imports paho-mqtt.
-
-paho's callbacks and return codes become plain Python callbacks, typed acks (:data:`Ack`: ``Accepted``,
-``Refused``, ``LinkLost``) and exceptions here, and nowhere else.
-Known paho 2.x traps and how this module avoids them:
-
-* paho keeps its session in memory and re-sends all of it after a reconnect, ignoring ``max_inflight``
-  (paho #492): every connection gets a **fresh paho Client**; the durable outbox, not paho, replays.
-  Acks from an old connection are ignored (generation counter).
-* ``on_publish`` can fire before ``publish()`` returns (paho #482/#361): early acks are parked by mid
-  and matched when ``publish()`` returns (:mod:`.inflight`). No lock is held across a paho call.
-* ``publish()`` returns ``MQTT_ERR_QUEUE_SIZE``/``MQTT_ERR_NO_CONN`` without raising (paho #856):
-  every return code is checked and turned into :class:`PublishRefused`/:class:`NotConnected`.
-* Message ids wrap at 65,535: the forwarder hands paho only a bounded window (``max_inflight``,
-  further capped by the broker's Receive Maximum, :attr:`MqttTransport.window`).
-* ``is_connected()`` stays True on a half-open link (paho #840): paho pings every ``keepalive/2`` and
-  drops the link after ``keepalive`` without a byte from the broker; in addition an unacknowledged
-  publish older than ``keepalive`` drops the link. A dead link is thus detected within ``keepalive``.
-* Reconnects use exponential backoff with full jitter (:mod:`.backoff`).
-
-Hot path (measured with ``py-spy --gil``, see bench/throughput.py): for every PUBACK paho 2.2 builds a
-``ReasonCode`` and a ``Properties`` object even when the packet is the plain 2-byte success ack Mosquitto
-sends, about a fifth of the agent's GIL time at full rate; and with ``max_inflight`` set, every ack
-scans paho's whole out-message dict (``_update_inflight``). :class:`_Client` decodes 2- and 3-byte
-PUBACKs itself (anything longer, i.e. with properties, takes paho's own path), and paho's inflight
-limit is off because :meth:`MqttTransport.publish` already enforces the window (``WindowFull``).
-"""
+"""MqttTransport: connections, publishes with a bounded window, subscriptions, typed acks (see the package
+docstring for the paho traps it avoids)."""
 
 from __future__ import annotations
 
@@ -46,6 +21,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.errors import NotConnected, PublishRefused
 from edge_agent.transport.backoff import backoff_delay
 from edge_agent.transport.inflight import Inflight
+from edge_agent.transport.mqtt.client import AckCounts, FastAckClient, publish_props
 from edge_agent.transport.types import ACCEPTED, LINK_LOST, Accepted, Ack, ConnectionStatus, InMessage, Refused, Will
 
 log = logging.getLogger("edge_agent.transport")
@@ -54,60 +30,6 @@ log = logging.getLogger("edge_agent.transport")
 AckCallback = Callable[[Any, Ack], None]  # (token, typed ack)
 
 _AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned, bad auth method
-
-
-class _AckCounts:
-    fast = 0  # PUBACKs decoded by _Client's fast path, all connections together
-
-
-class _Client(paho.Client):
-    """paho's client with one hot path shortened: PUBACKs without properties are decoded here.
-
-    Relies on paho internals (``_in_packet``, ``_out_messages``, ``_out_message_mutex``,
-    ``_do_on_publish``); if a paho upgrade renames one of them, the stock path is used (checked on each
-    new client, see :meth:`fast_ack_supported`). ``counts.fast`` counts the PUBACKs it decoded.
-    """
-
-    fast_ack = False
-    counts: _AckCounts
-
-    def _handle_pubackcomp(self, cmd: Any) -> Any:
-        if self.fast_ack and cmd == "PUBACK":
-            packet = self._in_packet["packet"]
-            n = len(packet)
-            if n == 2 or n == 3:  # mid (+ reason code), no properties
-                mid = (packet[0] << 8) | packet[1]
-                code = packet[2] if n == 3 else 0
-                self.counts.fast += 1
-                with self._out_message_mutex:
-                    if mid in self._out_messages:
-                        # on_publish gets the reason code as an int (our callback accepts both)
-                        return self._do_on_publish(mid, code, None)  # type: ignore[arg-type]
-                return paho.MQTT_ERR_SUCCESS
-        return super()._handle_pubackcomp(cmd)
-
-    def fast_ack_supported(self) -> bool:
-        """Whether this paho has every internal the fast path uses (on the instance: some are set in
-        ``__init__``)."""
-        return all(hasattr(self, a) for a in ("_in_packet", "_out_messages", "_out_message_mutex",
-                                              "_do_on_publish"))
-
-
-def _props(d: dict[str, Any] | None) -> Properties | None:
-    if not d:
-        return None
-    p = Properties(PacketTypes.PUBLISH)
-    if d.get("response_topic"):
-        p.ResponseTopic = d["response_topic"]
-    if d.get("correlation_data") is not None:
-        p.CorrelationData = bytes(d["correlation_data"])
-    if d.get("content_type"):
-        p.ContentType = d["content_type"]
-    if d.get("message_expiry"):
-        p.MessageExpiryInterval = int(d["message_expiry"])
-    if d.get("user_properties"):
-        p.UserProperty = [tuple(x) for x in d["user_properties"]]
-    return p
 
 
 class MqttTransport:
@@ -136,7 +58,7 @@ class MqttTransport:
         self._client: paho.Client | None = None
         self._gen = 0
         self._inflight = Inflight()  # guarded by _lock
-        self._ack_counts = _AckCounts()
+        self._ack_counts = AckCounts()
         self._subs_sent_gen = -1  # the connection generation whose CONNACK re-sent every subscription
         self._online = threading.Event()
         self._lost = threading.Event()
@@ -222,7 +144,7 @@ class MqttTransport:
             if qos > 0:
                 self._inflight.reserve(self.window)
         try:
-            info = client.publish(topic, payload, qos=qos, retain=retain, properties=_props(props))
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=publish_props(props))
         except BaseException:
             self._unreserve(gen, qos)
             raise
@@ -296,7 +218,7 @@ class MqttTransport:
             log.exception("on_ack callback failed")
 
     def _make_client(self) -> paho.Client:
-        c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        c = FastAckClient(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                     protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
         c.fast_ack = self.cfg.fast_ack and c.fast_ack_supported()
         c.counts = self._ack_counts
