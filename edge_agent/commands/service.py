@@ -151,7 +151,7 @@ class CommandService:
             self.store.prune(now - self.cfg.max_clock_skew)
         else:
             log.warning("the clock looks wrong (%s, before %s): signed commands are refused until it is "
-                        "synchronised", iso(now), iso(self.admission.floor()))
+                        "synchronised or a fresh signed command confirms it", iso(now), iso(self.admission.floor()))
         if self.store.interrupted:
             log.warning("commands interrupted by the last stop (not run again): %s",
                         ", ".join(self.store.interrupted))
@@ -220,37 +220,30 @@ class CommandService:
         reply = ReplyTo(reply_topic(self.prefix, self.device, msg.response_topic, name), msg.correlation_data,
                         is_json, name)
         self.counters["received"] += 1
-        ok, req = self._decode_within_rate(payload, is_json, reply)
-        if not ok:
+        # Without the bytes "kid" a request can only be anonymous: its bucket is charged before decoding,
+        # so a flood of junk costs a byte search each, not a decode. Anything else is charged after
+        # admission, to the bucket of the key whose signature verified, or to the anonymous one.
+        charged = len(payload) > self.cfg.max_payload or b"kid" not in payload
+        if charged and not self._rate_ok(ANONYMOUS, reply):
             return Disposition.ACK
-        match self.admission.admit(req, kind, target, name, reply, self.clock()):
-            case Admitted(job, digest, issued_at):
-                self._enqueue(job, digest, issued_at)
+        try:
+            check_size(payload, self.cfg.max_payload)
+            req = decode(payload, is_json, self.cfg.max_payload)
+        except Refused as e:
+            if charged or self._rate_ok(ANONYMOUS, reply):
+                self._refuse(None, reply, e)
+            return Disposition.ACK
+        outcome = self.admission.admit(req, kind, target, name, reply, self.clock())
+        if not charged and not self._rate_ok(outcome.source, reply):
+            return Disposition.ACK
+        match outcome:
+            case Admitted(job, digest, issued_at, _, confirms):
+                self._enqueue(job, digest, issued_at, confirms)
             case Repeat(record, digest):
                 self._repeat(record, digest, reply)
             case Refusal(cmd_id, error):
                 self._refuse(cmd_id, reply, error)
         return Disposition.ACK
-
-    def _decode_within_rate(self, payload: bytes, is_json: bool, reply: ReplyTo) -> tuple[bool, Any]:
-        """(True, the decoded request), or (False, None) when it was refused (too large, undecodable, over
-        the rate).
-
-        Without a key id the request can only be anonymous: its bucket is charged before decoding, so
-        a flood of junk costs a byte search each, not a decode."""
-        anonymous = len(payload) > self.cfg.max_payload or b"kid" not in payload
-        if anonymous and not self._rate_ok(ANONYMOUS, reply):
-            return False, None
-        try:
-            check_size(payload, self.cfg.max_payload)
-            req = decode(payload, is_json, self.cfg.max_payload)
-        except Refused as e:
-            if anonymous or self._rate_ok(ANONYMOUS, reply):
-                self._refuse(None, reply, e)
-            return False, None
-        if not anonymous and not self._rate_ok(self.admission.source(req), reply):
-            return False, None
-        return True, req
 
     def _rate_ok(self, source: str, reply: ReplyTo) -> bool:
         if self.limits.take(source):
@@ -281,7 +274,7 @@ class CommandService:
             self.send_reply(rec.id, reply, {"status": "accepted", "replay": True,
                                             "result": {"state": rec.state}})
 
-    def _enqueue(self, job: Job, digest: bytes | None, issued_at: float | None) -> None:
+    def _enqueue(self, job: Job, digest: bytes | None, issued_at: float | None, confirms_clock: bool) -> None:
         if self.queue.full():
             self._refuse(job.id, job.reply, Refused("busy", f"{self.cfg.queue} commands already waiting"))
             return
@@ -292,11 +285,19 @@ class CommandService:
         if not read_only_unsigned and job.id is not None and digest is not None:
             if not self._persist(job, digest):
                 return
-            if job.operator != "unsigned" and issued_at is not None and self.clock_sane():
-                self.store.raise_time_floor(min(float(issued_at), self.clock()))
+            if job.operator != "unsigned" and issued_at is not None:
+                self._trust_clock(float(issued_at), confirms_clock)
         log.info("command %s %s from %s accepted (%s %s)", job.name, job.id or "-", job.operator, job.kind,
                  job.target)
         self.queue.put_nowait(job)
+
+    def _trust_clock(self, issued_at: float, confirms_clock: bool) -> None:
+        now = self.clock()
+        if confirms_clock:
+            log.warning("the clock floor %s was ahead of the device clock (%s), which a signed command "
+                        "issued at %s confirms: floor reset", iso(self.store.time_floor()), iso(now), iso(issued_at))
+            self.store.reset_time_floor(now)
+        self.store.raise_trusted_floor(min(issued_at, now))
 
     def _persist(self, job: Job, digest: bytes) -> bool:
         """Store the job as 'received'; False if its id was taken meanwhile (answered as a repeat)."""
