@@ -135,10 +135,17 @@ class Refusal:
 
 def reply_topic(prefix: str, device: str, response_topic: str | None, name: str) -> str:
     """The request's Response Topic, unless it is unusable or inside another device's namespace (a
-    request must not make this device publish on, say, another device's telemetry topic)."""
+    request must not make this device publish on, say, another device's telemetry topic).
+
+    An operator's reply topic ``<prefix>/_ctl/<client>/reply`` gets this device's id appended: the reply
+    goes to ``<prefix>/_ctl/<client>/reply/<device>``, which the broker's ACL (``pattern write
+    <prefix>/_ctl/+/reply/%u``) lets only this device write, so a reply is bound to its sender and a
+    compromised device cannot answer for another one (``ctl send`` checks the topic against the body)."""
     if response_topic and len(response_topic) <= 512 and not any(c in response_topic for c in "+#\x00"):
         parts = response_topic.split("/")
-        if parts[0] != prefix or (len(parts) > 1 and parts[1] in (device, "_ctl")):
+        if len(parts) > 1 and parts[0] == prefix and parts[1] == "_ctl":
+            return f"{response_topic}/{device}"
+        if parts[0] != prefix or (len(parts) > 1 and parts[1] == device):
             return response_topic
     safe = name if name and all(c not in name for c in "+#/\x00") else "invalid"
     return cmd_reply_topic(prefix, device, safe)

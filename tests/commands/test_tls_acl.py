@@ -29,12 +29,13 @@ ACL = """\
 user operator
 topic readwrite edge/#
 
-# every device: its own topics, its groups' and the fleet's commands, replies to operators
+# every device: its own topics, its groups' and the fleet's commands, replies to operators on a
+# topic that names the device (so a device cannot answer for another one)
 pattern write edge/%u/#
 pattern read edge/%u/cmd/+
 pattern read edge/group/+/cmd/+
 pattern read edge/all/cmd/+
-pattern write edge/_ctl/+/reply
+pattern write edge/_ctl/+/reply/%u
 """
 
 
@@ -107,7 +108,7 @@ def test_agent_over_tls_with_client_cert_answers_commands(tls_broker, tmp_path: 
     op = Client(port, _tls(pki, "operator"), "operator-1")
     try:
         assert app.transport.wait_online(10), app.transport.status
-        op.t.subscribe("edge/_ctl/op/reply")
+        op.t.subscribe("edge/_ctl/op/reply/+")
         op.start()
         time.sleep(0.3)
         op.t.publish("edge/dev-a/cmd/ping", codec.encode({}), props={"response_topic": "edge/_ctl/op/reply",
