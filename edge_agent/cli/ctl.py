@@ -7,7 +7,8 @@ read from the retained ``<prefix>/+/status`` messages (which carry ``groups``), 
 ``--expected`` name members the broker cannot tell about (an agent that went offline); every expected
 device that does not answer in time gets a ``no answer`` row. A reply not bound to its sender (see
 :mod:`edge_agent.cli.sender`) is not taken and is reported on stderr. Exit status: 0 when every row is
-ok and no forged reply came, 1 otherwise, 2 when the broker cannot be reached, 64 for a bad argument (ids follow :mod:`edge_agent.ids`).
+ok and no forged reply came, 1 otherwise, 2 when the broker cannot be reached, 64 for a bad argument
+(ids follow :mod:`edge_agent.ids`).
 
 The MQTT side is :class:`edge_agent.cli.sender.Sender`.
 """
