@@ -20,9 +20,9 @@ from edge_agent import codec
 from edge_agent.commands.signing import Signer
 from edge_agent.config import MqttConfig
 from edge_agent.devbroker import DevBroker
-from edge_agent.errors import TransportError
 from edge_agent.transport.mqtt import MqttTransport
 from tests.commands.conftest import Requester, key_snippet
+from tests.core.test_app import _publish  # QoS 1, waits while our own in-flight window is full
 from tests.helpers import unique, wait_for
 
 ROUNDS = 420  # 2,100 on the message topics, 840 on the command topics
@@ -48,18 +48,6 @@ def poison(i: int) -> list[bytes]:
         b"\xc1\xc1 not msgpack %d" % i,
         codec.encode({"dev": "dev-9", "seq": "1", "oops": i}),  # msgpack, not an envelope
     ]
-
-
-def _publish(t: MqttTransport, topic: str, payload: bytes) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            t.publish(topic, payload, qos=1)
-            return
-        except TransportError:  # our own in-flight window is full: wait for PUBACKs
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
 
 
 def _answered_within(requester: Requester, signer: Signer, seconds: float) -> float:
