@@ -95,6 +95,19 @@ class Job:
     persisted: bool
     expires_at: float | None = None
 
+    def stored(self) -> dict[str, Any]:
+        """What the command store keeps of the job (the ``request`` column) to resume it after a restart."""
+        return {"args": self.args, "kind": self.kind, "target": self.target, "operator": self.operator,
+                "expires_at": self.expires_at}
+
+    @classmethod
+    def resumed(cls, rec: Record, device: str) -> Job:
+        """The job of a stored 'received' record (the inverse of :meth:`stored`)."""
+        req = rec.request or {}
+        return cls(rec.id, rec.name, dict(req.get("args") or {}), ReplyTo.from_dict(rec.reply or {}),
+                   str(req.get("kind", "device")), str(req.get("target", device)), str(req.get("operator", "?")),
+                   persisted=True, expires_at=req.get("expires_at"))
+
 
 @dataclass(frozen=True)
 class Request:

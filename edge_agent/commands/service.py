@@ -8,18 +8,15 @@ A **worker thread** then persists 'running', calls the handler, persists 'done' 
 puts the reply in the outbox. Nothing refused has an effect: refusals happen before the handler, and
 the handler is only ever called by a worker for a row it moved from 'received' to 'running'.
 
-Why replies go through the outbox: they survive a broker outage or an agent restart like any event.
+Replies (their encoding, the outbox message, the refusal log) are :mod:`edge_agent.commands.replies`.
 Why refusal replies are themselves rate-limited: a flood of junk must not turn into a flood of
 ``event``-class replies that would crowd telemetry out of the outbox and the link.
 
 The clock (a Pi has no RTC) is checked by admission; ``status`` shows whether it looks sane. The persisted
-seen-id store stops replays whatever the clock says.
-"""
+seen-id store stops replays whatever the clock says."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import queue
@@ -47,10 +44,11 @@ from edge_agent.commands.admission import (
     iso,
     reply_topic,
 )
-from edge_agent.commands.registry import Registry, load_user_commands
+from edge_agent.commands.registry import Registry, config_warnings, load_user_commands
+from edge_agent.commands.replies import RefusalLog, reply_message
 from edge_agent.commands.store import CommandStore, Record
 from edge_agent.errors import CommandError
-from edge_agent.host import AgentControl, Disposition, Host, InMessage, Outgoing
+from edge_agent.host import AgentControl, Disposition, Host, InMessage
 from edge_agent.transport.topics import cmd_filters, parse_cmd_topic
 
 log = logging.getLogger("edge_agent.commands")
@@ -58,9 +56,7 @@ log = logging.getLogger("edge_agent.commands")
 __all__ = ["BUILD_TIME_FLOOR", "EX_RESTART", "STORE_FILE", "CommandContext", "CommandService", "Job", "ReplyTo"]
 
 STORE_FILE = "commands.db"
-REPLY_TTL = 600.0
 EX_RESTART = 75  # EX_TEMPFAIL: non-zero so systemd's Restart=on-failure starts the agent again
-REFUSAL_LOG_PER_S = 20  # refusal lines per second; the rest are summarised
 
 
 @dataclass
@@ -109,7 +105,7 @@ class CommandService:
         self._command_sets: list[Callable[[Registry], None]] = []
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._log_window = (0.0, 0)
+        self._refusal_log = RefusalLog()
         self._adds = 0
         self._waiters: dict[str, list[ReplyTo]] = {}  # repeats of commands still running: final reply owed
         self.counters: dict[str, int] = {"received": 0, "executed": 0, "refused": 0, "replayed": 0,
@@ -120,10 +116,8 @@ class CommandService:
         self.exit_process: Callable[[int], None] = self._exit_process
         self.started = False
         self._ready = threading.Event()
-        # Subscriptions now, before the transport starts: they go out with the CONNECT-time SUBSCRIBE (the
-        # transport re-applies them after every reconnect), and a command the broker redelivers from our
-        # session right after CONNACK finds its handler, which holds it until start() has run (see
-        # on_message) instead of it being acked unhandled.
+        # Subscribed before the transport starts (re-applied after every reconnect): a command redelivered
+        # right after CONNACK finds its handler, which holds it until start() has run (see on_message).
         for f in cmd_filters(self.prefix, self.device, self.groups):
             host.subscribe(f, self._matches, self.on_message, qos=1)
 
@@ -144,7 +138,8 @@ class CommandService:
             except Exception:
                 log.exception("%s could not register its commands", register)
         load_user_commands(self.registry, list(self.cfg.modules))
-        self._warn_config()
+        for level, line in config_warnings(self.cfg, self.registry):
+            log.log(level, "%s", line)
         now = self.clock()
         if self.clock_sane(now):
             self.store.raise_time_floor(now)
@@ -165,20 +160,6 @@ class CommandService:
         log.info("commands: listening on %s (%d command(s), %d operator key(s))",
                  ", ".join(cmd_filters(self.prefix, self.device, self.groups)), len(self.registry.names()),
                  len(self.cfg.keys))
-
-    def _warn_config(self) -> None:
-        if self.cfg.insecure:
-            log.warning("commands.insecure = true: UNSIGNED STATE-CHANGING COMMANDS ARE ACCEPTED from "
-                        "anyone who can publish to this device's command topics")
-        for name in self.cfg.unsigned:
-            spec = self.registry.get(name)
-            if spec is None:
-                log.warning("commands.unsigned lists %r, which is not a known command", name)
-            elif not spec.read_only and not self.cfg.insecure:
-                log.warning("commands.unsigned lists %r, which changes state: it still needs a signature "
-                            "(only read-only commands may be unsigned unless commands.insecure = true)", name)
-        if not self.cfg.keys and not self.cfg.insecure:
-            log.info("commands: no operator keys configured; only unsigned read-only commands are accepted")
 
     def stop(self) -> None:
         self._stop.set()
@@ -306,9 +287,7 @@ class CommandService:
         if self._adds % 1000 == 0 and self.clock_sane():
             self.store.prune(self.clock() - self.cfg.max_clock_skew)
         expires = job.expires_at if job.expires_at is not None else self.clock() + self.cfg.max_lifetime
-        stored = {"args": job.args, "kind": job.kind, "target": job.target, "operator": job.operator,
-                  "expires_at": job.expires_at}
-        if not self.store.add(job.id, job.name, digest, expires, stored, job.reply.as_dict()):
+        if not self.store.add(job.id, job.name, digest, expires, job.stored(), job.reply.as_dict()):
             rec = self.store.get(job.id)
             if rec is not None:
                 self._repeat(rec, digest, job.reply)
@@ -319,40 +298,17 @@ class CommandService:
     def _refuse(self, cmd_id: str | None, reply: ReplyTo, err: CommandError, force_reply: bool = True) -> None:
         self.counters["refused"] += 1
         self.refusals[err.code] = self.refusals.get(err.code, 0) + 1
-        self._log_refusal(cmd_id, reply.name, err)
+        self._refusal_log.log(cmd_id, reply.name, err)
         if force_reply:
             self.send_reply(cmd_id, reply, {"status": "error", "error": {"code": err.code, "message": err.message}})
         else:
             self.counters["replies_suppressed"] += 1
 
-    def _log_refusal(self, cmd_id: str | None, name: str, err: CommandError) -> None:
-        """At most REFUSAL_LOG_PER_S lines per second; the rest are summarised."""
-        now = time.monotonic()
-        start, n = self._log_window
-        if now - start >= 1.0:
-            if n > REFUSAL_LOG_PER_S:
-                log.warning("commands: %d more refusal(s) not logged in the last second", n - REFUSAL_LOG_PER_S)
-            start, n = now, 0
-        n += 1
-        self._log_window = (start, n)
-        if n <= REFUSAL_LOG_PER_S:
-            log.warning("command %s %s refused: %s: %s", name[:64], cmd_id or "-", err.code, err.message[:300])
-
     # ------------------------------------------------------------------ replies
     def send_reply(self, cmd_id: str | None, reply: ReplyTo, outcome: dict[str, Any]) -> None:
-        body = {"id": cmd_id, "device": self.device, "name": reply.name, **outcome}
-        if reply.json:
-            payload = json.dumps(body, default=_json_default, separators=(",", ":")).encode()
-            ctype = "application/json"
-        else:
-            payload = codec.encode(body)
-            ctype = "application/msgpack"
-        props: dict[str, Any] = {"content_type": ctype}
-        if reply.correlation is not None:
-            props["correlation_data"] = bytes(reply.correlation)
         try:
-            self.host.put(Outgoing(topic=reply.topic, stream=f"cmd-reply/{reply.name}", raw=payload, cls="event",
-                                   props=props, ttl=REPLY_TTL))
+            self.host.put(reply_message(self.device, cmd_id, reply.topic, reply.name, reply.json,
+                                        reply.correlation, outcome))
         except Exception as e:
             log.error("reply to %s not stored: %s", reply.topic, e)
 
@@ -360,10 +316,7 @@ class CommandService:
     def _resume(self) -> None:
         for rec in self.store.received():
             try:
-                req = rec.request or {}
-                job = Job(rec.id, rec.name, dict(req.get("args") or {}), ReplyTo.from_dict(rec.reply or {}),
-                          str(req.get("kind", "device")), str(req.get("target", self.device)),
-                          str(req.get("operator", "?")), persisted=True, expires_at=req.get("expires_at"))
+                job = Job.resumed(rec, self.device)
             except Exception as e:
                 self.store.set_done(rec.id, {"status": "error", "error": {"code": "internal",
                                                                           "message": f"cannot resume: {e}"}})
@@ -445,8 +398,3 @@ class CommandService:
         return {"commands": self.registry.names(), "counters": dict(self.counters),
                 "refusals": dict(self.refusals), "store": self.store.counts()}
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, bytes | bytearray):
-        return base64.b64encode(bytes(o)).decode()
-    return repr(o)
