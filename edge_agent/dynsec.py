@@ -8,7 +8,7 @@ Every name and topic here follows :mod:`edge_agent.transport.topics`. One device
   to its inbox, its receipts and its command topic ``<prefix>/<dev>/cmd/+``;
 * the shared role ``<prefix>/devices``: subscribe to the fleet-wide ``<prefix>/all/cmd/+``; publish
   direct messages and file chunks to any device's ``<prefix>/+/inbox``, receipts to a sender's
-  ``<prefix>/+/receipts``, and command replies to operators' ``<prefix>/_ctl/+/reply``;
+  ``<prefix>/+/receipts``, and command replies to operators' ``<prefix>/_ctl/+/reply/<its id>``;
 * one dynsec *group* ``<prefix>/group/<g>`` per ``device.groups`` entry, whose role of the same name
   lets members subscribe to ``<prefix>/group/<g>/cmd/+`` and ``<prefix>/group/<g>/msg`` and publish to
   ``<prefix>/group/<g>/msg``.
@@ -119,6 +119,7 @@ def device_role(prefix: str, dev: str) -> Role:
         Acl(SUB_LITERAL, f"{p}/{d}/inbox"),
         Acl(SUB_LITERAL, f"{p}/{d}/receipts"),
         Acl(SUB_PATTERN, f"{p}/{d}/cmd/+"),
+        Acl(PUBLISH, f"{p}/_ctl/+/reply/{d}"),  # replies name their device: no answering for another
     ))
 
 
@@ -128,7 +129,6 @@ def shared_role(prefix: str) -> Role:
         Acl(SUB_PATTERN, f"{p}/all/cmd/+"),
         Acl(PUBLISH, f"{p}/+/inbox"),
         Acl(PUBLISH, f"{p}/+/receipts"),
-        Acl(PUBLISH, f"{p}/_ctl/+/reply"),
     ))
 
 

@@ -27,6 +27,9 @@ from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.transport.topics import status_topic
 from edge_agent.version import __version__
 
+#: status.json: owner read/write, group read (the unit's RuntimeDirectoryMode=0750 guards the directory)
+STATUS_FILE_MODE = 0o640
+
 log = logging.getLogger("edge_agent")
 
 
@@ -121,7 +124,11 @@ class StatusReporter:
                "stalled": stalled}
         try:
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            # 0640 whatever the umask: backlog, pid and state are for the service's group, not every user
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATUS_FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), STATUS_FILE_MODE)
+                f.write(json.dumps(doc, separators=(",", ":")))
             tmp.replace(path)
         except OSError as e:
             log.debug("cannot write %s: %s", path, e)

@@ -5,8 +5,10 @@ Topic (a private ``<prefix>/_ctl/<client id>/reply``) and Correlation Data (the 
 progress on stderr while replies arrive and prints a table. For a group or the fleet the members are
 read from the retained ``<prefix>/+/status`` messages (which carry ``groups``), and ``--devices`` /
 ``--expected`` name members the broker cannot tell about (an agent that went offline); every expected
-device that does not answer in time gets a ``no answer`` row. Exit status: 0 when every row is ok,
-1 otherwise, 2 when the broker cannot be reached, 64 for a bad argument (ids follow :mod:`edge_agent.ids`).
+device that does not answer in time gets a ``no answer`` row. A reply not bound to its sender (see
+:mod:`edge_agent.cli.sender`) is not taken and is reported on stderr. Exit status: 0 when every row is
+ok and no forged reply came, 1 otherwise, 2 when the broker cannot be reached, 64 for a bad argument
+(ids follow :mod:`edge_agent.ids`).
 
 The MQTT side is :class:`edge_agent.cli.sender.Sender`.
 """
@@ -171,7 +173,11 @@ def cmd_ctl_send(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows], default=json_default))
     else:
         print(format_table(rows))
-    return 0 if rows and all(r.status == "ok" for r in rows) else 1
+    for why in sender.forged[:10]:
+        print(f"warning: forged or stray {why}: not taken", file=sys.stderr)
+    if len(sender.forged) > 10:
+        print(f"warning: {len(sender.forged) - 10} more forged or stray replies not taken", file=sys.stderr)
+    return 0 if rows and all(r.status == "ok" for r in rows) and not sender.forged else 1
 
 
 # ---------------------------------------------------------------- ctl watch

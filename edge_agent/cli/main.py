@@ -79,10 +79,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if cfg.commands.insecure:
         warnings.append("commands.insecure = true: unsigned state-changing commands are accepted")
     if args.json:
-        print(json.dumps({"ok": True, "source": cfg.source, "device": cfg.device.id, "warnings": warnings}))
+        print(json.dumps({"ok": True, "source": cfg.source, "device": cfg.device.id, "warnings": warnings,
+                          "overrides": list(cfg.overrides), "override_file": cfg.override_source}))
     else:
         print(f"{cfg.source}: ok (device {cfg.device.id}, {len(cfg.sensors)} sensor(s), "
               f"broker {cfg.mqtt.host}:{cfg.mqtt.port}, state {cfg.storage.dir})")
+        if cfg.overrides:
+            print(f"overridden by {cfg.override_source} (config.set): {', '.join(cfg.overrides)}")
         for w in warnings:
             print(f"warning: {w}")
     return 0

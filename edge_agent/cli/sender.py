@@ -2,7 +2,13 @@
 
 :class:`Sender` publishes a (signed) command with an MQTT 5 Response Topic (a private
 ``<prefix>/_ctl/<client id>/reply``) and Correlation Data (the command id), and learns who should answer
-from the retained ``<prefix>/+/status`` messages (which carry ``groups``). Usable from tests and scripts
+from the retained ``<prefix>/+/status`` messages (which carry ``groups``).
+
+Replies are bound to their sender: an agent answers on ``<reply topic>/<its device id>``, a topic the
+broker's ACL (``pattern write <prefix>/_ctl/+/reply/%u``) lets only that device write. A reply whose
+body names another device than its topic, or that carries another command's id or correlation data, is
+not taken: it is counted in :attr:`Sender.forged` (a compromised device answering for another one, or
+for a device that does not exist). Usable from tests and scripts
 as well as the CLI. The MQTT client is :class:`edge_agent.transport.mqtt.MqttTransport` (the only paho user).
 """
 
@@ -65,24 +71,42 @@ class Sender:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.replies: dict[str, dict[str, Any]] = {}
         self.first: dict[str, float] = {}
+        self.forged: list[str] = []  # why each reply that was not taken was refused
         self._cond = threading.Condition()
         self._sent_at = 0.0
         self._cid = b""
         self.on_progress: Callable[[str, dict[str, Any], float], None] = lambda d, r, ms: None
         self.transport = MqttTransport(cfg.mqtt, client_id=self.client_id, on_message=self._on_message,
                                        persistent_session=False)
-        self.transport.subscribe(self.reply_topic, qos=1)
+        self.transport.subscribe(self.reply_topic + "/+", qos=1)
         self.transport.subscribe(f"{self.prefix}/+/status", qos=1)
 
-    def _on_message(self, m: Any) -> None:
-        if m.topic == self.reply_topic:
-            if m.correlation_data is not None and bytes(m.correlation_data) != self._cid:
-                return
+    def _reply(self, m: Any) -> dict[str, Any] | None:
+        """The reply on ``<reply topic>/<device>``, if it is bound to that device and to this command."""
+        dev = m.topic[len(self.reply_topic) + 1:]
+        if m.correlation_data is None or bytes(m.correlation_data) != self._cid:
+            why = "another command's correlation data"
+        else:
             try:
                 rep = codec.decode(m.payload) if m.payload[:1] != b"{" else json.loads(m.payload)
             except Exception:
-                return
+                rep = None
             if not isinstance(rep, dict) or not isinstance(rep.get("device"), str):
+                why = "not a reply"
+            elif rep["device"] != dev:
+                why = f"body names device {str(rep['device'])[:64]!r}"
+            elif rep.get("id") not in (None, self._cid.decode()):
+                why = f"another command's id {str(rep.get('id'))[:64]!r}"
+            else:
+                return rep
+        with self._cond:
+            self.forged.append(f"reply on {m.topic}: {why}")
+        return None
+
+    def _on_message(self, m: Any) -> None:
+        if m.topic.startswith(self.reply_topic + "/"):
+            rep = self._reply(m)
+            if rep is None:
                 return
             dev = rep["device"]
             ms = (time.monotonic() - self._sent_at) * 1000

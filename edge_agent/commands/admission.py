@@ -3,18 +3,32 @@
 One small function per check, applied in this order by :meth:`Admission.admit` (the first failure is the
 reply)::
 
-    size cap -> bounded decode -> rate limit per source          (the service, before admit())
+    size cap -> bounded decode                                   (the service, before admit())
     target -> request shape -> known command -> signature (Ed25519) or unsigned allow-list
     -> key allow-list -> argument schema -> replay (known id: stored result, never re-run)
     -> clock sane / not yet valid / expired
+    -> rate limit per source                                     (the service, on the outcome's ``source``)
+
+Rate limits: a request is charged to an operator key's bucket only once its signature has verified
+(``source`` of the outcome); everything else (no ``kid``, an unknown ``kid``, a ``kid`` with a bad
+signature) shares the one anonymous bucket, so spoofing a public key id cannot use up that operator's
+budget. A request without the bytes ``kid`` can only be anonymous and is charged before it is decoded.
 
 A check raises :class:`Refused` (or the :class:`~edge_agent.errors.CommandError` of the verifier or
 the schema); :meth:`Admission.admit` returns a value: :class:`Admitted`, :class:`Repeat` (the id is
 known: answered from the store) or :class:`Refusal`.
 
 Clock (a Pi has no RTC): the clock is *sane* when it is past :data:`BUILD_TIME_FLOOR` and past the
-store's persisted time floor. While it is not, every time-bound (signed) command is refused with
+store's two persisted floors. While it is not, every time-bound (signed) command is refused with
 ``clock_not_synced``; unsigned read-only commands (``ping``, ``status``) still work.
+
+* the **trusted floor** (hard): the largest ``min(issued_at, clock)`` of an admitted signed command. Only
+  an operator's signature moves it, so a wrong device clock cannot push it into the future.
+* the **clock floor** (soft): the device clock at a start where it looked sane. It catches a clock that
+  went back, but a clock that was once *ahead* (a bad RTC, a wrong NTP answer) would push it into the
+  future; so it is recoverable: a verified signed command whose ``issued_at`` is newer than the trusted
+  floor (so not a replay of anything this device has admitted) and within ``commands.max_clock_skew`` of
+  the device clock confirms the device clock and resets the clock floor to it (``Admitted.confirms_clock``).
 """
 
 from __future__ import annotations
@@ -81,6 +95,19 @@ class Job:
     persisted: bool
     expires_at: float | None = None
 
+    def stored(self) -> dict[str, Any]:
+        """What the command store keeps of the job (the ``request`` column) to resume it after a restart."""
+        return {"args": self.args, "kind": self.kind, "target": self.target, "operator": self.operator,
+                "expires_at": self.expires_at}
+
+    @classmethod
+    def resumed(cls, rec: Record, device: str) -> Job:
+        """The job of a stored 'received' record (the inverse of :meth:`stored`)."""
+        req = rec.request or {}
+        return cls(rec.id, rec.name, dict(req.get("args") or {}), ReplyTo.from_dict(rec.reply or {}),
+                   str(req.get("kind", "device")), str(req.get("target", device)), str(req.get("operator", "?")),
+                   persisted=True, expires_at=req.get("expires_at"))
+
 
 @dataclass(frozen=True)
 class Request:
@@ -99,28 +126,39 @@ class Admitted:
     job: Job
     digest: bytes | None  # what the id stands for: a repeat must be the same command
     issued_at: float | None
+    source: str = ANONYMOUS  # the rate-limit bucket: "key:<kid>" only for a verified signature
+    confirms_clock: bool = False  # a fresh signed command vouches for the device clock: reset the clock floor
 
 
 @dataclass(frozen=True)
 class Repeat:
     record: Record
     digest: bytes | None
+    source: str = ANONYMOUS
 
 
 @dataclass(frozen=True)
 class Refusal:
     cmd_id: str | None  # echoed in the reply only when it is a valid id
     error: CommandError
+    source: str = ANONYMOUS
 
 
 # ---------------------------------------------------------------- before decoding
 
 def reply_topic(prefix: str, device: str, response_topic: str | None, name: str) -> str:
     """The request's Response Topic, unless it is unusable or inside another device's namespace (a
-    request must not make this device publish on, say, another device's telemetry topic)."""
+    request must not make this device publish on, say, another device's telemetry topic).
+
+    An operator's reply topic ``<prefix>/_ctl/<client>/reply`` gets this device's id appended: the reply
+    goes to ``<prefix>/_ctl/<client>/reply/<device>``, which the broker's ACL (``pattern write
+    <prefix>/_ctl/+/reply/%u``) lets only this device write, so a reply is bound to its sender and a
+    compromised device cannot answer for another one (``ctl send`` checks the topic against the body)."""
     if response_topic and len(response_topic) <= 512 and not any(c in response_topic for c in "+#\x00"):
         parts = response_topic.split("/")
-        if parts[0] != prefix or (len(parts) > 1 and parts[1] in (device, "_ctl")):
+        if len(parts) > 1 and parts[0] == prefix and parts[1] == "_ctl":
+            return f"{response_topic}/{device}"
+        if parts[0] != prefix or (len(parts) > 1 and parts[1] == device):
             return response_topic
     safe = name if name and all(c not in name for c in "+#/\x00") else "invalid"
     return cmd_reply_topic(prefix, device, safe)
@@ -308,20 +346,24 @@ class Admission:
         self.verifier = verifier
         self.store = store
 
-    def floor(self) -> float:
-        """The earliest time a sane clock can read."""
-        return max(BUILD_TIME_FLOOR, self.store.time_floor())
+    def hard_floor(self) -> float:
+        """The earliest time a sane clock can read, on the operators' word (not recoverable)."""
+        return max(BUILD_TIME_FLOOR, self.store.trusted_floor())
 
-    def source(self, req: Any) -> str:
-        """Rate-limit key: a known operator key id, else one shared anonymous bucket (bounded)."""
-        if isinstance(req, dict):
-            kid = req.get("kid")
-            if isinstance(kid, str) and self.verifier.operator(kid) is not None:
-                return f"key:{kid}"
-        return ANONYMOUS
+    def floor(self) -> float:
+        """The earliest time a sane clock can read: the hard floor and the device's own clock floor."""
+        return max(self.hard_floor(), self.store.time_floor())
+
+    def confirms_clock(self, req: Request, signed: bool, now: float) -> bool:
+        """A verified signed request proving the device clock right although it is below the clock floor:
+        issued after everything admitted so far (not a replay) and within the skew of the device clock."""
+        return (signed and req.issued_at is not None and self.hard_floor() <= now < self.floor()
+                and req.issued_at > self.store.trusted_floor()
+                and abs(req.issued_at - now) <= self.cfg.max_clock_skew)
 
     def admit(self, raw: Any, kind: str, target: str, name: str, reply: ReplyTo,
               now: float) -> Admitted | Repeat | Refusal:
+        source = ANONYMOUS
         try:
             check_target(kind, target, self.device, self.groups)
             req = check_shape(raw, name)
@@ -329,20 +371,22 @@ class Admission:
             signed = req.sig is not None
             if signed:
                 operator, digest = check_signature(req, kind, target, name, self.verifier)
+                source = f"key:{req.kid}"
             else:
                 operator, digest = "unsigned", check_unsigned(req, kind, target, name, spec, self.cfg)
             args = spec.schema.validate(req.args)
             if req.id is not None:
                 known = self.store.get(req.id)
                 if known is not None:
-                    return Repeat(known, digest)
-            check_clock(req, signed, now, self.floor(), self.cfg)
+                    return Repeat(known, digest, source)
+            confirms = self.confirms_clock(req, signed, now)
+            check_clock(req, signed, now, self.hard_floor() if confirms else self.floor(), self.cfg)
         except CommandError as e:
             cmd_id = raw.get("id") if isinstance(raw, dict) else None
-            return Refusal(cmd_id if valid_id(cmd_id) else None, e)
+            return Refusal(cmd_id if valid_id(cmd_id) else None, e, source)
         job = Job(req.id, name, args, reply, kind, target, operator, persisted=False,
                   expires_at=float(req.expires_at) if req.expires_at is not None else None)
-        return Admitted(job, digest, req.issued_at)
+        return Admitted(job, digest, req.issued_at, source, confirms)
 
 
 def iso(t: float) -> str:

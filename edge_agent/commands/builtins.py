@@ -7,7 +7,7 @@ name                   read-only  what
 ping                   yes        ``{"pong": true, "ts": ...}``
 status                 yes        version, uptime, config hash, connection, backlog, sensors, models
 config.get             yes        the running config (passwords masked), or one ``key``
-config.set             no         ``changes`` {dotted key: value}: validated, written atomically, applied
+config.set             no         ``changes`` {dotted key: value}: validated, written to the override file, applied
 sensor.set_interval    no         ``sensor``, ``interval`` (seconds; not persisted, see config.set)
 output.set             no         ``output``, ``value``, optional ``duration``
 history.query          yes        the messaging service's local history
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent import config as config_mod
 from edge_agent.commands.registry import Registry
 from edge_agent.commands.schema import Arg
+from edge_agent.config import override
 from edge_agent.config.schema import INTERVAL_MAX, INTERVAL_MIN
 from edge_agent.errors import CommandError, ConfigError
 from edge_agent.fsutil import atomic_write
@@ -40,9 +41,8 @@ if TYPE_CHECKING:
 
 _config_lock = threading.Lock()
 _transfer_lock = threading.Lock()  # ChunkAssembler is not thread-safe; commands run on several workers
-#: Sections config.set refuses to touch: changing them remotely would let an operator grant
-#: itself keys/permissions or move the state dir under the running agent.
-PROTECTED = ("commands", "storage.dir", "device.id", "source", "text_hash")
+#: Keys config.set refuses to touch (see edge_agent.config.override).
+PROTECTED = override.PROTECTED
 
 
 def ping(ctx: CommandContext) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def status(ctx: CommandContext) -> dict[str, Any]:
     conn = ctx.host.connection()
     st: dict[str, Any] = {"version": __version__, "device": cfg.device.id, "uptime_s": agent.get("uptime_s"),
                           "config_hash": cfg.text_hash, "groups": list(cfg.device.groups)}
+    st["config"] = {"source": cfg.source, "overrides": list(cfg.overrides), "override_file": cfg.override_source}
     st["connection"] = {"state": conn.state, "reason": conn.reason, "reconnects": agent.get("reconnects", 0)}
     st["backlog"] = agent.get("backlog", {})
     st["sensors"] = agent.get("sensors", {})
@@ -91,123 +92,59 @@ def config_get(ctx: CommandContext, key: str | None = None) -> Any:
 
 # ---------------------------------------------------------------- config.set
 
-def _set_path(doc: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise CommandError("bad_args", f"bad key {key!r}")
-    node: Any = doc
-    for i, part in enumerate(parts[:-1]):
-        nxt = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and nxt is None:
-            nxt = node[part] = {}
-        if isinstance(nxt, list):  # array of tables: address an item by its name
-            if i + 1 >= len(parts) - 1 + 1:
-                raise CommandError("bad_args", f"{key!r}: give an item name after {part!r}")
-            name = parts[i + 1]
-            item = next((x for x in nxt if isinstance(x, dict) and x.get("name") == name), None)
-            if item is None:
-                raise CommandError("no_such_key", f"{key!r}: no {part} item named {name!r}")
-            rest = ".".join(parts[i + 2:])
-            if not rest:
-                raise CommandError("bad_args", f"{key!r}: give a key inside {part}.{name}")
-            _set_path(item, rest, value)
-            return
-        if not isinstance(nxt, dict):
-            raise CommandError("bad_args", f"{key!r}: {part!r} is not a table")
-        node = nxt
-    if value is None:
-        node.pop(parts[-1], None)
-    else:
-        node[parts[-1]] = value
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list) and all(not isinstance(x, dict) for x in v):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise CommandError("bad_args", f"cannot write {type(v).__name__} to TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """A minimal TOML writer for config documents (tables, arrays of tables, scalars, arrays)."""
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_aot(v)}
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in d.items():
-            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-            if isinstance(v, dict):
-                lines.append("")
-                lines.append(f"[{name}]")
-                table(name, v)
-            elif _is_aot(v):
-                for item in v:
-                    lines.append("")
-                    lines.append(f"[[{name}]]")
-                    table(name, item)
-
-    table("", doc)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _is_aot(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
 def config_set(ctx: CommandContext, changes: dict[str, Any]) -> dict[str, Any]:
-    source = ctx.host.config.source
-    if not source or source.startswith("<"):
-        raise CommandError("no_config_file", f"the running config was not read from a file ({source})")
+    """Lay ``changes`` over the override file of the state dir (the config file itself is read-only under
+    the shipped unit), validate the whole config with them, write the override atomically, apply it like
+    SIGHUP; if applying fails, the old override is put back. ``None`` removes a key from the override."""
+    cfg = ctx.host.config
+    if not cfg.source or cfg.source.startswith("<"):
+        raise CommandError("no_config_file", f"the running config was not read from a file ({cfg.source})")
     for key in changes:
-        if any(key == p or key.startswith(p + ".") for p in PROTECTED):
+        if override.protected(key):
             raise CommandError("protected", f"{key!r} cannot be changed remotely (edit the file on the device)")
-    path = Path(source)
+    path = override.override_path(cfg.state_dir)
     with _config_lock:
         try:
-            old_text = path.read_text(encoding="utf-8")
-            doc = config_mod.parse_toml(old_text, str(path))
-        except OSError as e:
-            raise CommandError("config_unreadable", f"{path}: {e}") from None
+            old = config_mod.read_overrides(path)
         except ConfigError as e:
-            raise CommandError("config_unreadable", f"{path}: {'; '.join(e.errors)}") from None
-        for key, value in changes.items():
-            _set_path(doc, key, value)
-        new_text = dump_toml(doc)
+            raise CommandError("config_unreadable", "; ".join(f"{e.source}: {m}" for m in e.errors)) from None
+        new = {k: v for k, v in {**old, **changes}.items() if v is not None}
         try:
-            config_mod.loads(new_text, str(path))
+            text = override.dump(new)
+            config_mod.load(cfg.source, overrides=new)
+        except override.OverrideProblem as e:
+            raise CommandError("bad_args", str(e)) from None
         except ConfigError as e:
-            raise CommandError("invalid_config", "; ".join(e.errors)) from None
-        _write_atomic(path, new_text)
-        try:
-            ok = ctx.control.reload()
-        except Exception as e:
-            ok = False
-            ctx.log.exception("config.set: applying failed: %s", e)
-        if not ok:
-            _write_atomic(path, old_text)
-            try:
-                ctx.control.reload()
-            except Exception:
-                ctx.log.exception("config.set: re-applying the old config failed")
-            raise CommandError("apply_failed", "the new config could not be applied; the file was rolled back")
-    return {"applied": sorted(changes), "config_hash": ctx.host.config.text_hash}
+            raise CommandError("invalid_config", "; ".join(f"{e.source}: {m}" for m in e.errors)) from None
+        _write_override(path, text if new else None)
+        if not _apply(ctx):
+            _write_override(path, override.dump(old) if old else None)
+            if not _apply(ctx):
+                ctx.log.error("config.set: re-applying the old config failed")
+            raise CommandError("apply_failed", "the new config could not be applied; the override was rolled back")
+    return {"applied": sorted(changes), "config_hash": ctx.host.config.text_hash,
+            "overrides": sorted(new), "override_file": str(path)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write(path, text, keep_mode=True)
+def _apply(ctx: CommandContext) -> bool:
+    try:
+        return bool(ctx.control.reload())
+    except Exception as e:
+        ctx.log.exception("config.set: applying failed: %s", e)
+        return False
+
+
+def _write_override(path: Path, text: str | None) -> None:
+    """Write (atomically, 0640) or remove the override file."""
+    try:
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, text)
+            os.chmod(path, 0o640)  # the service group may read it (check-config as an admin in that group)
+    except OSError as e:
+        raise CommandError("config_unwritable", f"{path}: {e}") from None
+
 
 
 # ---------------------------------------------------------------- sensors, outputs, history

@@ -121,3 +121,23 @@ def load_user_commands(registry: Registry, modules: list[str]) -> list[str]:
     for p in problems:
         log.error("user commands: %s", p)
     return problems
+
+
+def config_warnings(cfg: Any, registry: Registry) -> list[tuple[int, str]]:
+    """(log level, line) for what ``[commands]`` (a CommandsConfig) gets wrong once the commands are known."""
+    out: list[tuple[int, str]] = []
+    if cfg.insecure:
+        out.append((logging.WARNING, "commands.insecure = true: UNSIGNED STATE-CHANGING COMMANDS ARE ACCEPTED "
+                                     "from anyone who can publish to this device's command topics"))
+    for name in cfg.unsigned:
+        spec = registry.get(name)
+        if spec is None:
+            out.append((logging.WARNING, f"commands.unsigned lists {name!r}, which is not a known command"))
+        elif not spec.read_only and not cfg.insecure:
+            out.append((logging.WARNING, f"commands.unsigned lists {name!r}, which changes state: it still "
+                                         "needs a signature (only read-only commands may be unsigned unless "
+                                         "commands.insecure = true)"))
+    if not cfg.keys and not cfg.insecure:
+        out.append((logging.INFO, "commands: no operator keys configured; only unsigned read-only commands "
+                                  "are accepted"))
+    return out

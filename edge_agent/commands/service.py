@@ -8,18 +8,15 @@ A **worker thread** then persists 'running', calls the handler, persists 'done' 
 puts the reply in the outbox. Nothing refused has an effect: refusals happen before the handler, and
 the handler is only ever called by a worker for a row it moved from 'received' to 'running'.
 
-Why replies go through the outbox: they survive a broker outage or an agent restart like any event.
+Replies (their encoding, the outbox message, the refusal log) are :mod:`edge_agent.commands.replies`.
 Why refusal replies are themselves rate-limited: a flood of junk must not turn into a flood of
 ``event``-class replies that would crowd telemetry out of the outbox and the link.
 
 The clock (a Pi has no RTC) is checked by admission; ``status`` shows whether it looks sane. The persisted
-seen-id store stops replays whatever the clock says.
-"""
+seen-id store stops replays whatever the clock says."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import queue
@@ -47,10 +44,11 @@ from edge_agent.commands.admission import (
     iso,
     reply_topic,
 )
-from edge_agent.commands.registry import Registry, load_user_commands
+from edge_agent.commands.registry import Registry, config_warnings, load_user_commands
+from edge_agent.commands.replies import RefusalLog, reply_message
 from edge_agent.commands.store import CommandStore, Record
 from edge_agent.errors import CommandError
-from edge_agent.host import AgentControl, Disposition, Host, InMessage, Outgoing
+from edge_agent.host import AgentControl, Disposition, Host, InMessage
 from edge_agent.transport.topics import cmd_filters, parse_cmd_topic
 
 log = logging.getLogger("edge_agent.commands")
@@ -58,9 +56,7 @@ log = logging.getLogger("edge_agent.commands")
 __all__ = ["BUILD_TIME_FLOOR", "EX_RESTART", "STORE_FILE", "CommandContext", "CommandService", "Job", "ReplyTo"]
 
 STORE_FILE = "commands.db"
-REPLY_TTL = 600.0
 EX_RESTART = 75  # EX_TEMPFAIL: non-zero so systemd's Restart=on-failure starts the agent again
-REFUSAL_LOG_PER_S = 20  # refusal lines per second; the rest are summarised
 
 
 @dataclass
@@ -109,7 +105,7 @@ class CommandService:
         self._command_sets: list[Callable[[Registry], None]] = []
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._log_window = (0.0, 0)
+        self._refusal_log = RefusalLog()
         self._adds = 0
         self._waiters: dict[str, list[ReplyTo]] = {}  # repeats of commands still running: final reply owed
         self.counters: dict[str, int] = {"received": 0, "executed": 0, "refused": 0, "replayed": 0,
@@ -120,10 +116,8 @@ class CommandService:
         self.exit_process: Callable[[int], None] = self._exit_process
         self.started = False
         self._ready = threading.Event()
-        # Subscriptions now, before the transport starts: they go out with the CONNECT-time SUBSCRIBE (the
-        # transport re-applies them after every reconnect), and a command the broker redelivers from our
-        # session right after CONNACK finds its handler, which holds it until start() has run (see
-        # on_message) instead of it being acked unhandled.
+        # Subscribed before the transport starts (re-applied after every reconnect): a command redelivered
+        # right after CONNACK finds its handler, which holds it until start() has run (see on_message).
         for f in cmd_filters(self.prefix, self.device, self.groups):
             host.subscribe(f, self._matches, self.on_message, qos=1)
 
@@ -149,14 +143,15 @@ class CommandService:
             except Exception:
                 log.exception("%s could not register its commands", register)
         load_user_commands(self.registry, list(self.cfg.modules))
-        self._warn_config()
+        for level, line in config_warnings(self.cfg, self.registry):
+            log.log(level, "%s", line)
         now = self.clock()
         if self.clock_sane(now):
             self.store.raise_time_floor(now)
             self.store.prune(now - self.cfg.max_clock_skew)
         else:
             log.warning("the clock looks wrong (%s, before %s): signed commands are refused until it is "
-                        "synchronised", iso(now), iso(self.admission.floor()))
+                        "synchronised or a fresh signed command confirms it", iso(now), iso(self.admission.floor()))
         if self.store.interrupted:
             log.warning("commands interrupted by the last stop (not run again): %s",
                         ", ".join(self.store.interrupted))
@@ -170,20 +165,6 @@ class CommandService:
         log.info("commands: listening on %s (%d command(s), %d operator key(s))",
                  ", ".join(cmd_filters(self.prefix, self.device, self.groups)), len(self.registry.names()),
                  len(self.cfg.keys))
-
-    def _warn_config(self) -> None:
-        if self.cfg.insecure:
-            log.warning("commands.insecure = true: UNSIGNED STATE-CHANGING COMMANDS ARE ACCEPTED from "
-                        "anyone who can publish to this device's command topics")
-        for name in self.cfg.unsigned:
-            spec = self.registry.get(name)
-            if spec is None:
-                log.warning("commands.unsigned lists %r, which is not a known command", name)
-            elif not spec.read_only and not self.cfg.insecure:
-                log.warning("commands.unsigned lists %r, which changes state: it still needs a signature "
-                            "(only read-only commands may be unsigned unless commands.insecure = true)", name)
-        if not self.cfg.keys and not self.cfg.insecure:
-            log.info("commands: no operator keys configured; only unsigned read-only commands are accepted")
 
     def stop(self) -> None:
         self._stop.set()
@@ -225,37 +206,30 @@ class CommandService:
         reply = ReplyTo(reply_topic(self.prefix, self.device, msg.response_topic, name), msg.correlation_data,
                         is_json, name)
         self.counters["received"] += 1
-        ok, req = self._decode_within_rate(payload, is_json, reply)
-        if not ok:
+        # Without the bytes "kid" a request can only be anonymous: its bucket is charged before decoding,
+        # so a flood of junk costs a byte search each, not a decode. Anything else is charged after
+        # admission, to the bucket of the key whose signature verified, or to the anonymous one.
+        charged = len(payload) > self.cfg.max_payload or b"kid" not in payload
+        if charged and not self._rate_ok(ANONYMOUS, reply):
             return Disposition.ACK
-        match self.admission.admit(req, kind, target, name, reply, self.clock()):
-            case Admitted(job, digest, issued_at):
-                self._enqueue(job, digest, issued_at)
+        try:
+            check_size(payload, self.cfg.max_payload)
+            req = decode(payload, is_json, self.cfg.max_payload)
+        except Refused as e:
+            if charged or self._rate_ok(ANONYMOUS, reply):
+                self._refuse(None, reply, e)
+            return Disposition.ACK
+        outcome = self.admission.admit(req, kind, target, name, reply, self.clock())
+        if not charged and not self._rate_ok(outcome.source, reply):
+            return Disposition.ACK
+        match outcome:
+            case Admitted(job, digest, issued_at, _, confirms):
+                self._enqueue(job, digest, issued_at, confirms)
             case Repeat(record, digest):
                 self._repeat(record, digest, reply)
             case Refusal(cmd_id, error):
                 self._refuse(cmd_id, reply, error)
         return Disposition.ACK
-
-    def _decode_within_rate(self, payload: bytes, is_json: bool, reply: ReplyTo) -> tuple[bool, Any]:
-        """(True, the decoded request), or (False, None) when it was refused (too large, undecodable, over
-        the rate).
-
-        Without a key id the request can only be anonymous: its bucket is charged before decoding, so
-        a flood of junk costs a byte search each, not a decode."""
-        anonymous = len(payload) > self.cfg.max_payload or b"kid" not in payload
-        if anonymous and not self._rate_ok(ANONYMOUS, reply):
-            return False, None
-        try:
-            check_size(payload, self.cfg.max_payload)
-            req = decode(payload, is_json, self.cfg.max_payload)
-        except Refused as e:
-            if anonymous or self._rate_ok(ANONYMOUS, reply):
-                self._refuse(None, reply, e)
-            return False, None
-        if not anonymous and not self._rate_ok(self.admission.source(req), reply):
-            return False, None
-        return True, req
 
     def _rate_ok(self, source: str, reply: ReplyTo) -> bool:
         if self.limits.take(source):
@@ -286,7 +260,7 @@ class CommandService:
             self.send_reply(rec.id, reply, {"status": "accepted", "replay": True,
                                             "result": {"state": rec.state}})
 
-    def _enqueue(self, job: Job, digest: bytes | None, issued_at: float | None) -> None:
+    def _enqueue(self, job: Job, digest: bytes | None, issued_at: float | None, confirms_clock: bool) -> None:
         if self.queue.full():
             self._refuse(job.id, job.reply, Refused("busy", f"{self.cfg.queue} commands already waiting"))
             return
@@ -297,11 +271,19 @@ class CommandService:
         if not read_only_unsigned and job.id is not None and digest is not None:
             if not self._persist(job, digest):
                 return
-            if job.operator != "unsigned" and issued_at is not None and self.clock_sane():
-                self.store.raise_time_floor(min(float(issued_at), self.clock()))
+            if job.operator != "unsigned" and issued_at is not None:
+                self._trust_clock(float(issued_at), confirms_clock)
         log.info("command %s %s from %s accepted (%s %s)", job.name, job.id or "-", job.operator, job.kind,
                  job.target)
         self.queue.put_nowait(job)
+
+    def _trust_clock(self, issued_at: float, confirms_clock: bool) -> None:
+        now = self.clock()
+        if confirms_clock:
+            log.warning("the clock floor %s was ahead of the device clock (%s), which a signed command "
+                        "issued at %s confirms: floor reset", iso(self.store.time_floor()), iso(now), iso(issued_at))
+            self.store.reset_time_floor(now)
+        self.store.raise_trusted_floor(min(issued_at, now))
 
     def _persist(self, job: Job, digest: bytes) -> bool:
         """Store the job as 'received'; False if its id was taken meanwhile (answered as a repeat)."""
@@ -310,9 +292,7 @@ class CommandService:
         if self._adds % 1000 == 0 and self.clock_sane():
             self.store.prune(self.clock() - self.cfg.max_clock_skew)
         expires = job.expires_at if job.expires_at is not None else self.clock() + self.cfg.max_lifetime
-        stored = {"args": job.args, "kind": job.kind, "target": job.target, "operator": job.operator,
-                  "expires_at": job.expires_at}
-        if not self.store.add(job.id, job.name, digest, expires, stored, job.reply.as_dict()):
+        if not self.store.add(job.id, job.name, digest, expires, job.stored(), job.reply.as_dict()):
             rec = self.store.get(job.id)
             if rec is not None:
                 self._repeat(rec, digest, job.reply)
@@ -323,40 +303,17 @@ class CommandService:
     def _refuse(self, cmd_id: str | None, reply: ReplyTo, err: CommandError, force_reply: bool = True) -> None:
         self.counters["refused"] += 1
         self.refusals[err.code] = self.refusals.get(err.code, 0) + 1
-        self._log_refusal(cmd_id, reply.name, err)
+        self._refusal_log.log(cmd_id, reply.name, err)
         if force_reply:
             self.send_reply(cmd_id, reply, {"status": "error", "error": {"code": err.code, "message": err.message}})
         else:
             self.counters["replies_suppressed"] += 1
 
-    def _log_refusal(self, cmd_id: str | None, name: str, err: CommandError) -> None:
-        """At most REFUSAL_LOG_PER_S lines per second; the rest are summarised."""
-        now = time.monotonic()
-        start, n = self._log_window
-        if now - start >= 1.0:
-            if n > REFUSAL_LOG_PER_S:
-                log.warning("commands: %d more refusal(s) not logged in the last second", n - REFUSAL_LOG_PER_S)
-            start, n = now, 0
-        n += 1
-        self._log_window = (start, n)
-        if n <= REFUSAL_LOG_PER_S:
-            log.warning("command %s %s refused: %s: %s", name[:64], cmd_id or "-", err.code, err.message[:300])
-
     # ------------------------------------------------------------------ replies
     def send_reply(self, cmd_id: str | None, reply: ReplyTo, outcome: dict[str, Any]) -> None:
-        body = {"id": cmd_id, "device": self.device, "name": reply.name, **outcome}
-        if reply.json:
-            payload = json.dumps(body, default=_json_default, separators=(",", ":")).encode()
-            ctype = "application/json"
-        else:
-            payload = codec.encode(body)
-            ctype = "application/msgpack"
-        props: dict[str, Any] = {"content_type": ctype}
-        if reply.correlation is not None:
-            props["correlation_data"] = bytes(reply.correlation)
         try:
-            self.host.put(Outgoing(topic=reply.topic, stream=f"cmd-reply/{reply.name}", raw=payload, cls="event",
-                                   props=props, ttl=REPLY_TTL))
+            self.host.put(reply_message(self.device, cmd_id, reply.topic, reply.name, reply.json,
+                                        reply.correlation, outcome))
         except Exception as e:
             log.error("reply to %s not stored: %s", reply.topic, e)
 
@@ -364,10 +321,7 @@ class CommandService:
     def _resume(self) -> None:
         for rec in self.store.received():
             try:
-                req = rec.request or {}
-                job = Job(rec.id, rec.name, dict(req.get("args") or {}), ReplyTo.from_dict(rec.reply or {}),
-                          str(req.get("kind", "device")), str(req.get("target", self.device)),
-                          str(req.get("operator", "?")), persisted=True, expires_at=req.get("expires_at"))
+                job = Job.resumed(rec, self.device)
             except Exception as e:
                 self.store.set_done(rec.id, {"status": "error", "error": {"code": "internal",
                                                                           "message": f"cannot resume: {e}"}})
@@ -449,8 +403,3 @@ class CommandService:
         return {"commands": self.registry.names(), "counters": dict(self.counters),
                 "refusals": dict(self.refusals), "store": self.store.counts()}
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, bytes | bytearray):
-        return base64.b64encode(bytes(o)).decode()
-    return repr(o)

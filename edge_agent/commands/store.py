@@ -17,9 +17,12 @@
 ``synchronous=FULL``: a command's state must survive a power cut as well as a crash, and commands are
 rare (rate-limited) so the fsync per transition is affordable.
 
-The store also keeps a *time floor*: the largest wall-clock time the agent has trusted (a verified
-command's issued_at, or the clock when it looked sane). A Pi without an RTC boots in the past; a clock
-below the floor is recognised as wrong (see ``CommandService.clock_sane``).
+The store also keeps two *time floors* (see :mod:`edge_agent.commands.admission`): the *trusted floor*,
+the largest ``min(issued_at, clock)`` of an admitted signed command (only an operator's signature moves
+it), and the *clock floor*, the device clock when it looked sane at a start. A Pi without an RTC boots in
+the past; a clock below either is recognised as wrong (see ``CommandService.clock_sane``). The clock
+floor can be reset by a fresh signed command that confirms the device clock (a clock that was once ahead
+must not lock signed commands out until it catches up).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class CommandStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        self._floor: float | None = None
+        self._floors: dict[str, float] = {}  # meta time floors, cached
         self._db: sqlite3.Connection | None = None
         self.interrupted: list[str] = []
 
@@ -160,22 +163,45 @@ class CommandStore:
                     "ORDER BY expires LIMIT ?)", (total - MAX_ROWS,)).rowcount
         return n
 
-    # ------------------------------------------------------------------ time floor
-    def time_floor(self) -> float:
-        if self._floor is None:
+    # ------------------------------------------------------------------ time floors
+    def _meta_float(self, key: str) -> float:
+        if key not in self._floors:
             with self._lock:
-                row = self._db.execute("SELECT value FROM meta WHERE key='time_floor'").fetchone()
-            self._floor = float(row[0]) if row else 0.0
-        return self._floor
+                row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            self._floors[key] = float(row[0]) if row else 0.0
+        return self._floors[key]
 
-    def raise_time_floor(self, t: float) -> None:
-        """Persist a larger floor; written at most once a minute of progress (it is a coarse bound)."""
-        if t <= self.time_floor() + 60.0 and self.time_floor() > 0:
+    def _raise(self, key: str, t: float, step: float = 0.0) -> None:
+        """Persist a larger floor; written only after ``step`` seconds of progress (a coarse bound)."""
+        if t <= self._meta_float(key) + step and (self._meta_float(key) > 0 or t <= 0):
             return
         with self._lock:
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
+                             "UPDATE SET value=max(value, excluded.value)", (key, float(t)))
+            self._floors[key] = max(self._floors.get(key, 0.0), float(t))
+
+    def time_floor(self) -> float:
+        """The clock floor: the device clock at a start where it looked sane (soft, resettable)."""
+        return self._meta_float("time_floor")
+
+    def raise_time_floor(self, t: float) -> None:
+        """At most one write per minute of progress."""
+        self._raise("time_floor", t, 60.0)
+
+    def reset_time_floor(self, t: float) -> None:
+        """Set the clock floor to ``t``, lower or not: a fresh signed command confirmed the device clock."""
+        with self._lock:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('time_floor', ?) ON CONFLICT(key) DO "
-                             "UPDATE SET value=max(value, excluded.value)", (float(t),))
-            self._floor = max(self._floor or 0.0, float(t))
+                             "UPDATE SET value=excluded.value", (float(t),))
+            self._floors["time_floor"] = float(t)
+
+    def trusted_floor(self) -> float:
+        """The trusted floor: the largest min(issued_at, clock) of an admitted signed command (hard)."""
+        return self._meta_float("trusted_floor")
+
+    def raise_trusted_floor(self, t: float) -> None:
+        """Exact (commands are rare): a replay of the newest admitted command must not pass for a new one."""
+        self._raise("trusted_floor", t)
 
     def close(self) -> None:
         with self._lock:

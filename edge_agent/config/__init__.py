@@ -8,10 +8,21 @@ sequences as tuples) or raises :class:`ConfigError` carrying *every* problem fou
 
 :mod:`.schema` declares the sections (field metadata: ``doc``, bounds, ``choices``, ``pattern``, ``ident``),
 :mod:`.validate` is the generic validator, :mod:`.load` the only TOML parser in edge_agent, :mod:`.paths`
-finds the file, the state directory and the default device id.
+finds the file, the state directory and the default device id, :mod:`.override` is the override file
+``config.set`` writes in the state directory (laid over the file by :func:`load`).
 """
 
-from edge_agent.config.load import build, check_runnable, load, loads, merge, parse, parse_toml, read_text
+from edge_agent.config.load import (
+    build,
+    check_runnable,
+    load,
+    loads,
+    merge,
+    parse,
+    parse_toml,
+    read_overrides,
+    read_text,
+)
 from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir
 from edge_agent.config.schema import (
     EX_CONFIG,
@@ -42,5 +53,5 @@ __all__ = [
     "CommandsConfig", "Config", "ConfigError", "DeviceConfig", "LoggingConfig", "MessageClass", "MessagingConfig",
     "ModelConfig", "MqttConfig", "OperatorKey", "OutputConfig", "SensorConfig", "StorageConfig", "TlsConfig",
     "build", "check_runnable", "default_config_path", "default_device_id", "default_state_dir", "load", "loads",
-    "merge", "parse", "parse_toml", "read_text", "to_dict", "validate",
+    "merge", "parse", "parse_toml", "read_overrides", "read_text", "to_dict", "validate",
 ]

@@ -5,6 +5,9 @@
 validation (so ``Agent(device_id="a/b")`` gets exactly the config file's checks and messages). Each
 returns a frozen :class:`~edge_agent.config.schema.Config` with the environment's defaults filled in
 (device id, state dir, client id) or raises :class:`~edge_agent.errors.ConfigError` with every problem.
+
+:func:`load` also lays the override file ``<state dir>/config.override.toml`` (what ``config.set``
+changed, :mod:`edge_agent.config.override`) over the file's document before validating the whole.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import ids
+from edge_agent.config import override
 from edge_agent.config.paths import default_config_path, default_device_id, default_state_dir, state_dir_problem
 from edge_agent.config.schema import Config
 from edge_agent.config.validate import validate
@@ -87,10 +91,44 @@ def loads(text: str, source: str = "<memory>", env: Mapping[str, str] | None = N
     return parse(parse_toml(text, source), source, text, env)
 
 
-def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the config file ``path`` (default: :func:`default_config_path`)."""
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate the config file ``path`` (default: :func:`default_config_path`) with the override
+    file of its state dir laid over it, or with ``overrides`` ({dotted key: value}) instead of that file
+    (``config.set`` validates a change this way before it writes it)."""
     p = Path(path) if path is not None else default_config_path(env)
-    return loads(read_text(p), str(p), env)
+    env = os.environ if env is None else env
+    text = read_text(p)
+    data = parse_toml(text, str(p))
+    storage = data.get("storage")
+    state = storage.get("dir") if isinstance(storage, Mapping) else None
+    opath = override.override_path(state if isinstance(state, str) and state else default_state_dir(env))
+    if overrides is None:
+        overrides = read_overrides(opath)
+    if not overrides:
+        return parse(data, str(p), text, env)
+    problems = override.apply(data, overrides)
+    if problems:
+        raise ConfigError(str(opath), problems)
+    try:
+        cfg = parse(data, str(p), text + override.dump(overrides), env)
+    except ConfigError as e:  # the problem may be an overridden value: say where those come from
+        raise ConfigError(f"{p} with {opath} ({', '.join(sorted(overrides))})", e.errors) from None
+    return dataclasses.replace(cfg, overrides=tuple(sorted(overrides)), override_source=str(opath))
+
+
+def read_overrides(path: Path) -> dict[str, Any]:
+    """The changes in an override file ({} when there is none); ConfigError naming it when it is bad."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), [f"cannot read the override file: {e}"]) from None
+    try:
+        return override.changes_from_document(parse_toml(text, str(path)))
+    except override.OverrideProblem as e:
+        raise ConfigError(str(path), [str(e)]) from None
 
 
 def check_runnable(cfg: Config) -> Config:

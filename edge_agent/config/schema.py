@@ -33,7 +33,7 @@ BIG_NUMBER = 2**53
 MessageClass = Literal["telemetry", "inference", "event", "alarm"]
 
 #: Fields set by the loader, not read from the file.
-LOADER_FIELDS = ("source", "text_hash")
+LOADER_FIELDS = ("source", "text_hash", "overrides", "override_source")
 
 
 def _f(default: Any = dataclasses.MISSING, doc: str = "", **meta: Any) -> Any:
@@ -256,6 +256,8 @@ class Config(_Frozen):
     models: tuple[ModelConfig, ...] = _f((), "Inference models ([[models]] tables).")
     source: str = _f("", "Where this config was read from (set by the loader).")
     text_hash: str = _f("", "sha256 of the config text (set by the loader).")
+    overrides: tuple[str, ...] = _f((), "Keys set by the override file (config.set), sorted (set by the loader).")
+    override_source: str = _f("", "The override file laid over the config file, if any (set by the loader).")
 
     @property
     def state_dir(self) -> Path:

@@ -11,7 +11,9 @@
 Handlers run on the network thread and return once what must be kept is committed. A message that is
 not an envelope, or that is refused for good, is acknowledged (a poison message must never hold the
 receive window). When the history or the disk cannot take it right now (full, closed while stopping),
-the handler returns :attr:`Disposition.DEFER`: the message is kept here, handled again by
+the handler returns :attr:`Disposition.DEFER` (only for a *transient* condition, :func:`transient`: any
+other OSError, e.g. a chunk whose file name collides with a directory, is the message's fault and is
+raised, so the router acknowledges and counts it): the message is kept here, handled again by
 :meth:`Inbound.retry` (the service's sweep, every second) and acknowledged once stored. Later messages
 queue behind it, so the app still sees them in order. If the link drops meanwhile, the deferred messages
 are let go: the broker sends them again on the next connection.
@@ -19,6 +21,7 @@ are let go: the broker sends them again on the next connection.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections import deque
@@ -37,6 +40,13 @@ log = logging.getLogger("edge_agent.messaging")
 
 Route = Callable[[dict[str, Any]], None]
 MAX_DEFERRED = 1000  # the broker's in-flight window is far smaller; past this, the broker redelivers
+#: OSErrors a later retry can get past (a full disk, a busy file); any other one would fail for ever.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM})
+
+
+def transient(e: BaseException) -> bool:
+    """Whether storing may succeed later: the message may then wait unacknowledged (bounded)."""
+    return isinstance(e, HistoryUnavailable) or (isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS)
 
 
 class Inbound:
@@ -82,6 +92,8 @@ class Inbound:
             try:
                 route(env)
             except (HistoryUnavailable, OSError) as e:
+                if not transient(e):
+                    raise  # refused for good: the router acknowledges it, counts and logs it
                 log.warning("message on %s from %s kept for later: %s", msg.topic, env["dev"], e)
                 return self._defer(msg, route, env)
             except (HistoryError, TransferError) as e:
@@ -115,8 +127,10 @@ class Inbound:
                 msg, route, env = self._deferred[0]
                 try:
                     route(env)
-                except (HistoryUnavailable, OSError):
-                    break
+                except (HistoryUnavailable, OSError) as e:
+                    if transient(e):
+                        break
+                    log.warning("message on %s from %s refused: %s", msg.topic, env["dev"], e)
                 except (HistoryError, TransferError) as e:
                     log.warning("message on %s from %s not handled: %s", msg.topic, env["dev"], e)
                 self._deferred.popleft()

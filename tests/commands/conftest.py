@@ -72,6 +72,7 @@ class Requester:
                                           reconnect_min=0.1, reconnect_max=0.5),
                                client_id=f"req-{uuid.uuid4().hex[:8]}", on_message=self._on, persistent_session=False)
         self.t.subscribe(self.reply_topic, qos=1)
+        self.t.subscribe(self.reply_topic + "/+", qos=1)  # agents reply on <reply topic>/<device> (issue 14)
 
     def _on(self, m: InMessage) -> None:
         with self.cond:

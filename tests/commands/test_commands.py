@@ -53,18 +53,26 @@ def test_config_get(make_app, requester: Requester, signer: Signer) -> None:
 def test_config_set_applies_persists_and_rejects(make_app, requester: Requester, signer: Signer) -> None:
     app = make_app(keys=key_snippet(signer))
     src = Path(app.cfg.source)
+    main_text = src.read_text()
+    over = app.cfg.state_dir / "config.override.toml"
     rep = requester.request(T + "config.set", sign(signer, "config.set", {"changes": {"sensors.s1.interval": 0.5}}))
     assert rep["status"] == "ok", rep
-    assert tomllib.loads(src.read_text())["sensors"][0]["interval"] == 0.5
+    # the change lives in the state dir's override file; the config file is never written
+    assert tomllib.loads(over.read_text())["set"] == {"sensors.s1.interval": 0.5}
+    assert src.read_text() == main_text and rep["result"]["overrides"] == ["sensors.s1.interval"]
     assert app.runners["s1"].interval == 0.5 and app.cfg.sensors[0].interval == 0.5
-    before = src.read_text()
+    assert app.cfg.overrides == ("sensors.s1.interval",) and app.cfg.override_source == str(over)
+    before = over.read_text()
     # invalid value: validated like the file, nothing written
     rep = requester.request(T + "config.set", sign(signer, "config.set", {"changes": {"sensors.s1.interval": -1}}))
     assert rep["error"]["code"] == "invalid_config" and "sensors[0].interval" in rep["error"]["message"]
-    assert src.read_text() == before
+    assert over.read_text() == before
     # privilege escalation through config.set is refused
     rep = requester.request(T + "config.set", sign(signer, "config.set", {"changes": {"commands.insecure": True}}))
-    assert rep["error"]["code"] == "protected" and src.read_text() == before
+    assert rep["error"]["code"] == "protected" and over.read_text() == before
+    # null removes the override: back to the file's value
+    rep = requester.request(T + "config.set", sign(signer, "config.set", {"changes": {"sensors.s1.interval": None}}))
+    assert rep["status"] == "ok" and not over.exists() and app.cfg.sensors[0].interval == 1.0
 
 
 def test_config_set_rolls_back_when_apply_fails(make_app, requester: Requester, signer: Signer) -> None:
@@ -74,7 +82,7 @@ def test_config_set_rolls_back_when_apply_fails(make_app, requester: Requester, 
     app.reload = lambda: False  # what App.reload returns when applying is refused
     rep = requester.request(T + "config.set", sign(signer, "config.set", {"changes": {"mqtt.keepalive": 20}}))
     assert rep["error"]["code"] == "apply_failed"
-    assert src.read_text() == before
+    assert src.read_text() == before and not (app.cfg.state_dir / "config.override.toml").exists()
 
 
 def test_sensor_set_interval(make_app, requester: Requester, signer: Signer) -> None:

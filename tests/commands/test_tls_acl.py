@@ -97,7 +97,7 @@ def test_agent_over_tls_with_client_cert_answers_commands(tls_broker, tmp_path: 
     op = Client(port, _tls(pki, "operator"), "operator-1")
     try:
         assert app.transport.wait_online(10), app.transport.status
-        op.t.subscribe("edge/_ctl/op/reply")
+        op.t.subscribe("edge/_ctl/op/reply/+")
         op.start()
         time.sleep(0.3)
         op.t.publish("edge/dev-a/cmd/ping", codec.encode({}), props={"response_topic": "edge/_ctl/op/reply",

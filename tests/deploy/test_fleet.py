@@ -3,7 +3,9 @@
 Each host is ``systemd-nspawn --boot`` in its own network namespace on a private bridge (nspawn.py);
 Mosquitto listens on the bridge address and a Collector subscribes on loopback. Pass: the service is
 active under its own user on every host, telemetry from every host reaches the broker, a second run
-reports ``changed=0``, and a SIGSTOP of the agent gets it restarted by systemd's watchdog.
+reports ``changed=0``, a signed ``config.set`` works under the shipped unit (the config file is read-only
+there: the change lands in the state dir's override file and survives a restart; issue 14 item 10), and
+a SIGSTOP of the agent gets it restarted by systemd's watchdog.
 
 Measured on the shared 2-core dev machine (load ~1.5): boot 2 hosts 5-9 s, failed canary 25 s, first
 rollout 37 s (two batches, pip install, health gates), second run 29 s, SIGSTOP to restarted 6 s,
@@ -23,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent import config as config_mod
+from edge_agent.cli.sender import Sender
+from edge_agent.commands.signing import Signer
 from edge_agent.devbroker import DevBroker, free_port
 from tests.deploy import nspawn
 from tests.deploy.test_ansible import playbook
@@ -68,12 +73,45 @@ def unit_state(fleet: nspawn.Fleet, host: str) -> dict[str, str]:
     return state
 
 
+def signed_command(port: int, signer: Signer, host: str, name: str, args: dict[str, object]) -> dict[str, object]:
+    """One signed command to ``host`` through the test broker (loopback), its reply row as a dict."""
+    cfg = config_mod.build({"device": {"id": "operator"}, "mqtt": {"host": "127.0.0.1", "port": port},
+                            "storage": {"dir": "/nonexistent"}})
+    sender = Sender(cfg, signer)
+    try:
+        assert sender.connect(10), sender.transport.status
+        sender.send("device", host, name, args)
+        sender.wait([host], 1, 30)
+        (row,) = sender.rows([host])
+        assert not sender.forged, sender.forged
+        return row.as_dict() | {"status": row.status}
+    finally:
+        sender.close()
+
+
+def config_set_under_the_unit(fleet: nspawn.Fleet, port: int, signer: Signer, host: str) -> None:
+    """config.set with /etc/edge-agent read-only (ProtectSystem=strict) and the file root:edge-agent 0640:
+    the change goes to /var/lib/edge-agent/config.override.toml, applies at once and after a restart."""
+    before = fleet.ssh(host, "sha256sum /etc/edge-agent/config.toml").stdout
+    row = signed_command(port, signer, host, "config.set", {"changes": {"sensors.t1.interval": 0.25}})
+    assert row["status"] == "ok", row
+    over = fleet.ssh(host, "stat -c '%U %a' /var/lib/edge-agent/config.override.toml && "
+                           "cat /var/lib/edge-agent/config.override.toml").stdout
+    assert over.startswith("edge-agent 640") and '"sensors.t1.interval" = 0.25' in over, over
+    assert fleet.ssh(host, "sha256sum /etc/edge-agent/config.toml").stdout == before
+    fleet.ssh(host, "systemctl restart edge-agent")
+    wait_for(lambda: unit_state(fleet, host)["ActiveState"] == "active", 60, 0.5, "restart after config.set")
+    row = signed_command(port, signer, host, "config.get", {"key": "sensors.t1.interval"})
+    assert row["status"] == "ok" and row["result"] == 0.25, row
+
+
 def test_rollout_to_nspawn_fleet(tmp_path: Path, fleet: nspawn.Fleet, wheelhouse: Path) -> None:
     times: dict[str, float] = {}
     port = free_port()
     broker = DevBroker(port=port, workdir=tmp_path / "broker",
                        extra_conf=f"listener {port} {fleet.gateway}\n").start()
     collector = Collector(port, "edge/#").start()
+    signer = Signer.generate()
     try:
         inv = tmp_path / "inventory.yml"
         inv.write_text(yaml.safe_dump({"edge": {
@@ -86,6 +124,7 @@ def test_rollout_to_nspawn_fleet(tmp_path: Path, fleet: nspawn.Fleet, wheelhouse
                  "edge_agent_sensors": [{"name": "t1", "type": "simulated", "interval": 0.5}],
                  "edge_agent_health_broker_host": "localhost",
                  "edge_agent_health_delay": 1, "edge_agent_health_retries": 60,
+                 "edge_agent_operator_keys": [{"name": "ops", "public_key": signer.public_b64(), "allow": ["*"]}],
                  "ansible_python_interpreter": "/usr/bin/python3"}
 
         # a canary that never comes online (wrong broker port) fails the gate of batch 1; the rollout
@@ -120,6 +159,10 @@ def test_rollout_to_nspawn_fleet(tmp_path: Path, fleet: nspawn.Fleet, wheelhouse
         r, totals = playbook(inv, extra=extra)
         times["second run"] = time.monotonic() - t0
         assert r.returncode == 0 and totals["changed"] == 0 and totals["failed"] == 0, r.stdout[-6000:]
+
+        t0 = time.monotonic()
+        config_set_under_the_unit(fleet, port, signer, "pi1")
+        times["config.set + restart"] = time.monotonic() - t0
 
         # reload (ExecReload= SIGHUP) works inside the sandbox and keeps the process
         pid = unit_state(fleet, "pi2")["MainPID"]

@@ -70,6 +70,9 @@ def test_unit_contract() -> None:
     assert svc["WatchdogSec"] and svc["User"] == "edge-agent"
     assert svc["SupplementaryGroups"].split() == ["gpio", "i2c", "spi"]
     assert svc["StateDirectory"] == "edge-agent" and svc["RuntimeDirectory"] == "edge-agent"
+    # issue 14 item 15: status.json (backlog, pid, state) is not world-readable
+    assert svc["StateDirectoryMode"] == "0750" and svc["RuntimeDirectoryMode"] == "0750"
+    assert svc["UMask"] == "0027"
     assert svc["ProtectSystem"] == "strict" and svc["NoNewPrivileges"] == "yes"
     assert svc["DevicePolicy"] == "closed" and "PrivateDevices" not in svc
     text = UNIT.read_text()
