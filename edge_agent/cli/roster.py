@@ -96,6 +96,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from edge_agent.transport.mqtt import MqttTransport
+    from edge_agent.transport.types import Accepted, Ack
 
     cfg = config_mod.load(args.config)
     path = _file(args)
@@ -107,8 +108,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     acked = threading.Event()
     result: list[bool] = []
 
-    def on_ack(_token: Any, ok: bool, _rc: int) -> None:
-        result.append(ok)
+    def on_ack(_token: Any, ack: Ack) -> None:
+        result.append(isinstance(ack, Accepted))
         acked.set()
 
     t = MqttTransport(cfg.mqtt, client_id=f"edge-roster-{os.getpid()}-{uuid.uuid4().hex[:6]}", on_ack=on_ack,
