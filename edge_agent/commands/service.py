@@ -8,12 +8,8 @@ A **worker thread** then persists 'running', calls the handler, persists 'done' 
 puts the reply in the outbox. Nothing refused has an effect: refusals happen before the handler, and
 the handler is only ever called by a worker for a row it moved from 'received' to 'running'.
 
-Replies (their encoding, the outbox message, the refusal log) are :mod:`edge_agent.commands.replies`.
-Why refusal replies are themselves rate-limited: a flood of junk must not turn into a flood of
-``event``-class replies that would crowd telemetry out of the outbox and the link.
-
-The clock (a Pi has no RTC) is checked by admission; ``status`` shows whether it looks sane. The persisted
-seen-id store stops replays whatever the clock says."""
+Replies are :mod:`edge_agent.commands.replies` (refusal replies are rate-limited: a flood of junk must
+not become a flood of replies). The clock is checked by admission; the seen-id store stops replays."""
 
 from __future__ import annotations
 
@@ -402,4 +398,3 @@ class CommandService:
     def describe(self) -> dict[str, Any]:
         return {"commands": self.registry.names(), "counters": dict(self.counters),
                 "refusals": dict(self.refusals), "store": self.store.counts()}
-
