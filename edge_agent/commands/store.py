@@ -205,7 +205,8 @@ class CommandStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
 
 def _record(row: tuple[Any, ...]) -> Record:

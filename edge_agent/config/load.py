@@ -102,9 +102,15 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     data = parse_toml(text, str(p))
     storage = data.get("storage")
     state = storage.get("dir") if isinstance(storage, Mapping) else None
-    opath = override.override_path(state if isinstance(state, str) and state else default_state_dir(env))
+    sdir = state if isinstance(state, str) and state else default_state_dir(env)
+    opath = override.override_path(sdir)
     if overrides is None:
-        overrides = read_overrides(opath)
+        try:
+            overrides = read_overrides(opath)
+        except ConfigError:
+            if state_dir_problem(sdir) is None:
+                raise
+            overrides = {}  # an unusable state dir: check_runnable() names storage.dir, not the file in it
     if not overrides:
         return parse(data, str(p), text, env)
     problems = override.apply(data, overrides)
@@ -123,7 +129,7 @@ def read_overrides(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL byte in the path
         raise ConfigError(str(path), [f"cannot read the override file: {e}"]) from None
     try:
         return override.changes_from_document(parse_toml(text, str(path)))

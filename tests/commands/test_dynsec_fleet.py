@@ -140,7 +140,9 @@ MATRIX = [
     ("dev-1", "publish", "edge/dev-2/inbox", True),
     ("dev-1", "publish", "edge/dev-2/receipts", True),
     ("dev-1", "publish", "edge/group/lab/msg", True),
-    ("dev-1", "publish", "edge/_ctl/op-1/reply", True),
+    ("dev-1", "publish", "edge/_ctl/op-1/reply/dev-1", True),
+    ("dev-1", "publish", "edge/_ctl/op-1/reply/dev-2", False),  # no answering for another device
+    ("dev-1", "publish", "edge/_ctl/op-1/reply", False),
     ("dev-1", "publish", "edge/dev-2/telemetry/s1", False),
     ("dev-1", "publish", "edge/dev-2/status", False),
     ("dev-1", "publish", "edge/dev-2/cmd/ping", False),

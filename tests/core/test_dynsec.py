@@ -29,7 +29,9 @@ DEVICE_CASES = [
     ("publish", "edge/dev-a/cmd-reply/ping", True),
     ("publish", "edge/dev-b/inbox", True),          # direct messages and file chunks to another device
     ("publish", "edge/dev-b/receipts", True),       # receipts for the messages dev-b sent us
-    ("publish", "edge/_ctl/edge-ctl-1-abc/reply", True),
+    ("publish", "edge/_ctl/edge-ctl-1-abc/reply/dev-a", True),
+    ("publish", "edge/_ctl/edge-ctl-1-abc/reply/dev-b", False),  # replies name their device
+    ("publish", "edge/_ctl/edge-ctl-1-abc/reply", False),
     ("publish", "edge/group/lab/msg", True),
     ("publish", "edge/dev-a/cmd/ping", False),      # not even to itself: commands come from operators
     ("publish", "edge/dev-b/telemetry/s1", False),
