@@ -159,6 +159,13 @@ def _run_batch(batch: list[Variant], outcomes: dict[int, list[str] | None], tmp_
                                   "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
         err.close()
         procs.append((v, d, p))
+    # on a loaded machine an interpreter may still be importing after RUN_SECONDS: a refused variant must
+    # exit by itself (78), an accepted one is stopped only once it logged its start (SIGTERM before the
+    # handler exists would just kill it: that measures the machine, not the agent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            p.poll() is not None or "starting" in (d / "stderr").read_text(errors="replace") for _v, d, p in procs):
+        time.sleep(0.1)
     time.sleep(RUN_SECONDS)
     failures = []
     for v, d, p in procs:

@@ -54,7 +54,7 @@ def test_forward_clock_jump_is_recoverable(make_app, requester: Requester, signe
     fresh = signer.sign("device", "dev-1", "config.get")
     assert requester.request(T + "config.get", fresh)["status"] == "ok"
     # persisted: a restart sees the reset floor and the trusted floor
-    other = CommandStore(svc.store.path)
+    other = CommandStore(svc.store.path).open()
     try:
         assert other.time_floor() <= time.time() and other.trusted_floor() >= fresh["issued_at"] - 1
     finally:

@@ -134,7 +134,7 @@ def test_override_file_problems_name_the_file_and_key(tmp_path: Path) -> None:
     over = state / "config.override.toml"
     for text, key, why in (('[set]\n"commands.insecure" = true\n', "commands.insecure", "remotely"),
                            ('[set]\n"sensors.s9.interval" = 1.0\n', "sensors.s9.interval", "no sensors item"),
-                           ('[set]\n"sensors.s1.interval" = -1.0\n', "sensors[0].interval", "> 0"),
+                           ('[set]\n"sensors.s1.interval" = -1.0\n', "sensors[0].interval", "must be >="),
                            ('[other]\nx = 1\n', "other", "only [set]")):
         over.write_text(text)
         with pytest.raises(ConfigError) as e:

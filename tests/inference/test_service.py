@@ -374,7 +374,7 @@ def test_backlog_runs_in_order_and_rollback_lands_on_the_next_window(tmp_path: P
 
     p, _, _ = model_files(tmp_path / "live", scale(0.0), n_in=1, version="1")  # score x^2
     _, blob, meta = model_files(tmp_path / "v2", [tb.Unary("sqrt")], n_in=1, version="2")  # NaN for x < 0
-    ob = Outbox(tmp_path / "o.db", "d")
+    ob = Outbox(tmp_path / "o.db", "d").open()
     pipe = Gated(ob, "edge", "d")
     svc = InferenceService([model_cfg(p, window=1, preprocess="none", max_failures=3, queue=1000)], pipe,
                            tmp_path / "state")
