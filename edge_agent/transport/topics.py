@@ -12,6 +12,7 @@
 ``<prefix>/<dev>/inbox``                direct messages to this device/app
 ``<prefix>/group/<group>/msg``          group messages
 ``<prefix>/<dev>/receipts``             delivered/read receipts for messages this device sent
+``<prefix>/group/<group>/members/<dev>`` retained group membership (JSON; empty: left)
 =====================================  ===========================================
 
 A stream is the part after ``<prefix>/<dev>/``: ``telemetry/s1``, ``events/dropped``.
@@ -51,6 +52,14 @@ def inbox_topic(prefix: str, dev: str) -> str:
 
 def group_msg_topic(prefix: str, group: str) -> str:
     return f"{prefix}/group/{group}/msg"
+
+
+def group_members_topic(prefix: str, group: str, dev: str) -> str:
+    return f"{prefix}/group/{group}/members/{dev}"
+
+
+def group_members_filter(prefix: str, group: str) -> str:
+    return f"{prefix}/group/{group}/members/+"
 
 
 def receipts_topic(prefix: str, dev: str) -> str:
