@@ -85,6 +85,8 @@ class Groups:
         """Subscribe each joined group's messages and members, announce this device's membership."""
         with self._lock:
             self._started = True
+            for g in sorted(self._watched):  # sent to or asked about before start
+                self._subscribe_members(g)
             for g in self._joined:
                 self._enter(g)
 
@@ -148,8 +150,10 @@ class Groups:
                 return
             self._watched.add(group)
             self._members.setdefault(group, {})
-            if not self._started:
-                return  # start() subscribes the joined ones; others are watched when used after start
+            if self._started:  # else start() subscribes it
+                self._subscribe_members(group)
+
+    def _subscribe_members(self, group: str) -> None:
         flt = group_members_filter(self._prefix, group)
         self._host.subscribe(flt, lambda t, g=group: self._is_member_topic(g, t), self._on_member_msg, qos=1)
 

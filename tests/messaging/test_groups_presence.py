@@ -185,3 +185,21 @@ def test_leave_drops_the_route_and_membership_documents_are_checked(tmp_path: Pa
         assert svc.groups.members("ops") == []
     finally:
         svc.stop()
+
+
+def test_groups_followed_before_start_are_subscribed_at_start(tmp_path: Path) -> None:
+    cfg = config_mod.parse({"device": {"id": "me", "groups": ["ops"]}, "mqtt": {"topic_prefix": "p"}}, "<test>")
+    host = FakeHost(cfg, tmp_path / "me")
+    svc = MessagingService(host)
+    svc.open()
+    try:
+        assert svc.groups.members("ops") == [] and svc.groups.members("lab") == []
+        svc.send_group("field", "before start")
+        svc.groups.join("night")
+        assert host.subscriptions == []  # start() subscribes
+        svc.start()
+        subs = sorted(f for f, *_ in host.subscriptions if "/group/" in f)
+        assert subs == ["p/group/field/members/+", "p/group/lab/members/+", "p/group/night/members/+",
+                        "p/group/night/msg", "p/group/ops/members/+", "p/group/ops/msg"]
+    finally:
+        svc.stop()
