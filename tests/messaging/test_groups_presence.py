@@ -7,6 +7,10 @@ Each test uses the API of issue 17 part 3 (``join``, ``leave``, ``members``, ``u
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -203,3 +207,38 @@ def test_groups_followed_before_start_are_subscribed_at_start(tmp_path: Path) ->
                         "p/group/night/msg", "p/group/ops/members/+", "p/group/ops/msg"]
     finally:
         svc.stop()
+
+
+_CHILD = """
+import sys, threading
+from edge_agent import Agent
+a = Agent(device_id="k", host="127.0.0.1", port=int(sys.argv[1]), state_dir=sys.argv[2],
+          settings={"mqtt": {"keepalive": 2, "reconnect_min": 0.1, "reconnect_max": 0.5}})
+a.start()
+assert a.wait_online(10)
+print("ONLINE", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_presence_goes_offline_by_the_last_will_when_a_peer_is_killed(broker: DevBroker, tmp_path: Path) -> None:
+    """SIGKILL: no clean stop publishes offline; the broker's last will does (at once here, the kernel closes
+    the socket; a dead link or host takes 1.5 x keepalive, 3 s with this child's 2 s)."""
+    a = make_agent(broker, tmp_path, "a")
+    changes: list[bool | None] = []
+    a.on_presence(lambda peer, pr: changes.append(pr.online))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(broker.port), str(tmp_path / "k")],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ONLINE"
+        started(a)
+        wait_for(lambda: a.presence("k").online is True, what="k online")
+        os.kill(child.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: a.presence("k").online is False, 15, what="k offline by its last will")
+        print(f"offline {time.monotonic() - t0:.1f} s after SIGKILL")
+        wait_for(lambda: changes == [True, False], what="on_presence online then offline")
+    finally:
+        child.kill()
+        child.wait(10)
+        a.stop()
