@@ -33,13 +33,15 @@ from edge_agent import config as config_mod
 from edge_agent.app import App
 from edge_agent.config import Config
 from edge_agent.errors import ConfigError
+from edge_agent.messaging.envelope import check_id
 from edge_agent.messaging.history import ConvSummary, Message
+from edge_agent.messaging.presence import Presence
 from edge_agent.messaging.service import MessagingError, MessagingService
 from edge_agent.transport.mqtt import ConnectionStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["Agent", "AsyncAgent", "ConnectionStatus", "ConvSummary", "Message", "MessagingError"]
+__all__ = ["Agent", "AsyncAgent", "ConnectionStatus", "ConvSummary", "Message", "MessagingError", "Presence"]
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,7 +181,46 @@ class Agent:
         MQTT 5 shared subscription so several copies of an app split the messages."""
         return self.service.subscribe(topic_filter, share=share)
 
+    # ------------------------------------------------------------------ groups and presence (groups.py, presence.py)
+    def join(self, group: str) -> bool:
+        """Join ``group`` now: its messages, a retained membership; kept across restarts. False if already in."""
+        return self.service.groups.join(group)
+
+    def leave(self, group: str) -> bool:
+        """Leave ``group``: no more of its messages, membership cleared. False if not a member."""
+        return self.service.groups.leave(group)
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups joined now."""
+        return self.service.groups.joined
+
+    def members(self, group: str) -> list[str]:
+        """The members of ``group`` by its retained membership topics (followed from the first call on)."""
+        return self.service.groups.members(group)
+
+    def undelivered(self, msg: Message | str) -> list[str]:
+        """The members of group message ``msg``'s group when it was sent without a delivered/read receipt."""
+        m = self.message(msg.id if isinstance(msg, Message) else msg)
+        if m is None:
+            raise MessagingError(f"no message {msg!r} in the history")
+        return self.service.groups.undelivered(m)
+
+    def presence(self, peer: str) -> Presence:
+        """``peer``'s presence now (``online`` None: unknown); follows it from now on."""
+        self.watch_presence(peer)
+        return self.service.presence.get(peer)
+
+    def watch_presence(self, peer: str) -> None:
+        """Follow ``peer``'s presence (peers messaged and group members are followed anyway)."""
+        self.service.presence.watch(check_id(peer, "peer"))
+
     # ------------------------------------------------------------------ callbacks
+    def on_presence(self, fn: F) -> F:
+        """Decorator: ``fn(peer, presence)`` when a followed peer goes online, offline or unknown."""
+        self.service.add_listener("presence", lambda arg: fn(*arg))
+        return fn
+
     def on_message(self, fn: F) -> F:
         """Decorator: ``fn(msg)`` for every message received (once each, in arrival order)."""
         self.service.add_listener("message", fn)

@@ -86,6 +86,10 @@ class AppHost:
         self._router.add(topic_filter, match, handler)  # routed before the SUBACK can bring anything
         self._transport.subscribe(topic_filter, qos=qos)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._transport.unsubscribe(topic_filter)
+        self._router.remove(topic_filter)
+
     def on_ack(self, fn: Callable[[int, Ack], None]) -> None:
         self._forwarder.add_ack_listener(fn)
 

@@ -5,13 +5,15 @@ Every name and topic here follows :mod:`edge_agent.transport.topics`. One device
 
 * its own role ``<prefix>/device/<dev>``: publish anything under ``<prefix>/<dev>/`` (telemetry,
   events, inference, status and its last will, ``cmd-reply``) except its own ``cmd/`` topics; subscribe
-  to its inbox, its receipts and its command topic ``<prefix>/<dev>/cmd/+``;
+  to its inbox, its receipts and its command topic ``<prefix>/<dev>/cmd/+``; publish its own group
+  membership ``<prefix>/group/+/members/<dev>`` (retained; a group role cannot name the device);
 * the shared role ``<prefix>/devices``: subscribe to the fleet-wide ``<prefix>/all/cmd/+``; publish
   direct messages and file chunks to any device's ``<prefix>/+/inbox``, receipts to a sender's
   ``<prefix>/+/receipts``, and command replies to operators' ``<prefix>/_ctl/+/reply/<its id>``;
+  subscribe to any device's retained status ``<prefix>/+/status`` (presence);
 * one dynsec *group* ``<prefix>/group/<g>`` per ``device.groups`` entry, whose role of the same name
-  lets members subscribe to ``<prefix>/group/<g>/cmd/+`` and ``<prefix>/group/<g>/msg`` and publish to
-  ``<prefix>/group/<g>/msg``.
+  lets members subscribe to ``<prefix>/group/<g>/cmd/+``, ``<prefix>/group/<g>/msg`` and the group's
+  membership ``<prefix>/group/<g>/members/+`` and publish to ``<prefix>/group/<g>/msg``.
 
 Operators hold ``<prefix>/operators``: publish commands (device, group, fleet), subscribe to
 everything under ``<prefix>/`` (``ctl watch``, ``tail``, retained status, their reply topics).
@@ -120,6 +122,7 @@ def device_role(prefix: str, dev: str) -> Role:
         Acl(SUB_LITERAL, f"{p}/{d}/receipts"),
         Acl(SUB_PATTERN, f"{p}/{d}/cmd/+"),
         Acl(PUBLISH, f"{p}/_ctl/+/reply/{d}"),  # replies name their device: no answering for another
+        Acl(PUBLISH, f"{p}/group/+/members/{d}"),  # its own membership only (messaging/groups.py)
     ))
 
 
@@ -129,6 +132,7 @@ def shared_role(prefix: str) -> Role:
         Acl(SUB_PATTERN, f"{p}/all/cmd/+"),
         Acl(PUBLISH, f"{p}/+/inbox"),
         Acl(PUBLISH, f"{p}/+/receipts"),
+        Acl(SUB_PATTERN, f"{p}/+/status"),  # peers' presence (messaging/presence.py)
     ))
 
 
@@ -138,6 +142,7 @@ def group_role(prefix: str, group: str) -> Role:
         Acl(SUB_PATTERN, f"{p}/group/{g}/cmd/+"),
         Acl(SUB_LITERAL, f"{p}/group/{g}/msg"),
         Acl(PUBLISH, f"{p}/group/{g}/msg"),
+        Acl(SUB_PATTERN, f"{p}/group/{g}/members/+"),
     ))
 
 

@@ -75,6 +75,14 @@ class Router:
         with self._lock:
             self._routes = (*self._routes, Route(topic_filter, match, handler))
 
+    def remove(self, topic_filter: str) -> bool:
+        """Drop the routes added for ``topic_filter``; True if there were any."""
+        with self._lock:
+            kept = tuple(r for r in self._routes if r.topic_filter != topic_filter)
+            gone = len(kept) != len(self._routes)
+            self._routes = kept
+        return gone
+
     def route(self, msg: InMessage) -> Disposition | None:
         """Hand ``msg`` to its handler and apply the ack policy. Never raises. None if no route matched."""
         for r in self._routes:

@@ -116,6 +116,10 @@ class FakeHost:
         self.subscriptions.append((topic_filter, match, handler, qos))
         self.router.add(topic_filter, match, handler)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.subscriptions = [s for s in self.subscriptions if s[0] != topic_filter]
+        self.router.remove(topic_filter)
+
     def on_ack(self, fn: Callable[[int, Ack], None]) -> None:
         self._acks.append(fn)
 

@@ -186,6 +186,27 @@ class Authenticator:
             return "too old: older than messaging.history_max_age (a replay?)"
         return None
 
+    def sign_doc(self, topic: str, doc: dict[str, Any]) -> str | None:
+        """A base64 signature of a JSON document (e.g. a group membership) published on ``topic``, over the
+        same canonical bytes as an envelope; None when signing is off."""
+        if self._key is None:
+            return None
+        return base64.b64encode(self._key.sign(canonical(topic, doc)).signature).decode()
+
+    def check_doc(self, topic: str, doc: dict[str, Any]) -> str | None:
+        """None when the JSON document ``doc`` (its signer ``doc["dev"]``, base64 ``doc["sig"]``) may be
+        believed, else why not. No age limit: a membership stays valid until it is cleared."""
+        if not self.enforcing:
+            return None
+        key = self.book.key(doc["dev"]) if self.book is not None else None
+        if key is None:
+            return "unknown sender: not in the fleet roster"
+        try:
+            sig = base64.b64decode(doc.get(SIG) or "", validate=True)
+        except (ValueError, TypeError):
+            return "bad signature"
+        return None if verify(topic, {**doc, SIG: sig}, key) else "bad signature"
+
     def may_answer(self, dev: str, per_minute: int = 10) -> bool:
         """Whether a ``failed`` receipt may go to ``dev`` now (rate-limited, roster members only), so forged
         traffic cannot make this device flood a sender."""

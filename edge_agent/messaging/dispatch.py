@@ -1,4 +1,4 @@
-"""The one thread that calls the app: on_message, on_message_status, on_connection_status.
+"""The one thread that calls the app: on_message, on_message_status, on_connection_status, on_presence.
 
 Never the MQTT network thread, so a slow app cannot stall keepalives or PUBACKs. Received messages are
 handed over from the history (``notified = 0``), so a message stored just before a crash still reaches
@@ -20,7 +20,7 @@ from edge_agent.transport.types import ConnectionStatus
 log = logging.getLogger("edge_agent.messaging")
 
 Listener = Callable[[Any], None]
-KINDS = ("message", "status", "connection")
+KINDS = ("message", "status", "connection", "presence")
 _BATCH = 100
 
 
@@ -34,7 +34,7 @@ class Dispatcher:
 
     def add(self, kind: str, fn: Listener) -> None:
         if kind not in self._listeners:
-            raise MessagingError(f"unknown listener kind {kind!r} (message, status, connection)")
+            raise MessagingError(f"unknown listener kind {kind!r} ({', '.join(KINDS)})")
         self._listeners[kind].append(fn)
         self._wake.set()
 
@@ -45,7 +45,11 @@ class Dispatcher:
             self._wake.set()
 
     def connection(self, st: ConnectionStatus) -> None:
-        self._events.put(("connection", st))
+        self.event("connection", st)
+
+    def event(self, kind: str, arg: Any) -> None:
+        """Queue ``arg`` for the listeners of ``kind`` (e.g. presence: ``(peer, Presence)``)."""
+        self._events.put((kind, arg))
         self._wake.set()
 
     def wake(self) -> None:

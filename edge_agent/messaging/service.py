@@ -4,7 +4,8 @@ It sees the agent only through :class:`edge_agent.host.Host`::
 
     send()/send_group()/publish()/send_file()
         --> host.put (seq) + history row "pending"          (tracking.py: every status after that)
-    host.subscribe(inbox, receipts, groups, subscribe()d)   (inbound.py: what arrives)
+    host.subscribe(inbox, receipts, subscribe()d)           (inbound.py: what arrives)
+    join()/leave(), members, peers' status                  (groups.py, presence.py)
     files                                                   (transfers.py: chunks, assembly, re-sends)
     on_message / on_message_status / on_connection_status   (dispatch.py: one thread calls the app)
 
@@ -15,9 +16,7 @@ needed, subscribes (inbox, receipts, groups) and starts the callback and sweep t
 it before its transport connects, so the persistent session's queued messages find their handlers.
 :meth:`stop` stops the threads and closes the history; the host should call it after the outbox drained
 (acks that arrive later are not recorded: the message stays "queued" until a receipt or its TTL).
-
-The inbox and group subscriptions live in the agent's persistent MQTT session, so messages sent while
-this device is offline wait at the broker.
+The inbox and group subscriptions live in the persistent MQTT session: what is sent while offline waits.
 """
 
 from __future__ import annotations
@@ -45,8 +44,10 @@ from edge_agent.messaging.envelope import (
     json_safe,
     topic_matches,
 )
+from edge_agent.messaging.groups import Groups
 from edge_agent.messaging.history import HISTORY_FILE, STATUSES, History, HistoryError, Message
 from edge_agent.messaging.inbound import Inbound
+from edge_agent.messaging.presence import PresenceBook
 from edge_agent.messaging.tracking import RECEIPT_BATCH, Tracker
 from edge_agent.messaging.transfers import TRANSFERS_DIR, FileTransfers, Ttl
 from edge_agent.roster import RosterBook, RosterError, roster_topic
@@ -75,6 +76,8 @@ class _Parts:
     transfers: FileTransfers
     inbound: Inbound
     auth: Authenticator
+    groups: Groups
+    presence: PresenceBook
 
 
 class MessagingService:
@@ -87,7 +90,6 @@ class MessagingService:
         self.cfg = cfg.messaging
         self.dev = cfg.device.id
         self.prefix = cfg.mqtt.topic_prefix
-        self.groups = list(cfg.device.groups)
         self.default_ttl = self.cfg.default_ttl or cfg.storage.max_age
         self._sync = cfg.storage.sync
         self._dispatcher = Dispatcher()
@@ -135,10 +137,16 @@ class MessagingService:
             self.host.on_ack(tracker.on_ack)
             self.host.on_connection(self._on_connection)
             tracker.reconcile()
+            presence = PresenceBook(self.host, dev=self.dev, prefix=self.prefix,
+                                    notify=lambda peer, pr: self._dispatcher.event("presence", (peer, pr)))
+            groups = Groups(self.host, auth, dev=self.dev, prefix=self.prefix,
+                            configured=list(self.host.config.device.groups), handler=inbound.group,
+                            on_member=presence.watch)
+            groups.open()
         except BaseException:
             h.close()
             raise
-        return _Parts(h, tracker, transfers, inbound, auth)
+        return _Parts(h, tracker, transfers, inbound, auth, groups, presence)
 
     def _emitter(self, h: History) -> Callable[[str], None]:
         """``emit(mid)``: report the message's status as it is now (a snapshot, queued for the callbacks)."""
@@ -157,9 +165,8 @@ class MessagingService:
                 self.host.subscribe(topic, _exactly(topic), self._on_roster, qos=1)
             self.host.subscribe(self._inbox, _exactly(self._inbox), p.inbound.inbox, qos=1)
             self.host.subscribe(self._receipts, _exactly(self._receipts), p.inbound.receipts, qos=1)
-            for g in self.groups:
-                topic = group_msg_topic(self.prefix, g)
-                self.host.subscribe(topic, _exactly(topic), p.inbound.group(g), qos=1)
+            p.groups.start()
+            p.presence.start()
             for full in self._subs:
                 self._subscribe_stream(full)
             for name, fn in (("messaging-callbacks", self._dispatch), ("messaging-sweep", self._sweep)):
@@ -224,6 +231,9 @@ class MessagingService:
         """Inbound envelopes refused as not authentic since start, by reason."""
         return self._need().auth.counts()
 
+    groups = property(lambda self: self._need().groups, doc="Live groups (groups.py), once open.")
+    presence = property(lambda self: self._need().presence, doc="Peers' presence (presence.py), once open.")
+
     def _on_roster(self, msg: InMessage) -> Disposition:
         book = self._need().auth.book
         if book is None or not msg.payload:
@@ -249,13 +259,17 @@ class MessagingService:
         check_id(to, "recipient")
         if to == self.dev:
             raise MessagingError(f"cannot send a message to myself ({to!r})")
-        return self._put(inbox_topic(self.prefix, to), "msg", data, kind="msg", ttl=ttl, peer=to,
-                         extra={"to": to, "kind": "msg"})
+        m = self._put(inbox_topic(self.prefix, to), "msg", data, kind="msg", ttl=ttl, peer=to,
+                      extra={"to": to, "kind": "msg"})
+        self._need().presence.watch(to)
+        return m
 
     def send_group(self, group: str, data: Any, *, ttl: float | None = None) -> Message:
         check_id(group, "group")
-        return self._put(group_msg_topic(self.prefix, group), "msg", data, kind="msg", ttl=ttl, group=group,
-                         extra={"group": group, "kind": "msg"})
+        m = self._put(group_msg_topic(self.prefix, group), "msg", data, kind="msg", ttl=ttl, group=group,
+                      extra={"group": group, "kind": "msg"})
+        self._need().groups.sent(m.id, group)
+        return m
 
     def publish(self, stream: str, data: Any, *, cls: str = "telemetry", ttl: float | None = None) -> Message:
         if not isinstance(stream, str) or not all(valid_level(p) for p in stream.split("/")):

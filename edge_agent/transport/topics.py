@@ -1,18 +1,19 @@
 """Topic layout (pure functions, no I/O). ``<prefix>`` is ``mqtt.topic_prefix``.
 
-=====================================  ===========================================
-``<prefix>/<dev>/telemetry/<sensor>``   readings (msgpack envelope, QoS 1)
-``<prefix>/<dev>/events/<name>``        events and alarms (``events/dropped`` = accounted gaps)
-``<prefix>/<dev>/inference/<model>``    inference results
-``<prefix>/<dev>/status``               retained presence + counters (JSON)
-``<prefix>/<dev>/cmd/<name>``           commands to one device
-``<prefix>/group/<group>/cmd/<name>``   commands to a group
-``<prefix>/all/cmd/<name>``             commands to the whole fleet
-``<prefix>/<dev>/cmd-reply/<name>``     replies when a command carries no Response Topic
-``<prefix>/<dev>/inbox``                direct messages to this device/app
-``<prefix>/group/<group>/msg``          group messages
-``<prefix>/<dev>/receipts``             delivered/read receipts for messages this device sent
-=====================================  ===========================================
+========================================  ===========================================
+``<prefix>/<dev>/telemetry/<sensor>``     readings (msgpack envelope, QoS 1)
+``<prefix>/<dev>/events/<name>``          events and alarms (``events/dropped`` = accounted gaps)
+``<prefix>/<dev>/inference/<model>``      inference results
+``<prefix>/<dev>/status``                 retained presence + counters (JSON)
+``<prefix>/<dev>/cmd/<name>``             commands to one device
+``<prefix>/group/<group>/cmd/<name>``     commands to a group
+``<prefix>/all/cmd/<name>``               commands to the whole fleet
+``<prefix>/<dev>/cmd-reply/<name>``       replies when a command carries no Response Topic
+``<prefix>/<dev>/inbox``                  direct messages to this device/app
+``<prefix>/group/<group>/msg``            group messages
+``<prefix>/<dev>/receipts``               delivered/read receipts for messages this device sent
+``<prefix>/group/<group>/members/<dev>``  retained group membership (JSON; empty: left)
+========================================  ===========================================
 
 A stream is the part after ``<prefix>/<dev>/``: ``telemetry/s1``, ``events/dropped``.
 """
@@ -51,6 +52,14 @@ def inbox_topic(prefix: str, dev: str) -> str:
 
 def group_msg_topic(prefix: str, group: str) -> str:
     return f"{prefix}/group/{group}/msg"
+
+
+def group_members_topic(prefix: str, group: str, dev: str) -> str:
+    return f"{prefix}/group/{group}/members/{dev}"
+
+
+def group_members_filter(prefix: str, group: str) -> str:
+    return f"{prefix}/group/{group}/members/+"
 
 
 def receipts_topic(prefix: str, dev: str) -> str:

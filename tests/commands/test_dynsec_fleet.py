@@ -135,11 +135,16 @@ MATRIX = [
     ("dev-1", "subscribe", "edge/group/+/cmd/+", False),
     ("dev-1", "subscribe", "edge/dev-2/telemetry/s1", False),
     ("dev-1", "subscribe", "edge/#", False),
+    ("dev-1", "subscribe", "edge/dev-2/status", True),  # presence of peers
+    ("dev-1", "subscribe", "edge/group/lab/members/+", True),
+    ("dev-1", "subscribe", "edge/group/field/members/+", False),
     ("dev-1", "publish", "edge/dev-1/telemetry/s1", True),
     ("dev-1", "publish", "edge/dev-1/status", True),
     ("dev-1", "publish", "edge/dev-2/inbox", True),
     ("dev-1", "publish", "edge/dev-2/receipts", True),
     ("dev-1", "publish", "edge/group/lab/msg", True),
+    ("dev-1", "publish", "edge/group/lab/members/dev-1", True),
+    ("dev-1", "publish", "edge/group/lab/members/dev-2", False),  # never another device's membership
     ("dev-1", "publish", "edge/_ctl/op-1/reply/dev-1", True),
     ("dev-1", "publish", "edge/_ctl/op-1/reply/dev-2", False),  # no answering for another device
     ("dev-1", "publish", "edge/_ctl/op-1/reply", False),

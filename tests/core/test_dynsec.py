@@ -33,6 +33,9 @@ DEVICE_CASES = [
     ("publish", "edge/_ctl/edge-ctl-1-abc/reply/dev-b", False),  # replies name their device
     ("publish", "edge/_ctl/edge-ctl-1-abc/reply", False),
     ("publish", "edge/group/lab/msg", True),
+    ("publish", "edge/group/lab/members/dev-a", True),  # its own membership (retained)
+    ("publish", "edge/group/field/members/dev-a", True),  # any group: the device role cannot know them
+    ("publish", "edge/group/lab/members/dev-b", False),  # never another device's
     ("publish", "edge/dev-a/cmd/ping", False),      # not even to itself: commands come from operators
     ("publish", "edge/dev-b/telemetry/s1", False),
     ("publish", "edge/dev-b/status", False),
@@ -47,6 +50,12 @@ DEVICE_CASES = [
     ("subscribe", "edge/dev-a/cmd/ping", True),
     ("subscribe", "edge/group/lab/cmd/+", True),
     ("subscribe", "edge/group/ops/msg", True),
+    ("subscribe", "edge/group/lab/members/+", True),
+    ("subscribe", "edge/group/ops/members/dev-b", True),
+    ("subscribe", "edge/dev-b/status", True),  # presence of peers
+    ("subscribe", "edge/group/field/members/+", False),
+    ("subscribe", "edge/group/+/members/+", False),
+    ("subscribe", "edge/+/status", True),
     ("subscribe", "edge/all/cmd/+", True),
     ("subscribe", "edge/dev-a/#", False),
     ("subscribe", "edge/dev-a/telemetry/s1", False),

@@ -210,3 +210,25 @@ def test_enforcing_with_a_roster_refuses_unknown_unsigned_forged_and_too_old(tmp
     old = envelope(alice, ts=time.time() - 3601)
     assert auth.check(TOPIC, old).startswith("too old")  # type: ignore[union-attr]
     assert auth.counts() == {"unknown sender": 1, "unsigned": 1, "bad signature": 1, "too old": 1}
+
+
+def test_a_group_membership_is_signed_and_checked_against_the_roster(tmp_path: Path) -> None:
+    """messaging/groups.py signs ``{"dev", "joined"}`` for its retained members topic (base64 ``sig``)."""
+    op, trusted = operator()
+    alice, mallory = SigningKey.generate(), SigningKey.generate()
+    book = RosterBook([trusted], "edge", tmp_path / "roster.json")
+    auth = Authenticator(alice, book, mode="auto", max_age=60)
+    topic = "edge/group/ops/members/alice"
+    doc = {"dev": "alice", "joined": 1764316800.25}
+    signed = {**doc, "sig": auth.sign_doc(topic, doc)}
+    forged = {**doc, "sig": Authenticator(mallory, None, mode="auto", max_age=60).sign_doc(topic, doc)}
+    assert auth.check_doc(topic, forged) is None  # no roster held yet: open
+    assert book.offer(sign_roster(new_roster("edge").with_device("alice", bytes(alice.verify_key)), op))
+    assert auth.check_doc(topic, signed) is None  # an old "joined" is fine: no age limit
+    assert auth.check_doc(topic, forged) == "bad signature"
+    assert auth.check_doc("edge/group/lab/members/alice", signed) == "bad signature"  # not another group's
+    assert auth.check_doc(topic, {**signed, "joined": 1.0}) == "bad signature"
+    assert auth.check_doc(topic, doc) == "bad signature"  # unsigned
+    assert auth.check_doc(topic, {**signed, "sig": "not base64!"}) == "bad signature"
+    assert auth.check_doc(topic, {**signed, "dev": "carol"}) == "unknown sender: not in the fleet roster"
+    assert Authenticator(None, None, mode="off", max_age=60).sign_doc(topic, doc) is None

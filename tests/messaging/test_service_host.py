@@ -5,6 +5,7 @@ cannot take a message right now. The end-to-end tests against a real Mosquitto a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ Make = Callable[..., tuple[FakeHost, MessagingService]]
 def make(tmp_path: Path) -> Iterator[Make]:
     made: list[MessagingService] = []
 
-    def make(dev: str = "me", *, groups: tuple[str, ...] = ("ops",), start: bool = True,
+    def make(dev: str = "me", *, groups: tuple[str, ...] = (), start: bool = True,
              state: Path | None = None, **messaging: Any) -> tuple[FakeHost, MessagingService]:
         cfg = config_mod.parse({"device": {"id": dev, "groups": list(groups)}, "mqtt": {"topic_prefix": P},
                                 "messaging": {"chunk_size": 1024, **messaging}}, "<test>")
@@ -65,14 +66,17 @@ def status(svc: MessagingService, mid: str) -> str:
 # ---------------------------------------------------------------- lifecycle
 
 def test_constructor_only_stores_start_opens_and_subscribes(make: Make, tmp_path: Path) -> None:
-    host, svc = make(start=False)
+    host, svc = make(start=False, groups=("ops",))
     assert not (tmp_path / "me").exists() and host.subscriptions == [] and host.sent == []
     with pytest.raises(MessagingError, match="not open yet"):
         svc.send("bob", "too early")
     host.commit([1])  # no callback was registered: nothing to call
     svc.start()
     assert (tmp_path / "me" / HISTORY_FILE).is_file()  # the transfers dir is made by the first chunk
-    assert [f for f, *_ in host.subscriptions] == [f"{P}/me/inbox", f"{P}/me/receipts", f"{P}/group/ops/msg"]
+    assert [f for f, *_ in host.subscriptions] == [f"{P}/me/inbox", f"{P}/me/receipts", f"{P}/group/ops/msg",
+                                                   f"{P}/group/ops/members/+"]
+    member = host.sent_to(f"{P}/group/ops/members/me")  # the retained membership of device.groups
+    assert len(member) == 1 and member[0].retain and json.loads(member[0].raw or b"")["dev"] == "me"
     assert all(qos == 1 for *_, qos in host.subscriptions)
     svc.stop()
     assert svc.history.closed
@@ -213,7 +217,7 @@ def test_expired_inbound_message_is_acknowledged_but_not_stored(make: Make) -> N
 
 
 def test_group_message_lands_in_the_group_and_our_own_copy_is_ignored(make: Make) -> None:
-    host, svc = make()
+    host, svc = make(groups=("ops",))
     host.deliver(f"{P}/group/ops/msg", env("ann", 5, "msg", "valve stuck", group="ops"))
     mine = svc.send_group("ops", "on my way")
     host.deliver(f"{P}/group/ops/msg", env("me", mine.seq, "msg", "on my way", group="ops"))
