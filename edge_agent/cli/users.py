@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import dynsec
+from edge_agent import roster as roster_mod
+from edge_agent.cli.ctl import default_key_path
 from edge_agent.cli.dynsec_ctl import BrokerError, ClientInfo, DynsecCtl, DynsecError
+from edge_agent.commands.signing import Signer
 from edge_agent.ids import check_device_id, check_id
 
 TOKEN_BYTES = 24  # 32 URL-safe characters, 192 bits
@@ -171,11 +174,25 @@ def cmd_add(args: argparse.Namespace) -> int:
                                            token=token if token_file is None else None,
                                            token_file=str(token_file) if token_file else None)))
         return 0
+    if args.roster:
+        r = add_to_roster(args.roster, args.name, args.public_key, groups, args.prefix, args.key)
+        print(f"# {args.name} added to the roster {args.roster} (version {r.version}, signed); publish it with "
+              f"`edge-agent roster publish --file {args.roster}`", file=sys.stderr)
     print(dynsec.config_snippet(plan, host=host, port=port, prefix=args.prefix,
                                 token=token if token_file is None else None,
                                 token_file=str(token_file) if token_file else None,
                                 public_key=args.public_key), end="")
     return 0
+
+
+def add_to_roster(path: str, device: str, public_key: str | None, groups: list[str], prefix: str,
+                  key: str | None) -> roster_mod.Roster:
+    """Add (or re-key) ``device`` in the signed roster file ``path`` with the operator key ``key``
+    (default: the `ctl send` key); the device's messages then verify at every roster holder."""
+    if not public_key:
+        raise ValueError("--roster needs the device's --public-key (`edge-agent roster device-key` on it)")
+    signer = Signer.load(Path(key) if key else default_key_path())
+    return roster_mod.add_device(path, device, public_key, signer, groups=groups, fleet=prefix)
 
 
 # ------------------------------------------------------------------ remove, passwd, list, groups
@@ -308,7 +325,9 @@ def register(sub: Any) -> None:
     sp = _common(us.add_parser("add", help="create a device (or --operator) account and print its config"))
     sp.add_argument("name", help="device id (or operator name)")
     sp.add_argument("--group", action="append", help="a device.groups entry (repeat for several)")
-    sp.add_argument("--public-key", help="the device's Ed25519 public key (base64), for the roster hint")
+    sp.add_argument("--public-key", help="the device's Ed25519 public key (base64; `edge-agent roster device-key`)")
+    sp.add_argument("--roster", help="also add the device and its --public-key to this signed roster file")
+    sp.add_argument("--key", help="operator private key that signs the roster (default: the `ctl send` key)")
     sp.add_argument("--token-file", help="write the token here (mode 0600) instead of printing it")
     sp.add_argument("--client-id", help="MQTT client id the account is bound to (default edge-agent-<id>)")
     sp.add_argument("--any-client-id", action="store_true", help="do not bind the account to a client id")

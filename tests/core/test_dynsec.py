@@ -186,3 +186,30 @@ def test_parse_get_client_output() -> None:
     assert c.roles == ["r2", "edge/device/dev1"] and c.groups == ["edge/group/lab", "g2"]
     plain = parse_client("Username: op\nClientid:\nRoles:    edge/operators (priority: 0)\n")
     assert (plain.client_id, plain.groups, plain.disabled) == ("", [], False)
+
+
+def test_users_add_puts_the_device_key_in_the_signed_roster(tmp_path: Path) -> None:
+    """`edge-agent users add DEV --public-key K --roster FILE` signs the device into the roster: a device
+    that trusts the operator key verifies it and finds DEV's key; a second add re-keys (rotation)."""
+    from edge_agent.cli.users import add_to_roster
+    from edge_agent.commands.signing import Signer
+    from edge_agent.config.schema import OperatorKey
+    from edge_agent.roster import verify_roster
+
+    op = Signer.generate()
+    (tmp_path / "op.key").write_text(op.private_b64())
+    dev_key, dev_key2 = Signer.generate().public_b64(), Signer.generate().public_b64()
+    roster_file = tmp_path / "roster.json"
+    add_to_roster(str(roster_file), "dev-a", dev_key, ["lab"], "edge", str(tmp_path / "op.key"))
+    trusted = [OperatorKey(name="op", public_key=op.public_b64())]
+    r = verify_roster(roster_file.read_bytes(), trusted, "edge")
+    assert base64.b64encode(r.devices["dev-a"].key).decode() == dev_key and list(r.devices["dev-a"].groups) == ["lab"]
+    v1 = r.version
+    add_to_roster(str(roster_file), "dev-a", dev_key2, ["lab"], "edge", str(tmp_path / "op.key"))
+    r2 = verify_roster(roster_file.read_bytes(), trusted, "edge")
+    assert r2.version > v1 and base64.b64encode(r2.devices["dev-a"].key).decode() == dev_key2
+    with pytest.raises(ValueError, match="--public-key"):
+        add_to_roster(str(roster_file), "dev-b", None, [], "edge", str(tmp_path / "op.key"))
+    other = Signer.generate()
+    with pytest.raises(Exception, match=r"trusted|operator|sign"):
+        verify_roster(roster_file.read_bytes(), [OperatorKey(name="x", public_key=other.public_b64())], "edge")
