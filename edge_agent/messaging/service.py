@@ -147,9 +147,10 @@ class MessagingService:
             on_dropped(self._on_dropped)
         else:
             log.debug("outbox has no on_dropped(): TTL expiry is detected by the messaging sweep only")
-        # typed ack -> (ok, rc), rc -1 = link lost (until the messaging rewrite takes Host.on_ack)
-        app.forwarder.add_ack_listener(lambda seq, ack: self._on_ack(seq, isinstance(ack, Accepted),
-                                                                     getattr(ack, "code", -1)))
+        # typed ack -> (ok, rc), rc -1 = link lost (until the messaging rewrite takes Host.on_ack); untracked
+        # rows (all telemetry) cost one set lookup, as before
+        app.forwarder.add_ack_listener(lambda seq, ack: seq in self._tracked and self._on_ack(
+            seq, isinstance(ack, Accepted), getattr(ack, "code", -1)))
         app.status_listeners.append(self._on_connection)
         app.add_message_handler(self._match, self._handle)
         for t in (self._inbox, self._receipts, *self._group_topics):
