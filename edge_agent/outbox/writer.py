@@ -225,8 +225,14 @@ class Writer:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         new_topics: list[str] = []
+        ids = self.topics.ids
         try:
-            rows = [(r[0], r[1], self._topic_id(r[2], new_topics), *r[3:]) for r in work.batch]
+            rows = []
+            for r in work.batch:
+                tid = ids.get(r[2])
+                if tid is None:
+                    tid = self._new_topic(r[2], new_topics)
+                rows.append((r[0], r[1], tid, *r[3:]))
             deleted = 0
             gone = {s for v in work.victims.values() for s in v}
             if gone:
@@ -244,12 +250,10 @@ class Writer:
             raise
         return deleted, len(new_acks), acked
 
-    def _topic_id(self, topic: str, new_topics: list[str]) -> int:
-        tid = self.topics.ids.get(topic)
-        if tid is None:
-            tid = self.db.execute("INSERT INTO topics (topic) VALUES (?)", (topic,)).lastrowid or 0
-            self.topics.remember(tid, topic)
-            new_topics.append(topic)
+    def _new_topic(self, topic: str, new_topics: list[str]) -> int:
+        tid = self.db.execute("INSERT INTO topics (topic) VALUES (?)", (topic,)).lastrowid or 0
+        self.topics.remember(tid, topic)
+        new_topics.append(topic)
         return tid
 
     def _settle_acked(self, new_acks: list[int], deleted: int) -> Acked:

@@ -160,7 +160,7 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
                 assert app.outbox.counters["rejected"] == 1
                 assert acks[27] == Refused(0x87)
                 assert all(isinstance(a, Accepted) for s, a in acks.items() if s != 27)
-                assert ACCEPTED in acks.values()
+                assert any(a is ACCEPTED for a in acks.values())  # the hot path's singleton
                 if fast_ack:
                     assert app.transport.fast_acks >= len(acks) - 1  # every plain PUBACK took the fast path
                 else:
