@@ -122,7 +122,7 @@ class App:
         status = StatusReporter(lambda: self.cfg, outbox, transport, self.health, self.router.counters)
         host = AppHost(config=lambda: self.cfg, state_dir=self.state_dir, control=self.control, outbox=outbox,
                        pipeline=pipeline, transport=transport, forwarder=forwarder, router=self.router,
-                       on_connection=self.on_connection, services=self.service)
+                       on_connection=self.on_connection, services=self.service, status=status)
         self._parts = _Parts(outbox, pipeline, transport, forwarder, status, host)
         try:
             self._build_services(host)

@@ -26,6 +26,7 @@ from edge_agent.host import (
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
 from edge_agent.router import Router
+from edge_agent.status import StatusReporter
 from edge_agent.transport.mqtt import MqttTransport
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class AppHost:
     def __init__(self, *, config: Callable[[], Config], state_dir: Path, control: AgentControl, outbox: Outbox,
                  pipeline: Pipeline, transport: MqttTransport, forwarder: Forwarder, router: Router,
                  on_connection: Callable[[ConnectionListener], None],
-                 services: Callable[[str], Any | None]) -> None:
+                 services: Callable[[str], Any | None], status: StatusReporter) -> None:
         self._config = config
         self._state_dir = state_dir
         self._control = control
@@ -48,6 +49,7 @@ class AppHost:
         self._forwarder = forwarder
         self._router = router
         self._on_connection = on_connection
+        self._status = status
         self._services = services
 
     @property
@@ -95,6 +97,9 @@ class AppHost:
 
     def on_connection(self, fn: ConnectionListener) -> None:
         self._on_connection(fn)
+
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        self._status.set_retained(topic, payload)
 
     def connection(self) -> ConnectionStatus:
         return self._transport.status

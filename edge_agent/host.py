@@ -106,6 +106,11 @@ class Host(Protocol):
 
     def on_connection(self, fn: Callable[[ConnectionStatus], None]) -> None: ...
 
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        """Keep ``payload`` retained on ``topic`` (b"" clears it), re-sent after every reconnect: state such
+        as a group membership, outside the seq stream (no outbox row, no seq)."""
+        ...
+
     def connection(self) -> ConnectionStatus: ...
 
     # readings (e.g. inference windows)

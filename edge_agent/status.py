@@ -51,6 +51,8 @@ class StatusReporter:
         self.counters = counters  # e.g. the router's inbound_refused
         self.started_at = time.time()
         self._due = False  # the last publish failed (e.g. window full): retried at the next tick
+        self._retained: dict[str, bytes] = {}  # other retained state (e.g. group membership), re-sent per connect
+        self._retained_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,17 +68,37 @@ class StatusReporter:
         return st
 
     def publish(self) -> bool:
-        """Publish the retained online status; False (retried by the loop) if it could not go out."""
+        """Publish the retained online status and the other retained state; False (retried by the loop) if
+        something could not go out."""
         cfg = self._config()
         payload = json.dumps(self.status_dict("online"), separators=(",", ":")).encode()
+        with self._retained_lock:
+            state = dict(self._retained)
+        ok = self._send(status_topic(cfg.mqtt.topic_prefix, cfg.device.id), payload)
+        for topic, value in state.items():
+            sent = self._send(topic, value)
+            ok = ok and sent
+            if sent and not value:
+                with self._retained_lock:  # a cleared topic is sent once, then forgotten
+                    if self._retained.get(topic) == b"":
+                        del self._retained[topic]
+        self._due = not ok
+        return ok
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Keep ``payload`` retained on ``topic`` (b"" clears it): sent now if the link is up, and again
+        after every reconnect. State, not part of the seq stream: no outbox row, no seq."""
+        with self._retained_lock:
+            self._retained[topic] = payload
+        if not (self.transport.connected and self._send(topic, payload)):
+            self._due = True  # the status loop (or the next connect) sends it
+
+    def _send(self, topic: str, payload: bytes) -> bool:
         try:
-            self.transport.publish(status_topic(cfg.mqtt.topic_prefix, cfg.device.id), payload, qos=1,
-                                   retain=True, token=None)
+            self.transport.publish(topic, payload, qos=1, retain=True, token=None)
         except Exception as e:
-            log.debug("status not published: %s", e)
-            self._due = True
+            log.debug("retained %s not published: %s", topic, e)
             return False
-        self._due = False
         return True
 
     def start(self) -> None:

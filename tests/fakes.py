@@ -70,6 +70,7 @@ class FakeHost:
         self._conn: list[Callable[[ConnectionStatus], None]] = []
         self.connection_status = ConnectionStatus("online")
         self.services: dict[str, Any] = {}
+        self.state: dict[str, bytes] = {}  # publish_state(): retained state by topic
         self.router = Router()  # the agent's own ack policy
         self.taps: list[Tap] = []
 
@@ -125,6 +126,9 @@ class FakeHost:
 
     def on_connection(self, fn: Callable[[ConnectionStatus], None]) -> None:
         self._conn.append(fn)
+
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        self.state[topic] = payload
 
     def connection(self) -> ConnectionStatus:
         return self.connection_status

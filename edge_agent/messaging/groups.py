@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write
-from edge_agent.host import Disposition, Handler, Host, InMessage, Outgoing
+from edge_agent.host import Disposition, Handler, Host, InMessage
 from edge_agent.messaging.authn import Authenticator
 from edge_agent.messaging.envelope import MessagingError, check_id
 from edge_agent.messaging.history import Message
@@ -140,7 +140,7 @@ class Groups:
             doc: dict[str, Any] = {"dev": self._dev, "joined": joined}
             sig = self._auth.sign_doc(topic, doc)
             raw = json.dumps({**doc, "sig": sig} if sig else doc, separators=(",", ":")).encode()
-        self._host.put(Outgoing(topic=topic, stream="members", raw=raw, retain=True, cls="event"))
+        self._host.publish_state(topic, raw)  # retained state, re-sent per connect; not in the seq stream
 
     # ------------------------------------------------------------------ members
     def watch(self, group: str) -> None:
