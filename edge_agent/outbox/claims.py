@@ -39,6 +39,17 @@ class Claims:
         rdb.execute("PRAGMA query_only=1")
         self._rdb = rdb
 
+    def reattach(self, path: Path) -> None:
+        """The database file was replaced: read the new one (claims and cursors stay: seqs are kept)."""
+        rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        rdb.execute("PRAGMA query_only=1")
+        with self._lock:
+            old, self._rdb = self._rdb, rdb
+            self._acked = NONE_ACKED
+        if old is not None:
+            old.close()
+        self._ready.set()
+
     def close(self) -> None:
         with self._lock:
             if self._rdb is not None:

@@ -25,12 +25,14 @@ from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
 from edge_agent.outbox.rangeset import ranges
 from edge_agent.outbox.recovery import SEQ_RESERVE, Opener, Recovered, SeqSidecar
+from edge_agent.outbox.reopen import Reopener
 from edge_agent.outbox.schema import COUNTERS, Topics, meta_int
 from edge_agent.outbox.staging import Staging
 from edge_agent.outbox.stats import OutboxStats
 from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing, Writer, purge_stored_acks
 
 CORRUPT_STREAM = "events/outbox_corrupt"
+LOST_STREAM = "events/outbox_lost"  # alarm: the database or its WAL was lost, emptied, rewound or foreign
 
 
 class Outbox:
@@ -92,6 +94,8 @@ class Outbox:
             self.recovered = rec.as_dict()
             self._report_recovery(rec)
         writer.heartbeat = self._heartbeat
+        writer.reopener = Reopener(self.path, self.sync, sidecar)
+        writer.on_reopened = self._report_lost
         self._writer = writer
         writer.start()
         return self
@@ -118,15 +122,22 @@ class Outbox:
                       committed=self._committed, dropped=self._dropped)
 
     def _report_recovery(self, rec: Recovered) -> None:
-        """Queue the ``events/outbox_corrupt`` alarm and account the lost seqs (reason ``"corrupt"``)."""
+        """Queue the ``events/outbox_corrupt`` (or ``events/outbox_lost``) alarm and account the lost seqs
+        (reason ``"corrupt"``, ``"db_lost"`` or ``"wal_lost"``)."""
         self._staging.adopt_counters(rec.counters)  # the damaged file's, as far as they could be read
-        self._staging.count("corrupt_recovered")
-        self.put(Outgoing(topic=self._topic(CORRUPT_STREAM), stream=CORRUPT_STREAM, cls="alarm",
-                          data={"file": rec.file, "error": rec.error, "salvaged": rec.salvaged,
-                                "lost": len(rec.lost), "ranges": ranges(rec.lost)}))
+        if rec.reason == "corrupt":
+            self._staging.count("corrupt_recovered")
         if rec.lost:
             with self._staging.cond:
-                self._ledger.account("corrupt", rec.lost)
+                self._ledger.account(rec.reason, rec.lost)
+        self._report_lost({"file": rec.file, "error": rec.error, "salvaged": rec.salvaged, "lost": len(rec.lost),
+                           "ranges": ranges(rec.lost), "reason": rec.reason})
+
+    def _report_lost(self, info: dict[str, Any]) -> None:
+        """The alarm-class event of a recovery or a lost file (the writer calls it on a vanished file)."""
+        stream = CORRUPT_STREAM if info.get("reason") == "corrupt" else LOST_STREAM
+        data = {k: v for k, v in info.items() if k != "reason" or stream == LOST_STREAM}
+        self.put(Outgoing(topic=self._topic(stream), stream=stream, cls="alarm", data=data))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Commit everything put so far; return False on timeout (e.g. the disk refuses writes)."""
@@ -154,7 +165,8 @@ class Outbox:
     def on_dropped(self, fn: Callable[[list[int], str], None]) -> None:
         """Call ``fn(seqs, reason)`` from the writer thread after rows are gone without a PUBACK.
 
-        ``reason`` is ``"capacity"``, ``"expired"``, ``"disk_full"`` or ``"corrupt"``.
+        ``reason`` is ``"capacity"``, ``"expired"``, ``"disk_full"``, ``"corrupt"``, ``"db_lost"`` or
+        ``"wal_lost"``.
         """
         self._dropped.append(fn)
 

@@ -122,5 +122,10 @@ class Topics:
         self.ids[name] = tid
         self.names[tid] = name
 
+    def reset(self) -> None:
+        """Forget every name (in place: readers hold these dicts)."""
+        self.ids.clear()
+        self.names.clear()
+
     def forget(self, name: str) -> None:
         self.names.pop(self.ids.pop(name, -1), None)

@@ -20,19 +20,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent import codec
 from edge_agent.outbox.claims import Claims
+from edge_agent.outbox.continuity import CleanMarker
 from edge_agent.outbox.ledger import FOLDED, Ledger, Victims
 from edge_agent.outbox.maintenance import Maintenance, is_disk_full
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked, merge_ranges, ranges
 from edge_agent.outbox.recovery import SEQ_RESERVE, SeqSidecar
+from edge_agent.outbox.reopen import Reopener
 from edge_agent.outbox.schema import Row, Topics, count_in_ranges, delete_ranges, meta_ranges
 from edge_agent.outbox.staging import Staging
 
 log = logging.getLogger("edge_agent.outbox")
 
 ACKED_LIMIT = 200_000  # acked rows kept (not yet deleted) before they are deleted row by row
+CHECKPOINT_INTERVAL = 2.0  # s between PASSIVE checkpoints: a lost WAL loses at most about this much
 
 CommittedListener = Callable[[list[int]], None]
 DroppedListener = Callable[[list[int], str], None]
@@ -98,6 +102,9 @@ class Writer:
         self.next_maint = time.monotonic() + timing.maintenance_interval  # the first commit must not wait
         self.last_sidecar = 0.0
         self.heartbeat: Callable[[], None] = lambda: None
+        self.reopener: Reopener | None = None  # notices a vanished database file (set before start)
+        self.on_reopened: Callable[[dict[str, Any]], None] = lambda info: None
+        self.last_ckpt = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +118,10 @@ class Writer:
         self._thread.join(timeout)
 
     def close_db(self) -> None:
+        """Checkpoint everything into the database file and close. After a complete stop the clean
+        marker is left first: a later start tells a lost WAL from one a clean stop removed."""
+        if not self.alive() and self.reopener is not None:
+            CleanMarker(self.reopener.path).set(self.last_seq)
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
@@ -158,11 +169,28 @@ class Writer:
             return False
         self._committed(work)
         self._notify(work)
+        self._checkpoint()
         return True
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint at most every CHECKPOINT_INTERVAL s after commits: the database file
+        itself stays recent (SQLite's own auto-checkpoint waits for 1000 pages, i.e. 4 MiB of WAL), so
+        losing the WAL loses little. PASSIVE never waits for the reader."""
+        now = time.monotonic()
+        if now - self.last_ckpt < CHECKPOINT_INTERVAL:
+            return
+        self.last_ckpt = now
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:
+            log.debug("outbox: checkpoint failed: %s", e)
 
     # ------------------------------------------------------------------ maintenance
     def _maintain(self) -> None:
         self.next_maint = time.monotonic() + self.timing.maintenance_interval
+        why = self.reopener.moved() if self.reopener is not None else None
+        if why is not None:
+            self._reopen(why)
         try:
             self._plan_maintenance()
         except sqlite3.Error as e:
@@ -196,6 +224,29 @@ class Writer:
             with contextlib.suppress(OSError):
                 self.write_sidecar(max(self.sidecar.reserved, self.last_seq + 1))
 
+    def _reopen(self, why: str) -> None:
+        """The database file vanished or was replaced: carry the rows over to a fresh file, report."""
+        assert self.reopener is not None
+        log.error("outbox: %s (%s); moving to a fresh database file", why, self.reopener.path)
+        try:
+            new, seqs, err = self.reopener.carry_over(self.db)
+        except sqlite3.Error as e:
+            log.error("outbox: cannot create a fresh %s: %s; retrying", self.reopener.path, e)
+            return
+        self.db = self.maintenance.db = new
+        self.topics.reset()
+        self.topics.load(new)
+        self.acked, self.purge_acked, self.stored = NONE_ACKED, False, len(seqs)
+        self.claims.reattach(self.reopener.path)
+        lost = sorted(set(range(max(1, self.sidecar.floor), self.last_seq + 1)) - set(seqs)) if err else []
+        with contextlib.suppress(OSError):
+            self.write_sidecar(max(self.sidecar.reserved, self.last_seq + 1))
+        if lost:
+            with self.staging.cond:
+                self.ledger.account("db_lost", lost)
+        self.on_reopened({"file": str(self.reopener.path), "error": why + (f"; unreadable: {err}" if err else ""),
+                          "salvaged": len(seqs), "lost": len(lost), "ranges": ranges(lost), "reason": "db_lost"})
+
     # ------------------------------------------------------------------ one commit
     def _collect(self) -> _Work:
         with self.staging.cond:
@@ -209,7 +260,7 @@ class Writer:
 
     def _commit(self, work: _Work) -> None:
         last_seq = max(self.last_seq, max((r[0] for r in work.batch), default=0))
-        if last_seq > self.sidecar.reserved:
+        if last_seq > self.sidecar.reserved or self.sidecar.on_disk_id != self.sidecar.db_id:
             self.write_sidecar(last_seq + SEQ_RESERVE)
         deleted, n_acked, acked = self._transaction(work, last_seq)
         self.last_seq = last_seq
@@ -236,7 +287,8 @@ class Writer:
             if rows:
                 db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
-                           [("last_seq", last_seq), ("acked", codec.encode(acked.ranges)), *work.counters])
+                           [("last_seq", last_seq), ("acked", codec.encode(acked.ranges)),
+                            ("committed_ms", int(time.time() * 1000)), *work.counters])
             db.execute("COMMIT")
         except BaseException:
             for t in new_topics:
