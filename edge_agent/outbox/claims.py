@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from edge_agent import codec
 from edge_agent.message import Pending
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked
 from edge_agent.outbox.schema import PRIOS, Topics
 from edge_agent.outbox.stats import OutboxStats, oldest, stats_of
+
+T = TypeVar("T")
 
 
 class Claims:
@@ -39,16 +42,21 @@ class Claims:
         rdb.execute("PRAGMA query_only=1")
         self._rdb = rdb
 
-    def reattach(self, path: Path) -> None:
-        """The database file was replaced: read the new one (claims and cursors stay: seqs are kept)."""
-        rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-        rdb.execute("PRAGMA query_only=1")
+    def swap(self, path: Path, replace: Callable[[], T]) -> T:
+        """The database file is being replaced: close the reader, run ``replace()`` (which creates the new
+        file) and read the new one. Claims and cursors stay (the rows keep their seqs)."""
         with self._lock:
-            old, self._rdb = self._rdb, rdb
-            self._acked = NONE_ACKED
-        if old is not None:
-            old.close()
-        self._ready.set()
+            if self._rdb is not None:
+                self._rdb.close()
+                self._rdb = None
+            try:
+                return replace()
+            finally:
+                self._acked = NONE_ACKED
+                rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+                rdb.execute("PRAGMA query_only=1")
+                self._rdb = rdb
+                self._ready.set()
 
     def close(self) -> None:
         with self._lock:

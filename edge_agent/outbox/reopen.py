@@ -8,12 +8,12 @@ never keeps writing into an unlinked file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from edge_agent.outbox.continuity import FileWatch, ensure_identity
+from edge_agent.outbox.continuity import FileWatch, ensure_identity, quarantine
 from edge_agent.outbox.recovery import Salvage, SeqSidecar, copy_into, read_salvage
 from edge_agent.outbox.schema import open_db
 
@@ -30,20 +30,24 @@ class Reopener:
     def moved(self) -> str | None:
         return self.watch.moved()
 
-    def carry_over(self, old: sqlite3.Connection) -> tuple[sqlite3.Connection, list[int], str | None]:
-        """A fresh database at the path holding every un-acked row ``old`` still reads; (the new
-        connection, the seqs carried over, the read error if the old file could not be read whole).
-        Raises sqlite3.Error when the fresh file cannot be created (the old connection is then kept)."""
-        new = open_db(self.path, self.sync)
+    def read(self, old: sqlite3.Connection) -> tuple[Salvage, str | None]:
+        """Every un-acked row the old connection still reads (the unlinked file outlives its name)."""
         found = Salvage()
-        err = None
         try:
             read_salvage(old, found)
         except sqlite3.Error as e:
-            err = str(e)
-        with contextlib.suppress(sqlite3.Error):
-            old.close()
-        seqs = copy_into(new, found.rows)
+            return found, str(e)
+        return found, None
+
+    def fresh(self, rows: list[tuple[Any, ...]]) -> tuple[sqlite3.Connection, list[int]]:
+        """A fresh database at the path holding ``rows`` (call with every connection to the old file
+        closed); a -wal/-shm still at the path belongs to the old file and is moved to quarantine first,
+        so SQLite never applies it to the new one."""
+        leftovers = tuple(s for s in ("-wal", "-shm") if Path(f"{self.path}{s}").exists())
+        if leftovers and not self.path.exists():
+            quarantine(self.path, leftovers)
+        new = open_db(self.path, self.sync)
+        seqs = copy_into(new, rows)
         ensure_identity(new, self.sidecar)
         self.watch.reset()
-        return new, seqs, err
+        return new, seqs

@@ -189,9 +189,9 @@ class Writer:
     def _maintain(self) -> None:
         self.next_maint = time.monotonic() + self.timing.maintenance_interval
         why = self.reopener.moved() if self.reopener is not None else None
-        if why is not None:
-            self._reopen(why)
         try:
+            if why is not None:
+                self._reopen(why)
             self._plan_maintenance()
         except sqlite3.Error as e:
             log.warning("outbox: maintenance failed: %s", e)
@@ -226,25 +226,28 @@ class Writer:
 
     def _reopen(self, why: str) -> None:
         """The database file vanished or was replaced: carry the rows over to a fresh file, report."""
-        assert self.reopener is not None
-        log.error("outbox: %s (%s); moving to a fresh database file", why, self.reopener.path)
-        try:
-            new, seqs, err = self.reopener.carry_over(self.db)
-        except sqlite3.Error as e:
-            log.error("outbox: cannot create a fresh %s: %s; retrying", self.reopener.path, e)
-            return
+        reopener = self.reopener
+        assert reopener is not None
+        log.error("outbox: %s (%s); moving to a fresh database file", why, reopener.path)
+        found, err = reopener.read(self.db)
+
+        def replace() -> tuple[sqlite3.Connection, list[int]]:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()  # never keep writing into an unlinked file
+            return reopener.fresh(found.rows)
+
+        new, seqs = self.claims.swap(reopener.path, replace)
         self.db = self.maintenance.db = new
         self.topics.reset()
         self.topics.load(new)
         self.acked, self.purge_acked, self.stored = NONE_ACKED, False, len(seqs)
-        self.claims.reattach(self.reopener.path)
         lost = sorted(set(range(max(1, self.sidecar.floor), self.last_seq + 1)) - set(seqs)) if err else []
         with contextlib.suppress(OSError):
             self.write_sidecar(max(self.sidecar.reserved, self.last_seq + 1))
         if lost:
             with self.staging.cond:
                 self.ledger.account("db_lost", lost)
-        self.on_reopened({"file": str(self.reopener.path), "error": why + (f"; unreadable: {err}" if err else ""),
+        self.on_reopened({"file": str(reopener.path), "error": why + (f"; unreadable: {err}" if err else ""),
                           "salvaged": len(seqs), "lost": len(lost), "ranges": ranges(lost), "reason": "db_lost"})
 
     # ------------------------------------------------------------------ one commit
