@@ -37,6 +37,7 @@ log = logging.getLogger("edge_agent.outbox")
 
 ACKED_LIMIT = 200_000  # acked rows kept (not yet deleted) before they are deleted row by row
 CHECKPOINT_INTERVAL = 2.0  # s between PASSIVE checkpoints: a lost WAL loses at most about this much
+STATS_REFRESH = 10.0  # s: an idle outbox still records ``committed_ms`` this often (``outbox stats`` age)
 
 CommittedListener = Callable[[list[int]], None]
 DroppedListener = Callable[[list[int], str], None]
@@ -104,7 +105,7 @@ class Writer:
         self.heartbeat: Callable[[], None] = lambda: None
         self.reopener: Reopener | None = None  # notices a vanished database file (set before start)
         self.on_reopened: Callable[[dict[str, Any]], None] = lambda info: None
-        self.last_ckpt = time.monotonic()
+        self.last_ckpt = self.last_commit = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,16 +162,30 @@ class Writer:
             self._maintain()
         work = self._collect()
         if not (work.batch or work.acks or work.victims or self.purge_acked):
+            if maint:
+                self._touch()
             return True
         try:
             self._commit(work)
         except (sqlite3.Error, OSError) as e:
             self._failed(work, e)
             return False
+        self.last_commit = time.monotonic()
         self._committed(work)
         self._notify(work)
         self._checkpoint()
         return True
+
+    def _touch(self) -> None:
+        """Idle: record ``committed_ms`` every STATS_REFRESH s, so that the figures ``outbox stats`` reads
+        are known current; a large age then means the writer cannot commit (disk full, stuck, stopped)."""
+        if time.monotonic() - self.last_commit < STATS_REFRESH or self.maintenance.disk_full:
+            return
+        self.last_commit = time.monotonic()
+        try:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('committed_ms', ?)", (int(time.time() * 1000),))
+        except sqlite3.Error as e:
+            log.debug("outbox: cannot record committed_ms: %s", e)
 
     def _checkpoint(self) -> None:
         """A PASSIVE checkpoint at most every CHECKPOINT_INTERVAL s after commits: the database file
