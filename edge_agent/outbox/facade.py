@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_agent.errors import OutboxError
 from edge_agent.message import Outgoing, Pending
+from edge_agent.outbox.ageclock import AgeClock, boottime, read_boot_id
 from edge_agent.outbox.claims import Claims
 from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
@@ -47,7 +48,8 @@ class Outbox:
                  memory_buffer: int = 10000, clock: Callable[[], float] = time.time,
                  topic_prefix: str = "edge", min_free: int = 16 * 1024 * 1024,
                  reserve_bytes: int | None = None, ack_interval: float = 0.25,
-                 maintenance_interval: float = 1.0, check_timeout: float = 30.0) -> None:
+                 maintenance_interval: float = 1.0, check_timeout: float = 30.0,
+                 boot_clock: Callable[[], float] | None = None, boot_id: Callable[[], str] | None = None) -> None:
         self.path = Path(path)
         self.device_id = device_id
         self.topic_prefix = topic_prefix
@@ -61,12 +63,13 @@ class Outbox:
         self.sync = sync
         self.memory_buffer = memory_buffer
         self._clock = clock
+        self._age = AgeClock(wall=clock, boot=boot_clock or boottime, boot_id=boot_id or read_boot_id)
         self.recovered: dict[str, Any] | None = None
         self._heartbeat: Callable[[], None] = lambda: None
         self._committed: list[CommittedListener] = []
         self._dropped: list[DroppedListener] = []
         self._topics = Topics()
-        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock)
+        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock, age_ms=self._age.now_ms)
         self._ledger = Ledger(self._staging, self._topic(DROPPED_STREAM))
         self._claims = Claims(self._topics)
         self._maintenance: Maintenance | None = None
@@ -104,6 +107,7 @@ class Outbox:
                      rec: Recovered | None) -> Writer:
         """Load the state kept in the database and build the writer around it (no thread yet)."""
         last_seq = max(meta_int(db, "last_seq"), rec.last_seq if rec else 0)
+        self._age.start(db)
         acked = purge_stored_acks(db)
         stored = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] - acked.rows
         self._topics.load(db)
@@ -118,7 +122,7 @@ class Outbox:
         self._maintenance = maint
         return Writer(db, staging=self._staging, claims=self._claims, ledger=self._ledger, maintenance=maint,
                       topics=self._topics, sidecar=sidecar, timing=self.timing, memory_buffer=self.memory_buffer,
-                      clock=self._clock, last_seq=last_seq, stored=stored, acked=acked,
+                      clock=self._age, last_seq=last_seq, stored=stored, acked=acked,
                       committed=self._committed, dropped=self._dropped)
 
     def _report_recovery(self, rec: Recovered) -> None:
@@ -228,7 +232,7 @@ class Outbox:
         return self._staging.pending()
 
     def stats(self) -> OutboxStats:
-        st = self._claims.stats(self.path, self._clock())
+        st = self._claims.stats(self.path, self._age.now())
         st.counters = self._staging.snapshot()[0]
         st.max_bytes = self.max_bytes
         return st
@@ -236,7 +240,7 @@ class Outbox:
     def status(self) -> dict[str, Any]:
         """Cheap figures for the retained status message (no table scan)."""
         created = self._claims.oldest_created_ms()
-        age = round(max(0.0, self._clock() - created / 1000.0), 3) if created is not None else 0.0
+        age = round(max(0.0, self._age.now() - created / 1000.0), 3) if created is not None else 0.0
         counters, memory = self._staging.snapshot()
         pending = self.pending
         disk_full = self._maintenance is not None and self._maintenance.disk_full

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge_agent.errors import OutboxError
 from edge_agent.message import MESSAGE_CLASSES
+from edge_agent.outbox.ageclock import reader_now
 from edge_agent.outbox.rangeset import range_end
 from edge_agent.outbox.schema import COUNTERS, meta_ranges
 
@@ -81,7 +82,7 @@ def _file_bytes(path: Path) -> int:
 
 
 def stats_of(db: sqlite3.Connection, path: Path, now: float) -> OutboxStats:
-    """The figures of the outbox database behind ``db`` (a reader connection)."""
+    """The figures of the outbox database behind ``db`` (a reader connection); ``now`` on the age clock."""
     acked = meta_ranges(db, "acked")
     pending, by_class = _pending_by_class(db, acked)
     row = oldest(db, acked)
@@ -94,7 +95,7 @@ def stats_of(db: sqlite3.Connection, path: Path, now: float) -> OutboxStats:
     return OutboxStats(pending=pending, last_seq=int(meta.get("last_seq", 0)),
                        oldest_age_s=max(0.0, now - created) if row else 0.0, db_bytes=_file_bytes(path),
                        counters=counters, by_class=by_class, used_bytes=used, as_of=as_of,
-                       age_s=max(0.0, now - as_of) if as_of else 0.0)
+                       age_s=max(0.0, time.time() - as_of) if as_of else 0.0)  # both wall clock
 
 
 def read_stats(path: str | os.PathLike[str]) -> OutboxStats:
@@ -104,7 +105,7 @@ def read_stats(path: str | os.PathLike[str]) -> OutboxStats:
         raise OutboxError(f"{p}: no outbox database here (has the agent run with this storage.dir?)")
     db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
     try:
-        return stats_of(db, p, time.time())
+        return stats_of(db, p, reader_now(db))
     except sqlite3.Error as e:
         raise OutboxError(f"{p}: cannot read outbox: {e}") from e
     finally:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import codec
+from edge_agent.outbox.ageclock import AgeClock
 from edge_agent.outbox.claims import Claims
 from edge_agent.outbox.continuity import CleanMarker
 from edge_agent.outbox.ledger import FOLDED, Ledger, Victims
@@ -86,7 +87,7 @@ class Writer:
 
     def __init__(self, db: sqlite3.Connection, *, staging: Staging, claims: Claims, ledger: Ledger,
                  maintenance: Maintenance, topics: Topics, sidecar: SeqSidecar, timing: Timing,
-                 memory_buffer: int, clock: Callable[[], float], last_seq: int, stored: int, acked: Acked,
+                 memory_buffer: int, clock: AgeClock, last_seq: int, stored: int, acked: Acked,
                  committed: list[CommittedListener], dropped: list[DroppedListener]) -> None:
         self.db = db
         self.staging, self.claims, self.ledger = staging, claims, ledger
@@ -213,7 +214,7 @@ class Writer:
 
     def _plan_maintenance(self) -> None:
         """Let maintenance choose expired rows and victims; they join the next commit via the ledger."""
-        now_ms = int(self.clock() * 1000)
+        now_ms = self.clock.now_ms()
         exclude = self.claims.claimed()
         with self.staging.cond:  # rows already chosen (a failed commit retries them) are not chosen twice
             exclude |= self.ledger.chosen()
@@ -306,7 +307,7 @@ class Writer:
                 db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
                            [("last_seq", last_seq), ("acked", codec.encode(acked.ranges)),
-                            ("committed_ms", int(time.time() * 1000)), *work.counters])
+                            ("committed_ms", int(time.time() * 1000)), *self.clock.meta_rows(), *work.counters])
             db.execute("COMMIT")
         except BaseException:
             for t in new_topics:
