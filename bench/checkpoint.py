@@ -17,8 +17,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import edge_agent.outbox.writer as writer_mod
+import edge_agent.outbox.reopen as upkeep_mod
 from edge_agent.message import Outgoing
 from edge_agent.outbox import Outbox
 
@@ -32,17 +33,17 @@ def write_bytes() -> int:
 
 
 def run(interval: float, rate: int, seconds: float, base: str) -> None:
-    writer_mod.CHECKPOINT_INTERVAL = interval
+    upkeep_mod.CHECKPOINT_INTERVAL = interval
     times: list[float] = []
-    orig = writer_mod.Writer._checkpoint
+    orig = upkeep_mod.Upkeep.committed
 
-    def timed(self: writer_mod.Writer) -> None:
+    def timed(self: upkeep_mod.Upkeep, db: Any) -> None:
         t, before = time.perf_counter(), self.last_ckpt
-        orig(self)
+        orig(self, db)
         if self.last_ckpt != before:
             times.append(time.perf_counter() - t)
 
-    writer_mod.Writer._checkpoint = timed  # type: ignore[method-assign]
+    upkeep_mod.Upkeep.committed = timed  # type: ignore[method-assign]
     tmp = tempfile.TemporaryDirectory(dir=base, prefix="ckpt-bench-")
     ob = Outbox(Path(tmp.name) / "outbox.db", "d1").open()
     t0, w0, n = time.monotonic(), write_bytes(), 0
@@ -61,7 +62,7 @@ def run(interval: float, rate: int, seconds: float, base: str) -> None:
     finally:
         ob.close()
         tmp.cleanup()
-        writer_mod.Writer._checkpoint = orig  # type: ignore[method-assign]
+        upkeep_mod.Upkeep.committed = orig  # type: ignore[method-assign]
     label = "off" if interval > 1e6 else f"{interval:g} s"
     print(f"checkpoint {label:>5}, {rate:>5} msg/s: {n} msgs, {w / 1024:.0f} KiB written = {w / max(n, 1):.0f} B/msg; "
           f"{len(times)} checkpoints, mean {1000 * sum(times) / max(len(times), 1):.2f} ms, "
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--seconds", type=float, default=20.0)
     a = ap.parse_args()
-    interval = writer_mod.CHECKPOINT_INTERVAL
+    interval = upkeep_mod.CHECKPOINT_INTERVAL
     for rate in (10, 1000):
         for iv in (1e9, interval):
             run(iv, rate, a.seconds, a.dir)

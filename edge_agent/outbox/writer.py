@@ -29,16 +29,14 @@ from edge_agent.outbox.continuity import CleanMarker
 from edge_agent.outbox.ledger import FOLDED, Ledger, Victims
 from edge_agent.outbox.maintenance import Maintenance, is_disk_full
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked, merge_ranges, ranges
-from edge_agent.outbox.recovery import SEQ_RESERVE, SeqSidecar
-from edge_agent.outbox.reopen import Reopener
+from edge_agent.outbox.recovery import SEQ_RESERVE, Salvage, SeqSidecar
+from edge_agent.outbox.reopen import Reopener, Upkeep
 from edge_agent.outbox.schema import Row, Topics, count_in_ranges, delete_ranges, meta_ranges
 from edge_agent.outbox.staging import Staging
 
 log = logging.getLogger("edge_agent.outbox")
 
 ACKED_LIMIT = 200_000  # acked rows kept (not yet deleted) before they are deleted row by row
-CHECKPOINT_INTERVAL = 2.0  # s between PASSIVE checkpoints: a lost WAL loses at most about this much
-STATS_REFRESH = 10.0  # s: an idle outbox still records ``committed_ms`` this often (``outbox stats`` age)
 
 CommittedListener = Callable[[list[int]], None]
 DroppedListener = Callable[[list[int], str], None]
@@ -105,8 +103,9 @@ class Writer:
         self.last_sidecar = 0.0
         self.heartbeat: Callable[[], None] = lambda: None
         self.reopener: Reopener | None = None  # notices a vanished database file (set before start)
+        self._carry: tuple[Salvage, str | None] | None = None  # rows read from a vanished file, not yet stored
         self.on_reopened: Callable[[dict[str, Any]], None] = lambda info: None
-        self.last_ckpt = self.last_commit = time.monotonic()
+        self.upkeep = Upkeep()  # periodic checkpoint, commit time for ``outbox stats``
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -163,43 +162,18 @@ class Writer:
             self._maintain()
         work = self._collect()
         if not (work.batch or work.acks or work.victims or self.purge_acked):
-            if maint:
-                self._touch()
+            if maint and not self.maintenance.disk_full:
+                self.upkeep.idle(self.db)
             return True
         try:
             self._commit(work)
         except (sqlite3.Error, OSError) as e:
             self._failed(work, e)
             return False
-        self.last_commit = time.monotonic()
         self._committed(work)
         self._notify(work)
-        self._checkpoint()
+        self.upkeep.committed(self.db)
         return True
-
-    def _touch(self) -> None:
-        """Idle: record ``committed_ms`` every STATS_REFRESH s, so that the figures ``outbox stats`` reads
-        are known current; a large age then means the writer cannot commit (disk full, stuck, stopped)."""
-        if time.monotonic() - self.last_commit < STATS_REFRESH or self.maintenance.disk_full:
-            return
-        self.last_commit = time.monotonic()
-        try:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('committed_ms', ?)", (int(time.time() * 1000),))
-        except sqlite3.Error as e:
-            log.debug("outbox: cannot record committed_ms: %s", e)
-
-    def _checkpoint(self) -> None:
-        """A PASSIVE checkpoint at most every CHECKPOINT_INTERVAL s after commits: the database file
-        itself stays recent (SQLite's own auto-checkpoint waits for 1000 pages, i.e. 4 MiB of WAL), so
-        losing the WAL loses little. PASSIVE never waits for the reader."""
-        now = time.monotonic()
-        if now - self.last_ckpt < CHECKPOINT_INTERVAL:
-            return
-        self.last_ckpt = now
-        try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as e:
-            log.debug("outbox: checkpoint failed: %s", e)
 
     # ------------------------------------------------------------------ maintenance
     def _maintain(self) -> None:
@@ -245,7 +219,8 @@ class Writer:
         reopener = self.reopener
         assert reopener is not None
         log.error("outbox: %s (%s); moving to a fresh database file", why, reopener.path)
-        found, err = reopener.read(self.db)
+        found, err = self._carry or reopener.read(self.db)
+        self._carry = (found, err)  # kept until a fresh file holds them (the old one is closed below)
 
         def replace() -> tuple[sqlite3.Connection, list[int]]:
             with contextlib.suppress(sqlite3.Error):
@@ -253,6 +228,7 @@ class Writer:
             return reopener.fresh(found.rows)
 
         new, seqs = self.claims.swap(reopener.path, replace)
+        self._carry = None
         self.db = self.maintenance.db = new
         self.topics.reset()
         self.topics.load(new)
