@@ -100,8 +100,10 @@ def foreign_wal(path: Path, sidecar: SeqSidecar) -> str | None:
             "commits since the last checkpoint are lost")
 
 
-def find_gap(db: sqlite3.Connection, path: Path, sc: SeqSidecar, wal: str, wal_note: str | None) -> Gap | None:
-    """Compare the opened database with the sidecar; None when it is the one the outbox left."""
+def find_gap(db: sqlite3.Connection, sc: SeqSidecar, wal: str, wal_note: str | None,
+             clean: int | None = None) -> Gap | None:
+    """Compare the opened database with the sidecar (and the clean-stop marker's last seq, ``clean``);
+    None when it is the one the outbox left."""
     if not sc.known or sc.reserved <= 0:
         return None  # first start (or the sidecar is gone too: nothing to compare with)
     db_id = meta_str(db, "db_id")
@@ -113,6 +115,8 @@ def find_gap(db: sqlite3.Connection, path: Path, sc: SeqSidecar, wal: str, wal_n
                    foreign_db=True)
     if wal_note:
         return Gap("wal_lost", wal_note)
+    if clean is not None and clean > db_last:
+        return Gap("db_lost", f"database rewound (an old copy?): last_seq {db_last} < {clean} at the last clean stop")
     if sc.db_id is not None and wal in ("missing", "empty"):
         return Gap("wal_lost", f"write-ahead log {wal} after an unclean stop: commits after the last "
                                f"checkpoint (last_seq {db_last}) are lost")

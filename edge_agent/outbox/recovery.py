@@ -175,7 +175,8 @@ class Opener:
         """The writer's connection, and what was recovered or lost (None when the files were healthy)."""
         wal_note = continuity.foreign_wal(self.path, self.sidecar)  # before SQLite applies it
         marker = continuity.CleanMarker(self.path)
-        wal = "clean" if marker.peek() is not None else continuity.wal_state(self.path)
+        clean = marker.peek()  # the last seq at a clean stop (-1: unknown), None after any other stop
+        wal = "clean" if clean is not None else continuity.wal_state(self.path)
         problem = precheck(self.path)
         if problem is None:
             try:
@@ -185,7 +186,7 @@ class Opener:
             else:
                 problem = self._quick_check(db)
                 if problem is None:
-                    db, rec = self._continuity(db, wal, wal_note)
+                    db, rec = self._continuity(db, wal, wal_note, clean)
                     continuity.ensure_identity(db, self.sidecar)
                     marker.clear()
                     return db, rec
@@ -195,11 +196,11 @@ class Opener:
         marker.clear()
         return db, rec
 
-    def _continuity(self, db: sqlite3.Connection, wal: str,
-                    wal_note: str | None) -> tuple[sqlite3.Connection, Recovered | None]:
+    def _continuity(self, db: sqlite3.Connection, wal: str, wal_note: str | None,
+                    clean: int | None) -> tuple[sqlite3.Connection, Recovered | None]:
         """A healthy file that is not the one the sidecar knows (emptied, removed, rewound, foreign, its
         WAL lost): seqs continue above the reservation and everything possibly lost is reported."""
-        gap = continuity.find_gap(db, self.path, self.sidecar, wal, wal_note)
+        gap = continuity.find_gap(db, self.sidecar, wal, wal_note, clean)
         if gap is None:
             return db, None
         where = str(self.path)

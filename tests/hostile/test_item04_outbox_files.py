@@ -140,3 +140,67 @@ def test_outbox_file_faults_never_rewind_or_lose_silently(tmp_path: Path, broker
     if fault == "foreign_wal":
         assert list((state / "quarantine").glob("outbox.db.*-wal")), "the foreign WAL is kept aside"
     assert read_stats(db).last_seq == last_seq
+
+
+# ---------------------------------------------------------------- the same rules on the outbox alone (fast)
+def _ob(path: Path, dev: str = "dev-1") -> Outbox:
+    return Outbox(path, dev, topic_prefix="p").open()
+
+
+def _fill(ob: Outbox, n: int, tag: str) -> list[int]:
+    seqs = [ob.put(Outgoing(topic=f"p/{ob.device_id}/telemetry/s", stream="telemetry/s", data={tag: i}))
+            for i in range(n)]
+    assert ob.flush()
+    return seqs
+
+
+def _lost(ob: Outbox) -> tuple[str, set[int], list[dict[str, Any]]]:
+    from edge_agent import codec
+
+    assert ob.flush()
+    rows = ob.begin(100_000)
+    envs = [codec.decode_envelope(r.payload) for r in rows]
+    ob.accept(r.seq for r in rows)
+    rec = ob.recovered or {}
+    lost: set[int] = set()
+    for e in envs:
+        if e["stream"] == "events/dropped":
+            for a, b in e["data"]["ranges"]:
+                lost.update(range(a, b + 1))
+    return str(rec.get("reason")), lost, envs
+
+
+def test_another_outboxs_database_in_place_is_quarantined_not_published(tmp_path: Path) -> None:
+    mine, other = tmp_path / "a" / "outbox.db", tmp_path / "b" / "outbox.db"
+    ob = _ob(mine)
+    _fill(ob, 120, "mine")
+    ob.close()
+    ob9 = _ob(other, "dev-9")
+    _fill(ob9, 500, "foreign")
+    ob9.close()
+    shutil.copy(other, mine)
+    ob = _ob(mine)
+    reason, lost, envs = _lost(ob)
+    assert reason == "db_lost" and set(range(1, 121)) <= lost
+    assert not [e for e in envs if e["dev"] != "dev-1"], "another device's rows are never salvaged"
+    assert list((mine.parent / "quarantine").glob("outbox.db.*")), "the foreign file is kept aside"
+    assert min(s for s in _fill(ob, 1, "after")) > 120
+    ob.close()
+
+
+def test_an_old_copy_restored_after_a_clean_stop_is_a_rewind(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    ob = _ob(path)
+    _fill(ob, 50, "first")
+    ob.close()
+    shutil.copy(path, tmp_path / "backup.db")
+    ob = _ob(path)
+    _fill(ob, 50, "second")
+    ob.close()
+    shutil.copy(tmp_path / "backup.db", path)  # an operator restores yesterday's copy
+    ob = _ob(path)
+    reason, lost, _envs = _lost(ob)
+    assert reason == "db_lost" and set(range(51, 101)) <= lost, (reason, sorted(lost)[:5])
+    new = _fill(ob, 1, "third")
+    assert new[0] > 100, "seqs 51..100 are never reused with other readings"
+    ob.close()
