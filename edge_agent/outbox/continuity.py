@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.outbox")
 
 QUARANTINE_DIR = "quarantine"
+WAL_LIMIT = 8 * 1024 * 1024  # PRAGMA journal_size_limit (schema.open_db)
 
 
 @dataclass
@@ -187,20 +188,37 @@ class FileWatch:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.ino = self._ino()
+        self.ino: int | None = None
+        self.sizes = (0, 0)
+        self.reset()
 
-    def _ino(self) -> int | None:
+    def _stat(self) -> tuple[int | None, int, int]:
         try:
-            return os.stat(self.path).st_ino
+            st = os.stat(self.path)
         except OSError:
-            return None
+            return None, 0, 0
+        try:
+            wal = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            wal = 0
+        return st.st_ino, st.st_size, wal
 
     def moved(self) -> str | None:
-        """None while the path still names the opened file; else what happened."""
-        ino = self._ino()
-        if ino == self.ino:
-            return None
-        return "database file removed while running" if ino is None else "database file replaced while running"
+        """None while the path still names the opened file, whole; else what happened. In WAL mode the
+        database file never shrinks while open, and SQLite truncates the WAL only to the journal size
+        limit: anything smaller was done to the files from outside."""
+        ino, size, wal = self._stat()
+        if ino is None:
+            return "database file removed while running"
+        if ino != self.ino:
+            return "database file replaced while running"
+        if size < self.sizes[0]:
+            return f"database file truncated while running ({self.sizes[0]} -> {size} bytes)"
+        if wal < self.sizes[1] and wal < WAL_LIMIT:
+            return f"write-ahead log truncated while running ({self.sizes[1]} -> {wal} bytes)"
+        self.sizes = (size, wal)
+        return None
 
     def reset(self) -> None:
-        self.ino = self._ino()
+        ino, size, wal = self._stat()
+        self.ino, self.sizes = ino, (size, wal)

@@ -179,6 +179,7 @@ class Writer:
     def _maintain(self) -> None:
         self.next_maint = time.monotonic() + self.timing.maintenance_interval
         why = self.reopener.moved() if self.reopener is not None else None
+        why = why or self.claims.take_damage()
         try:
             if why is not None:
                 self._reopen(why)
