@@ -104,6 +104,9 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
         width = max(len(k) for k in d)
         for k, v in d.items():
             print(f"{k.ljust(width)}  {v}")
+    if st.stale:
+        print(f"edge-agent: these figures are {st.age_s:.0f} s old (the agent has not committed since: disk "
+              "full, stopped or stuck); its status message has the live ones", file=sys.stderr)
     return 0
 
 

@@ -32,11 +32,17 @@ evicts, and retries; when space returns it recreates the reserve. It never raise
 
 Corruption at open: see :mod:`.recovery`. Seqs stay monotonic across it: a small sidecar file
 ``outbox.db.seq`` (written atomically, only every ``SEQ_RESERVE`` seqs) holds a seq reservation that is
-always >= every committed seq, and the fresh database continues after it.
+always >= every committed seq and never lowered, and the fresh database continues after it. The same
+holds for a database or WAL that is emptied, removed, rewound or another outbox's (:mod:`.continuity`:
+a ``db_id`` in ``meta`` and in the sidecar, a clean-stop marker, ``quarantine/``), and for a database
+file deleted while running (:mod:`.reopen`: rows carried over to a fresh file). A PASSIVE checkpoint
+every 2 s keeps the database file itself recent. TTLs count elapsed time (:mod:`.ageclock`), not the
+wall clock.
 
 The parts: :mod:`.facade` (:class:`Outbox`), :mod:`.staging` (memory batch), :mod:`.writer` (the thread),
-:mod:`.claims` (reader side), :mod:`.ledger`, :mod:`.maintenance`, :mod:`.recovery`, :mod:`.schema`,
-:mod:`.stats`. Producers import :mod:`edge_agent.message`, never this package.
+:mod:`.claims` (reader side), :mod:`.ledger`, :mod:`.maintenance`, :mod:`.recovery`, :mod:`.continuity`,
+:mod:`.reopen`, :mod:`.ageclock`, :mod:`.schema`, :mod:`.stats`. Producers import :mod:`edge_agent.message`,
+never this package.
 """
 
 from __future__ import annotations

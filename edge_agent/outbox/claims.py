@@ -9,16 +9,21 @@ long commit cannot stall the forwarder.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from edge_agent import codec
 from edge_agent.message import Pending
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked
 from edge_agent.outbox.schema import PRIOS, Topics
 from edge_agent.outbox.stats import OutboxStats, oldest, stats_of
+
+T = TypeVar("T")
+log = logging.getLogger("edge_agent.outbox")
 
 
 class Claims:
@@ -32,12 +37,29 @@ class Claims:
         self._cursor: dict[tuple[int, str], int] = {}
         self._acked = NONE_ACKED
         self._ready = threading.Event()
+        self.damage: str | None = None  # why the reader could not read the file (guarded by _lock)
 
     def attach(self, path: Path) -> None:
         """Open the reader connection (read-only)."""
         rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         rdb.execute("PRAGMA query_only=1")
         self._rdb = rdb
+
+    def swap(self, path: Path, replace: Callable[[], T]) -> T:
+        """The database file is being replaced: close the reader, run ``replace()`` (which creates the new
+        file) and read the new one. Claims and cursors stay (the rows keep their seqs)."""
+        with self._lock:
+            if self._rdb is not None:
+                self._rdb.close()
+                self._rdb = None
+            try:
+                return replace()
+            finally:
+                self._acked = NONE_ACKED
+                rdb = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+                rdb.execute("PRAGMA query_only=1")
+                self._rdb = rdb
+                self._ready.set()
 
     def close(self) -> None:
         with self._lock:
@@ -53,16 +75,19 @@ class Claims:
         boundary = live_after or 0
         out: list[Pending] = []
         with self._lock:
-            for p in PRIOS:
-                need = limit - len(out)
-                if need <= 0:
-                    break
-                if part == "all" or p >= 2:
-                    self._fetch(p, "all", 0, None, need, out)
-                elif part == "live":
-                    self._fetch(p, "live", boundary, None, need, out)
-                else:
-                    self._fetch(p, "backlog", 0, boundary, need, out)
+            try:
+                for p in PRIOS:
+                    need = limit - len(out)
+                    if need <= 0:
+                        break
+                    if part == "all" or p >= 2:
+                        self._fetch(p, "all", 0, None, need, out)
+                    elif part == "live":
+                        self._fetch(p, "live", boundary, None, need, out)
+                    else:
+                        self._fetch(p, "backlog", 0, boundary, need, out)
+            except sqlite3.DatabaseError as e:
+                self._damaged(e)
             if not out:
                 self._ready.clear()
             return out
@@ -141,5 +166,21 @@ class Claims:
         """``created`` (ms) of the oldest row not yet acked, or None when there is none."""
         with self._lock:
             assert self._rdb is not None, "status() before open()"
-            row = oldest(self._rdb, self._acked.ranges)
+            try:
+                row = oldest(self._rdb, self._acked.ranges)
+            except sqlite3.DatabaseError as e:
+                self._damaged(e)
+                return None
         return row[0] if row else None
+
+    def _damaged(self, err: sqlite3.DatabaseError) -> None:
+        """The file cannot be read (changed under the outbox): the writer moves to a fresh one at its next
+        maintenance pass (see :meth:`take_damage`); meanwhile readers get nothing, never an exception."""
+        if self.damage is None:
+            log.error("outbox: cannot read the database: %s; moving to a fresh file", err)
+        self.damage = f"database unreadable while running ({err})"
+
+    def take_damage(self) -> str | None:
+        with self._lock:
+            d, self.damage = self.damage, None
+        return d

@@ -20,17 +20,20 @@ from typing import Any
 
 from edge_agent.errors import OutboxError
 from edge_agent.message import Outgoing, Pending
+from edge_agent.outbox.ageclock import AgeClock, boottime, read_boot_id
 from edge_agent.outbox.claims import Claims
 from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
 from edge_agent.outbox.rangeset import ranges
 from edge_agent.outbox.recovery import SEQ_RESERVE, Opener, Recovered, SeqSidecar
+from edge_agent.outbox.reopen import Reopener
 from edge_agent.outbox.schema import COUNTERS, Topics, meta_int
 from edge_agent.outbox.staging import Staging
 from edge_agent.outbox.stats import OutboxStats
 from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing, Writer, purge_stored_acks
 
 CORRUPT_STREAM = "events/outbox_corrupt"
+LOST_STREAM = "events/outbox_lost"  # alarm: the database or its WAL was lost, emptied, rewound or foreign
 
 
 class Outbox:
@@ -45,7 +48,8 @@ class Outbox:
                  memory_buffer: int = 10000, clock: Callable[[], float] = time.time,
                  topic_prefix: str = "edge", min_free: int = 16 * 1024 * 1024,
                  reserve_bytes: int | None = None, ack_interval: float = 0.25,
-                 maintenance_interval: float = 1.0, check_timeout: float = 30.0) -> None:
+                 maintenance_interval: float = 1.0, check_timeout: float = 30.0,
+                 boot_clock: Callable[[], float] | None = None, boot_id: Callable[[], str] | None = None) -> None:
         self.path = Path(path)
         self.device_id = device_id
         self.topic_prefix = topic_prefix
@@ -59,12 +63,13 @@ class Outbox:
         self.sync = sync
         self.memory_buffer = memory_buffer
         self._clock = clock
+        self._age = AgeClock(wall=clock, boot=boot_clock or boottime, boot_id=boot_id or read_boot_id)
         self.recovered: dict[str, Any] | None = None
         self._heartbeat: Callable[[], None] = lambda: None
         self._committed: list[CommittedListener] = []
         self._dropped: list[DroppedListener] = []
         self._topics = Topics()
-        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock)
+        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock, age_ms=self._age.now_ms)
         self._ledger = Ledger(self._staging, self._topic(DROPPED_STREAM))
         self._claims = Claims(self._topics)
         self._maintenance: Maintenance | None = None
@@ -99,6 +104,8 @@ class Outbox:
             self.recovered = rec.as_dict()
             self._report_recovery(rec)
         writer.heartbeat = self._heartbeat
+        writer.reopener = Reopener(self.path, self.sync, sidecar)
+        writer.on_reopened = self._report_lost
         self._writer = writer
         writer.start()
         return self
@@ -107,6 +114,7 @@ class Outbox:
                      rec: Recovered | None) -> Writer:
         """Load the state kept in the database and build the writer around it (no thread yet)."""
         last_seq = max(meta_int(db, "last_seq"), rec.last_seq if rec else 0)
+        self._age.start(db)
         acked = purge_stored_acks(db)
         stored = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] - acked.rows
         self._topics.load(db)
@@ -121,19 +129,26 @@ class Outbox:
         self._maintenance = maint
         return Writer(db, staging=self._staging, claims=self._claims, ledger=self._ledger, maintenance=maint,
                       topics=self._topics, sidecar=sidecar, timing=self.timing, memory_buffer=self.memory_buffer,
-                      clock=self._clock, last_seq=last_seq, stored=stored, acked=acked,
+                      clock=self._age, last_seq=last_seq, stored=stored, acked=acked,
                       committed=self._committed, dropped=self._dropped)
 
     def _report_recovery(self, rec: Recovered) -> None:
-        """Queue the ``events/outbox_corrupt`` alarm and account the lost seqs (reason ``"corrupt"``)."""
+        """Queue the ``events/outbox_corrupt`` (or ``events/outbox_lost``) alarm and account the lost seqs
+        (reason ``"corrupt"``, ``"db_lost"`` or ``"wal_lost"``)."""
         self._staging.adopt_counters(rec.counters)  # the damaged file's, as far as they could be read
-        self._staging.count("corrupt_recovered")
-        self.put(Outgoing(topic=self._topic(CORRUPT_STREAM), stream=CORRUPT_STREAM, cls="alarm",
-                          data={"file": rec.file, "error": rec.error, "salvaged": rec.salvaged,
-                                "lost": len(rec.lost), "ranges": ranges(rec.lost)}))
+        if rec.reason == "corrupt":
+            self._staging.count("corrupt_recovered")
         if rec.lost:
             with self._staging.cond:
-                self._ledger.account("corrupt", rec.lost)
+                self._ledger.account(rec.reason, rec.lost)
+        self._report_lost({"file": rec.file, "error": rec.error, "salvaged": rec.salvaged, "lost": len(rec.lost),
+                           "ranges": ranges(rec.lost), "reason": rec.reason})
+
+    def _report_lost(self, info: dict[str, Any]) -> None:
+        """The alarm-class event of a recovery or a lost file (the writer calls it on a vanished file)."""
+        stream = CORRUPT_STREAM if info.get("reason") == "corrupt" else LOST_STREAM
+        data = {k: v for k, v in info.items() if k != "reason" or stream == LOST_STREAM}
+        self.put(Outgoing(topic=self._topic(stream), stream=stream, cls="alarm", data=data))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Commit everything put so far; return False on timeout (e.g. the disk refuses writes)."""
@@ -173,7 +188,8 @@ class Outbox:
     def on_dropped(self, fn: Callable[[list[int], str], None]) -> None:
         """Call ``fn(seqs, reason)`` from the writer thread after rows are gone without a PUBACK.
 
-        ``reason`` is ``"capacity"``, ``"expired"``, ``"disk_full"`` or ``"corrupt"``.
+        ``reason`` is ``"capacity"``, ``"expired"``, ``"disk_full"``, ``"corrupt"``, ``"db_lost"`` or
+        ``"wal_lost"``.
         """
         self._dropped.append(fn)
 
@@ -235,7 +251,7 @@ class Outbox:
         return self._staging.pending()
 
     def stats(self) -> OutboxStats:
-        st = self._claims.stats(self.path, self._clock())
+        st = self._claims.stats(self.path, self._age.now())
         st.counters = self._staging.snapshot()[0]
         st.max_bytes = self.max_bytes
         return st
@@ -243,7 +259,7 @@ class Outbox:
     def status(self) -> dict[str, Any]:
         """Cheap figures for the retained status message (no table scan)."""
         created = self._claims.oldest_created_ms()
-        age = round(max(0.0, self._clock() - created / 1000.0), 3) if created is not None else 0.0
+        age = round(max(0.0, self._age.now() - created / 1000.0), 3) if created is not None else 0.0
         counters, memory = self._staging.snapshot()
         pending = self.pending
         disk_full = self._maintenance is not None and self._maintenance.disk_full

@@ -23,9 +23,10 @@ from typing import Any
 
 from edge_agent.errors import OutboxError
 from edge_agent.fsutil import atomic_write
+from edge_agent.outbox import continuity
 from edge_agent.outbox.maintenance import DiskReserve
 from edge_agent.outbox.rangeset import range_end
-from edge_agent.outbox.schema import meta_ranges, open_db
+from edge_agent.outbox.schema import meta_int, meta_ranges, open_db
 
 log = logging.getLogger("edge_agent.outbox")
 
@@ -36,25 +37,38 @@ class SeqSidecar:
     """``outbox.db.seq``: a seq reservation that survives the loss of the database.
 
     ``reserved`` is written (atomically: temp file, fsync, rename) *before* any seq above it is
-    committed, so it is always >= every seq that may have been published. ``floor`` is the lowest
-    seq that may still have been unsent when it was written (a stale, i.e. lower, floor only makes a
-    corruption report cover more).
+    committed, so it is always >= every seq that may have been published; it never goes down (a write
+    with a lower value keeps the old one), so it is the floor of every seq assigned after an open.
+    ``floor`` is the lowest seq that may still have been unsent when it was written (a stale, i.e.
+    lower, floor only makes a loss report cover more). ``db_id`` is the random id of the database the
+    sidecar belongs to (also in its ``meta``: a database or WAL of another outbox is recognised).
+    ``known``: the file was read.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.reserved = 0
         self.floor = 1
+        self.db_id: str | None = None
+        self.on_disk_id: str | None = None  # the db_id the file on disk holds
+        self.known = False
         try:
             d = json.loads(path.read_text())
             self.reserved = int(d.get("reserved", 0))
             self.floor = int(d.get("floor", 1))
-        except (OSError, ValueError, TypeError, AttributeError):
+            self.db_id = str(d["db_id"]) if d.get("db_id") else None
+            self.on_disk_id = self.db_id
+            self.known = True
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
             pass
 
     def write(self, reserved: int, floor: int) -> None:
-        atomic_write(self.path, json.dumps({"reserved": reserved, "floor": floor}))
-        self.reserved, self.floor = reserved, floor
+        reserved = max(reserved, self.reserved)  # never lower: seqs never go back
+        doc: dict[str, Any] = {"reserved": reserved, "floor": floor}
+        if self.db_id:
+            doc["db_id"] = self.db_id
+        atomic_write(self.path, json.dumps(doc))
+        self.reserved, self.floor, self.on_disk_id = reserved, floor, self.db_id
 
 
 def _wal_problem(wal: Path, wsize: int) -> str | None:
@@ -132,14 +146,15 @@ class Recovered:
     last_seq: int
     lost: list[int]
     counters: dict[str, int] = field(default_factory=dict)
+    reason: str = "corrupt"  # the events/dropped reason: "corrupt", "db_lost" or "wal_lost"
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.file, "error": self.error, "salvaged": self.salvaged, "last_seq": self.last_seq,
-                "lost": self.lost, "counters": self.counters}
+                "lost": self.lost, "counters": self.counters, "reason": self.reason}
 
 
 @dataclass
-class _Salvage:
+class Salvage:
     rows: list[tuple[Any, ...]] = field(default_factory=list)  # (seq, prio, topic name, ...) as in a Row
     last_seq: int = 0
     counters: dict[str, int] = field(default_factory=dict)
@@ -157,7 +172,11 @@ class Opener:
         self.sidecar = sidecar
 
     def open(self) -> tuple[sqlite3.Connection, Recovered | None]:
-        """The writer's connection, and what was recovered (None when the file was healthy)."""
+        """The writer's connection, and what was recovered or lost (None when the files were healthy)."""
+        wal_note = continuity.foreign_wal(self.path, self.sidecar)  # before SQLite applies it
+        marker = continuity.CleanMarker(self.path)
+        clean = marker.peek()  # the last seq at a clean stop (-1: unknown), None after any other stop
+        wal = "clean" if clean is not None else continuity.wal_state(self.path)
         problem = precheck(self.path)
         if problem is None:
             try:
@@ -167,8 +186,40 @@ class Opener:
             else:
                 problem = self._quick_check(db)
                 if problem is None:
-                    return db, None
+                    db, rec = self._continuity(db, wal, wal_note, clean)
+                    continuity.ensure_identity(db, self.sidecar)
+                    marker.clear()
+                    return db, rec
                 db.close()
+        db, rec = self._recover(problem)
+        continuity.ensure_identity(db, self.sidecar)
+        marker.clear()
+        return db, rec
+
+    def _continuity(self, db: sqlite3.Connection, wal: str, wal_note: str | None,
+                    clean: int | None) -> tuple[sqlite3.Connection, Recovered | None]:
+        """A healthy file that is not the one the sidecar knows (emptied, removed, rewound, foreign, its
+        WAL lost): seqs continue above the reservation and everything possibly lost is reported."""
+        gap = continuity.find_gap(db, self.sidecar, wal, wal_note, clean)
+        if gap is None:
+            return db, None
+        where = str(self.path)
+        if gap.foreign_db:
+            db.close()
+            where = str(continuity.quarantine(self.path, ("", "-wal", "-shm")))
+            try:
+                db = open_db(self.path, self.sync)
+            except sqlite3.DatabaseError as e:
+                raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {e}") from e
+        db_last = meta_int(db, "last_seq")
+        last = max(self.sidecar.reserved, db_last)
+        lost = list(range(max(1, self.sidecar.floor, db_last + 1), last + 1))
+        log.error("outbox: %s: %s; seqs continue at %d, %d seq(s) reported lost (%s)", self.path, gap.error,
+                  last + 1, len(lost), gap.reason)
+        return db, Recovered(file=where, error=gap.error, salvaged=0, last_seq=last, lost=lost, reason=gap.reason)
+
+    def _recover(self, problem: str) -> tuple[sqlite3.Connection, Recovered]:
+        """Quarantine the damaged file, salvage what is readable into a fresh one (reason "corrupt")."""
         log.error("outbox: %s is damaged (%s); moving it aside and starting a fresh one", self.path, problem)
         base = self._quarantine()
         try:
@@ -176,7 +227,7 @@ class Opener:
         except sqlite3.DatabaseError as e:
             raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {e}") from e
         found = self._salvage(base)
-        salvaged = self._copy_into(db, found.rows)
+        salvaged = copy_into(db, found.rows)
         last = max(found.last_seq, max(salvaged, default=0), self.sidecar.reserved)
         lost = sorted(set(range(max(1, self.sidecar.floor), last + 1)) - set(salvaged))
         return db, Recovered(file=str(base), error=problem, salvaged=len(salvaged), last_seq=last, lost=lost,
@@ -230,34 +281,34 @@ class Opener:
                 os.replace(src, f"{base}{suffix}")
         return base
 
-    def _salvage(self, old: Path) -> _Salvage:
+    def _salvage(self, old: Path) -> Salvage:
         """Every still-readable, un-acked row of a quarantined database (within ``check_timeout``)."""
-        found = _Salvage()
+        found = Salvage()
         try:
             # read-write: SQLite needs the WAL index to read what the quarantined WAL still holds
             src = sqlite3.connect(old, timeout=2)
         except sqlite3.Error:
             return found
         try:
-            bounded(src, self.check_timeout, lambda: _read_salvage(src, found))
+            bounded(src, self.check_timeout, lambda: read_salvage(src, found))
         except sqlite3.Error as e:
             log.warning("outbox: salvage failed: %s", e)
         finally:
             src.close()
         return found
 
-    @staticmethod
-    def _copy_into(new: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int]:
-        """Store salvaged rows in the fresh database; their seqs."""
-        if rows:
-            ids: dict[str, int] = {}
-            new.execute("BEGIN IMMEDIATE")
-            for t in {r[2] for r in rows}:
-                ids[t] = new.execute("INSERT INTO topics (topic) VALUES (?)", (t,)).lastrowid or 0
-            new.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
-                            [(r[0], r[1], ids[r[2]], *r[3:]) for r in rows])
-            new.execute("COMMIT")
-        return [int(r[0]) for r in rows]
+
+def copy_into(new: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    """Store salvaged rows in a fresh database; their seqs."""
+    if rows:
+        ids: dict[str, int] = {}
+        new.execute("BEGIN IMMEDIATE")
+        for t in {r[2] for r in rows}:
+            ids[t] = new.execute("INSERT INTO topics (topic) VALUES (?)", (t,)).lastrowid or 0
+        new.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
+                        [(r[0], r[1], ids[r[2]], *r[3:]) for r in rows])
+        new.execute("COMMIT")
+    return [int(r[0]) for r in rows]
 
 
 def _ms(v: Any) -> int:
@@ -265,7 +316,7 @@ def _ms(v: Any) -> int:
     return int(v * 1000) if isinstance(v, float) else int(v)
 
 
-def _read_salvage(src: sqlite3.Connection, found: _Salvage) -> None:
+def read_salvage(src: sqlite3.Connection, found: Salvage) -> None:
     with contextlib.suppress(sqlite3.Error):
         meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
         found.last_seq = int(meta.get("last_seq", 0))

@@ -48,7 +48,7 @@ def open_db(path: Path, sync: str) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        db.execute("PRAGMA journal_size_limit=8388608")
+        db.execute("PRAGMA journal_size_limit=8388608")  # continuity.WAL_LIMIT
         # Debian builds SQLite with SECURE_DELETE on: zeroing every deleted row would double the
         # bytes written per message. FAST only zeroes what costs no extra I/O.
         db.execute("PRAGMA secure_delete=FAST")
@@ -121,6 +121,11 @@ class Topics:
     def remember(self, tid: int, name: str) -> None:
         self.ids[name] = tid
         self.names[tid] = name
+
+    def reset(self) -> None:
+        """Forget every name (in place: readers hold these dicts)."""
+        self.ids.clear()
+        self.names.clear()
 
     def forget(self, name: str) -> None:
         self.names.pop(self.ids.pop(name, -1), None)

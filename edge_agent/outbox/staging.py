@@ -25,10 +25,12 @@ MAX_BATCH = 2000  # rows per transaction at most; a full batch wakes the writer 
 class Staging:
     """Rows put but not yet stored, acks not yet recorded, and the counters. Thread-safe."""
 
-    def __init__(self, path: Path, device_id: str, *, max_age: float, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path, device_id: str, *, max_age: float, clock: Callable[[], float],
+                 age_ms: Callable[[], int]) -> None:
         self.device_id = device_id
         self.max_age_ms = int(max_age * 1000)
-        self._clock = clock
+        self._clock = clock  # the wall clock: the envelope's ts
+        self._age_ms = age_ms  # the age clock (see .ageclock): created and expires
         self.cond = threading.Condition(threading.Lock())
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._batch: list[Row] = []
@@ -54,8 +56,11 @@ class Staging:
 
     # ------------------------------------------------------------------ producers and the forwarder
     def make_row(self, msg: Outgoing, seq: int, now: float) -> Row:
+        """The row of ``msg``; caller holds cond (``created`` is taken with the seq: never decreasing in
+        seq order). A TTL counts from the moment the message is queued, on the age clock."""
         ts = msg.ts if msg.ts is not None else now
-        expires = int((ts + msg.ttl) * 1000) if msg.ttl else None
+        created = self._age_ms()
+        expires = created + int(msg.ttl * 1000) if msg.ttl else None
         props = codec.encode(msg.props) if msg.props else None
         prio = class_rank(msg.cls) if msg.cls in MESSAGE_CLASSES else 0
         if msg.raw is not None:
@@ -65,7 +70,7 @@ class Staging:
             if msg.cls != "telemetry":
                 extra.setdefault("cls", msg.cls)
             payload = codec.encode_envelope(self.device_id, seq, ts, msg.stream, msg.data, **extra)
-        return (seq, prio, msg.topic, payload, int(now * 1000), expires, msg.qos, int(msg.retain), props)
+        return (seq, prio, msg.topic, payload, created, expires, msg.qos, int(msg.retain), props)
 
     def put(self, msg: Outgoing) -> int:
         now = self._clock()

@@ -12,8 +12,11 @@ from typing import Any
 
 from edge_agent.errors import OutboxError
 from edge_agent.message import MESSAGE_CLASSES
+from edge_agent.outbox.ageclock import reader_now
 from edge_agent.outbox.rangeset import range_end
 from edge_agent.outbox.schema import COUNTERS, meta_ranges
+
+STALE_AFTER = 15.0  # s; a running writer records its commit time at least every 10 s, even when idle
 
 
 @dataclass
@@ -26,9 +29,18 @@ class OutboxStats:
     by_class: dict[str, int] = field(default_factory=dict)
     max_bytes: int = 0
     used_bytes: int = 0
+    as_of: float = 0.0  # epoch s of the last commit the figures come from (0: unknown)
+    age_s: float = 0.0  # how old they are when read
+
+    @property
+    def stale(self) -> bool:
+        """The agent has not committed for longer than it would even when idle (disk full, stopped,
+        stuck): the figures may lag behind its real ones."""
+        return self.as_of > 0 and self.age_s > STALE_AFTER
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pending": self.pending, "backlog": self.pending, "last_seq": self.last_seq,
+        return {"as_of": round(self.as_of, 3), "age_s": round(self.age_s, 3), "stale": self.stale,
+                "pending": self.pending, "backlog": self.pending, "last_seq": self.last_seq,
                 "oldest_age_s": round(self.oldest_age_s, 3), "db_bytes": self.db_bytes,
                 "used_bytes": self.used_bytes, **({"max_bytes": self.max_bytes} if self.max_bytes else {}),
                 "by_class": self.by_class, **self.counters}
@@ -70,7 +82,7 @@ def _file_bytes(path: Path) -> int:
 
 
 def stats_of(db: sqlite3.Connection, path: Path, now: float) -> OutboxStats:
-    """The figures of the outbox database behind ``db`` (a reader connection)."""
+    """The figures of the outbox database behind ``db`` (a reader connection); ``now`` on the age clock."""
     acked = meta_ranges(db, "acked")
     pending, by_class = _pending_by_class(db, acked)
     row = oldest(db, acked)
@@ -79,9 +91,11 @@ def stats_of(db: sqlite3.Connection, path: Path, now: float) -> OutboxStats:
     page = db.execute("PRAGMA page_size").fetchone()[0]
     used = (db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]) * page
     created = row[0] / 1000.0 if row and isinstance(row[0], int) else (row[0] if row else 0.0)
+    as_of = int(meta.get("committed_ms", 0)) / 1000.0
     return OutboxStats(pending=pending, last_seq=int(meta.get("last_seq", 0)),
                        oldest_age_s=max(0.0, now - created) if row else 0.0, db_bytes=_file_bytes(path),
-                       counters=counters, by_class=by_class, used_bytes=used)
+                       counters=counters, by_class=by_class, used_bytes=used, as_of=as_of,
+                       age_s=max(0.0, time.time() - as_of) if as_of else 0.0)  # both wall clock
 
 
 def read_stats(path: str | os.PathLike[str]) -> OutboxStats:
@@ -91,7 +105,7 @@ def read_stats(path: str | os.PathLike[str]) -> OutboxStats:
         raise OutboxError(f"{p}: no outbox database here (has the agent run with this storage.dir?)")
     db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
     try:
-        return stats_of(db, p, time.time())
+        return stats_of(db, p, reader_now(db))
     except sqlite3.Error as e:
         raise OutboxError(f"{p}: cannot read outbox: {e}") from e
     finally:

@@ -20,13 +20,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent import codec
+from edge_agent.outbox.ageclock import AgeClock
 from edge_agent.outbox.claims import Claims
+from edge_agent.outbox.continuity import CleanMarker
 from edge_agent.outbox.ledger import FOLDED, Ledger, Victims
 from edge_agent.outbox.maintenance import Maintenance, is_disk_full
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked, merge_ranges, ranges
-from edge_agent.outbox.recovery import SEQ_RESERVE, SeqSidecar
+from edge_agent.outbox.recovery import SEQ_RESERVE, Salvage, SeqSidecar
+from edge_agent.outbox.reopen import Reopener, Upkeep
 from edge_agent.outbox.schema import Row, Topics, count_in_ranges, delete_ranges, meta_ranges
 from edge_agent.outbox.staging import Staging
 
@@ -81,7 +85,7 @@ class Writer:
 
     def __init__(self, db: sqlite3.Connection, *, staging: Staging, claims: Claims, ledger: Ledger,
                  maintenance: Maintenance, topics: Topics, sidecar: SeqSidecar, timing: Timing,
-                 memory_buffer: int, clock: Callable[[], float], last_seq: int, stored: int, acked: Acked,
+                 memory_buffer: int, clock: AgeClock, last_seq: int, stored: int, acked: Acked,
                  committed: list[CommittedListener], dropped: list[DroppedListener]) -> None:
         self.db = db
         self.staging, self.claims, self.ledger = staging, claims, ledger
@@ -98,6 +102,10 @@ class Writer:
         self.next_maint = time.monotonic() + timing.maintenance_interval  # the first commit must not wait
         self.last_sidecar = 0.0
         self.heartbeat: Callable[[], None] = lambda: None
+        self.reopener: Reopener | None = None  # notices a vanished database file (set before start)
+        self._carry: tuple[Salvage, str | None] | None = None  # rows read from a vanished file, not yet stored
+        self.on_reopened: Callable[[dict[str, Any]], None] = lambda info: None
+        self.upkeep = Upkeep()  # periodic checkpoint, commit time for ``outbox stats``
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +119,10 @@ class Writer:
         self._thread.join(timeout)
 
     def close_db(self) -> None:
+        """Checkpoint everything into the database file and close. After a complete stop the clean
+        marker is left first: a later start tells a lost WAL from one a clean stop removed."""
+        if not self.alive() and self.reopener is not None:
+            CleanMarker(self.reopener.path).set(self.last_seq)
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
@@ -150,6 +162,8 @@ class Writer:
             self._maintain()
         work = self._collect()
         if not (work.batch or work.acks or work.victims or self.purge_acked):
+            if maint and not self.maintenance.disk_full:
+                self.upkeep.idle(self.db)
             return True
         try:
             self._commit(work)
@@ -158,19 +172,24 @@ class Writer:
             return False
         self._committed(work)
         self._notify(work)
+        self.upkeep.committed(self.db)
         return True
 
     # ------------------------------------------------------------------ maintenance
     def _maintain(self) -> None:
         self.next_maint = time.monotonic() + self.timing.maintenance_interval
+        why = self.reopener.moved() if self.reopener is not None else None
+        why = why or self.claims.take_damage()
         try:
+            if why is not None:
+                self._reopen(why)
             self._plan_maintenance()
         except sqlite3.Error as e:
             log.warning("outbox: maintenance failed: %s", e)
 
     def _plan_maintenance(self) -> None:
         """Let maintenance choose expired rows and victims; they join the next commit via the ledger."""
-        now_ms = int(self.clock() * 1000)
+        now_ms = self.clock.now_ms()
         exclude = self.claims.claimed()
         with self.staging.cond:  # rows already chosen (a failed commit retries them) are not chosen twice
             exclude |= self.ledger.chosen()
@@ -196,6 +215,34 @@ class Writer:
             with contextlib.suppress(OSError):
                 self.write_sidecar(max(self.sidecar.reserved, self.last_seq + 1))
 
+    def _reopen(self, why: str) -> None:
+        """The database file vanished or was replaced: carry the rows over to a fresh file, report."""
+        reopener = self.reopener
+        assert reopener is not None
+        log.error("outbox: %s (%s); moving to a fresh database file", why, reopener.path)
+        found, err = self._carry or reopener.read(self.db)
+        self._carry = (found, err)  # kept until a fresh file holds them (the old one is closed below)
+
+        def replace() -> tuple[sqlite3.Connection, list[int]]:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()  # never keep writing into an unlinked file
+            return reopener.fresh(found.rows)
+
+        new, seqs = self.claims.swap(reopener.path, replace)
+        self._carry = None
+        self.db = self.maintenance.db = new
+        self.topics.reset()
+        self.topics.load(new)
+        self.acked, self.purge_acked, self.stored = NONE_ACKED, False, len(seqs)
+        lost = sorted(set(range(max(1, self.sidecar.floor), self.last_seq + 1)) - set(seqs)) if err else []
+        with contextlib.suppress(OSError):
+            self.write_sidecar(max(self.sidecar.reserved, self.last_seq + 1))
+        if lost:
+            with self.staging.cond:
+                self.ledger.account("db_lost", lost)
+        self.on_reopened({"file": str(reopener.path), "error": why + (f"; unreadable: {err}" if err else ""),
+                          "salvaged": len(seqs), "lost": len(lost), "ranges": ranges(lost), "reason": "db_lost"})
+
     # ------------------------------------------------------------------ one commit
     def _collect(self) -> _Work:
         with self.staging.cond:
@@ -209,7 +256,7 @@ class Writer:
 
     def _commit(self, work: _Work) -> None:
         last_seq = max(self.last_seq, max((r[0] for r in work.batch), default=0))
-        if last_seq > self.sidecar.reserved:
+        if last_seq > self.sidecar.reserved or self.sidecar.on_disk_id != self.sidecar.db_id:
             self.write_sidecar(last_seq + SEQ_RESERVE)
         deleted, n_acked, acked = self._transaction(work, last_seq)
         self.last_seq = last_seq
@@ -242,7 +289,8 @@ class Writer:
             if rows:
                 db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
-                           [("last_seq", last_seq), ("acked", codec.encode(acked.ranges)), *work.counters])
+                           [("last_seq", last_seq), ("acked", codec.encode(acked.ranges)),
+                            ("committed_ms", int(time.time() * 1000)), *self.clock.meta_rows(), *work.counters])
             db.execute("COMMIT")
         except BaseException:
             for t in new_topics:
