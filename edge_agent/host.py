@@ -107,7 +107,7 @@ class Host(Protocol):
     def on_connection(self, fn: Callable[[ConnectionStatus], None]) -> None: ...
 
     def publish_state(self, topic: str, payload: bytes) -> None:
-        """Keep ``payload`` retained on ``topic`` (b"" clears it), re-sent after every reconnect: state such
+        """Set ``payload`` retained on ``topic`` (b"" clears it), sent as soon as the link is up: state such
         as a group membership, outside the seq stream (no outbox row, no seq)."""
         ...
 

@@ -51,7 +51,7 @@ class StatusReporter:
         self.counters = counters  # e.g. the router's inbound_refused
         self.started_at = time.time()
         self._due = False  # the last publish failed (e.g. window full): retried at the next tick
-        self._retained: dict[str, bytes] = {}  # other retained state (e.g. group membership), re-sent per connect
+        self._retained: dict[str, bytes] = {}  # retained state (e.g. group membership) not yet handed to the link
         self._retained_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,25 +73,31 @@ class StatusReporter:
         cfg = self._config()
         payload = json.dumps(self.status_dict("online"), separators=(",", ":")).encode()
         with self._retained_lock:
-            state = dict(self._retained)
+            pending = dict(self._retained)
         ok = self._send(status_topic(cfg.mqtt.topic_prefix, cfg.device.id), payload)
-        for topic, value in state.items():
-            sent = self._send(topic, value)
-            ok = ok and sent
-            if sent and not value:
-                with self._retained_lock:  # a cleared topic is sent once, then forgotten
-                    if self._retained.get(topic) == b"":
-                        del self._retained[topic]
+        for topic, value in pending.items():
+            if self._send(topic, value):
+                self._sent(topic, value)
+            else:
+                ok = False
         self._due = not ok
         return ok
 
     def set_retained(self, topic: str, payload: bytes) -> None:
-        """Keep ``payload`` retained on ``topic`` (b"" clears it): sent now if the link is up, and again
-        after every reconnect. State, not part of the seq stream: no outbox row, no seq."""
+        """Set ``payload`` retained on ``topic`` (b"" clears it): handed to the link now if it is up, else at
+        the next connect. State, not part of the seq stream: no outbox row, no seq. Sent once per change
+        (a broker that refuses it, e.g. an ACL without the topic, must not cause a reconnect loop)."""
         with self._retained_lock:
             self._retained[topic] = payload
-        if not (self.transport.connected and self._send(topic, payload)):
+        if self.transport.connected and self._send(topic, payload):
+            self._sent(topic, payload)
+        else:
             self._due = True  # the status loop (or the next connect) sends it
+
+    def _sent(self, topic: str, payload: bytes) -> None:
+        with self._retained_lock:
+            if self._retained.get(topic) == payload:
+                del self._retained[topic]
 
     def _send(self, topic: str, payload: bytes) -> bool:
         try:
