@@ -55,6 +55,10 @@ class Queue(Protocol):
 
     def count(self, name: str, n: int = 1) -> None: ...
 
+    def on_ready(self, fn: Callable[[], None]) -> None: ...
+
+    def link_lost(self) -> None: ...
+
 
 class Forwarder:
     def __init__(self, outbox: Queue, transport: MqttTransport, *, max_rate: float = 0.0,
@@ -77,6 +81,8 @@ class Forwarder:
         self.rejected = 0
         self.heartbeat: Callable[[], None] = lambda: None
         self._ack_listeners: list[AckListener] = []
+        self._down = False  # the loss of the link was reported to the outbox
+        outbox.on_ready(self._wake.set)  # write-behind: a new row is sendable at once
 
     def add_ack_listener(self, fn: AckListener) -> None:
         """Call ``fn(seq, ack)`` on the network thread for every outbox row's ack (``ack`` is
@@ -123,6 +129,7 @@ class Forwarder:
         self.outbox.accept((seq,))
 
     def on_connected(self, session_present: bool) -> None:
+        self._down = False
         self._online_since = time.time()
         self._boundary = self.outbox.last_assigned
         self._wake.set()
@@ -189,6 +196,9 @@ class Forwarder:
                     rest, self._buffer = self._buffer, []
                 if rest:
                     self.outbox.release([r.seq for r in rest])
+                if not self._down:
+                    self._down = True
+                    self.outbox.link_lost()  # what is in flight will not be acked: store it now
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
