@@ -58,11 +58,16 @@ class Hold:
         return order[0][0] + self.flush_after if order else None
 
     def take_due(self, now: float, *, everything: bool = False, below: int = 0) -> list[Row]:
-        """Spill (oldest first) the rows due at ``now`` and those with a seq below ``below``; all of them
-        with ``everything`` or beyond ``limit``. They stay visible until :meth:`committed`."""
+        """Spill (oldest first) every held row once the oldest is due at ``now`` (or with ``everything``,
+        or beyond ``limit``), else those with a seq below ``below``. They stay visible until
+        :meth:`committed`."""
         out: list[Row] = []
         order = self.order
         everything = everything or self.unspilled() > self.limit  # one large commit, not many small ones
+        due = self.next_due()
+        if due is not None and now >= due:
+            everything = True  # the oldest is due: store all held rows in one commit (one commit per
+            # flush_after while the link is down, not one per row as each becomes due)
         while order:
             t, seq = order[0]
             if not self._live(seq):

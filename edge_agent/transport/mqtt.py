@@ -319,6 +319,7 @@ class MqttTransport:
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
         c.on_publish = functools.partial(self._handle_publish, gen)  # no lambda frame per PUBACK
         c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
+        c.on_socket_open = _no_delay
         return c
 
     def _handle_connect(self, gen: int, client: paho.Client, flags: Any, rc: Any, props: Any) -> None:
@@ -466,3 +467,12 @@ class MqttTransport:
                 self._on_ack(tok, LINK_LOST)
             except Exception:
                 log.exception("on_ack callback failed")
+
+
+def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY: with Nagle, a PUBLISH after a small PUBACK (e.g. of a received receipt) waits for the
+    broker's delayed TCP ACK (measured: send() -> on_message p50 26 ms instead of 0.8 ms)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+        pass
