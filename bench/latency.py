@@ -179,6 +179,41 @@ def messaging(port: int, n: int, rate: float, tmp: Path) -> None:
           f"p99 {p99:6.2f} ms (n={k})   ratio p50 {p50 / rp50:5.2f}x p99 {p99 / rp99:5.2f}x")
 
 
+def send_throughput(port: int, n: int, tmp: Path) -> None:
+    """send() as fast as it returns, n messages: the send() rate per tenth and the rate to "sent"."""
+    from edge_agent import Agent
+
+    sent = threading.Event()
+    count = [0]
+
+    a = Agent(device_id="tp-a", host="127.0.0.1", port=port, state_dir=str(tmp / "tp-a"))
+
+    @a.on_message_status
+    def st(m: object) -> None:
+        if getattr(m, "status", "") == "sent":
+            count[0] += 1
+            if count[0] >= n:
+                sent.set()
+
+    with a:
+        assert a.wait_online(10)
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        block = max(1, n // 10)
+        rates = []
+        tb = t0
+        for i in range(n):
+            a.send("tp-b", {"i": i, "text": "hello"})
+            if (i + 1) % block == 0:
+                now = time.perf_counter()
+                rates.append(block / (now - tb))
+                tb = now
+        sent.wait(n / 50 + 60)
+        took = time.perf_counter() - t0
+    print(f"messaging send() -> sent: {count[0]} of {n} sent in {took:.1f} s = {count[0] / took:.0f}/s; send() rate "
+          f"per tenth: {', '.join(f'{r:.0f}' for r in rates)} /s (last/first {rates[-1] / rates[0]:.2f})")
+
+
 def raw_messaging(port: int, n: int, rate: float) -> tuple[float, float, int]:
     topic = "raw/msg"
     s = Stamper(port, topic)
@@ -214,6 +249,8 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--msg-rate", type=float, default=200.0)
     ap.add_argument("--skip-messaging", action="store_true")
+    ap.add_argument("--send-throughput", type=int, default=0, metavar="N",
+                    help="only: N send()s as fast as possible, rate to 'sent' and send() rate per tenth")
     ap.add_argument("--broker-conf", default="set_tcp_nodelay true",
                     help="extra mosquitto.conf lines (\\n separated); default: no Nagle on the broker side")
     args = ap.parse_args()
@@ -221,6 +258,9 @@ def main() -> None:
         tmp = Path(td)
         broker = DevBroker(workdir=tmp / "broker", extra_conf=args.broker_conf.replace("\\n", "\n")).start()
         try:
+            if args.send_throughput:
+                send_throughput(broker.port, args.send_throughput, tmp)
+                return
             telemetry(broker.port, [float(r) for r in args.rates.split(",")], args.seconds, args.mode, tmp)
             if not args.skip_messaging:
                 messaging(broker.port, args.messages, args.msg_rate, tmp)
