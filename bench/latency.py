@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho  # a baseline may use paho directly; agent code never does
@@ -70,21 +71,28 @@ def summary(lat: list[float]) -> tuple[float, float, int]:
     return pct(keep, 0.5), pct(keep, 0.99), len(keep)
 
 
+def paced(n: int, rate: float, fn: Callable[[int], object]) -> float:
+    """Call ``fn(i)`` n times at ``rate`` per second; the seconds it took."""
+    period = 1.0 / rate
+    t0 = nxt = time.monotonic()
+    for i in range(n):
+        nxt += period
+        d = max(0.0, nxt - time.monotonic())
+        if d:
+            time.sleep(d)
+        fn(i)
+    return time.monotonic() - t0
+
+
 def raw_publisher(port: int, topic: str, rate: float, n: int) -> None:
     """Child process: publish n QoS 1 messages at ``rate`` carrying their send time (~ envelope size)."""
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     c.connect("127.0.0.1", port)
     c.loop_start()
     time.sleep(0.2)
-    period = 1.0 / rate
-    nxt = time.monotonic()
-    for i in range(n):
-        nxt += period
-        d = max(0.0, nxt - time.monotonic())
-        if d:
-            time.sleep(d)
-        c.publish(topic, codec.encode({"dev": "raw", "seq": i + 1, "ts": time.time(), "stream": "telemetry/s1",
-                                       "data": {"value": 21.5 + i % 7, "unit": "C"}}), qos=1)
+    paced(n, rate, lambda i: c.publish(topic, codec.encode({"dev": "raw", "seq": i + 1, "ts": time.time(),
+                                                            "stream": "telemetry/s1",
+                                                            "data": {"value": 21.5 + i % 7, "unit": "C"}}), qos=1))
     time.sleep(1.0)
     c.loop_stop()
     c.disconnect()
@@ -160,16 +168,7 @@ def messaging(port: int, n: int, rate: float, tmp: Path) -> None:
     a = Agent(device_id="lat-a", host="127.0.0.1", port=port, state_dir=str(tmp / "a"))
     with a:
         time.sleep(1.0)
-        period = 1.0 / rate
-        nxt = time.monotonic()
-        t0 = time.perf_counter()
-        for i in range(n):
-            nxt += period
-            d = max(0.0, nxt - time.monotonic())
-            if d:
-                time.sleep(d)
-            a.send("lat-b", {"t": time.time(), "i": i})
-        took = time.perf_counter() - t0
+        took = paced(n, rate, lambda i: a.send("lat-b", {"t": time.time(), "i": i}))
         out, _ = child.communicate(timeout=n / 10 + 90)
     lat = [float(x) for x in out.split()]
     rp50, rp99, _ = raw_messaging(port, n, rate)
@@ -221,14 +220,8 @@ def raw_messaging(port: int, n: int, rate: float) -> tuple[float, float, int]:
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     time.sleep(0.2)
-    period = 1.0 / rate
-    nxt = time.monotonic()
-    for i in range(n):
-        nxt += period
-        d = max(0.0, nxt - time.monotonic())
-        if d:
-            time.sleep(d)
-        pub.publish(topic, codec.encode({"ts": time.time(), "data": {"i": i, "text": "x" * 20}}), qos=1)
+    paced(n, rate, lambda i: pub.publish(topic, codec.encode({"ts": time.time(), "data": {"i": i, "text": "x" * 20}}),
+                                         qos=1))
     time.sleep(1.0)
     pub.loop_stop()
     s.close()

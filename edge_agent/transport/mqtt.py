@@ -28,6 +28,7 @@ limit is off because :meth:`MqttTransport.publish` already enforces the window (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -469,10 +470,8 @@ class MqttTransport:
                 log.exception("on_ack callback failed")
 
 
+
 def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
-    """TCP_NODELAY: with Nagle, a PUBLISH after a small PUBACK (e.g. of a received receipt) waits for the
-    broker's delayed TCP ACK (measured: send() -> on_message p50 26 ms instead of 0.8 ms)."""
-    try:
+    """TCP_NODELAY: Nagle held a PUBLISH behind a small PUBACK (send() -> on_message 26 ms, not 0.8 ms)."""
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
-        pass
