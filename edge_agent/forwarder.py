@@ -82,7 +82,13 @@ class Forwarder:
         self.heartbeat: Callable[[], None] = lambda: None
         self._ack_listeners: list[AckListener] = []
         self._down = False  # the loss of the link was reported to the outbox
-        outbox.on_ready(self._wake.set)  # write-behind: a new row is sendable at once
+        self._starved = False  # waiting with an empty buffer: a new row must wake the loop
+        outbox.on_ready(self._data_ready)  # write-behind: a new row is sendable at once
+
+    def _data_ready(self) -> None:
+        """A row was put (producer's thread): wake the loop only if it waits for rows (no wake-up per put)."""
+        if self._starved and not self._wake.is_set():
+            self._wake.set()
 
     def add_ack_listener(self, fn: AckListener) -> None:
         """Call ``fn(seq, ack)`` on the network thread for every outbox row's ack (``ack`` is
@@ -218,7 +224,9 @@ class Forwarder:
                 self._waiting = True
                 if not pumped or self._room() <= 0 or not self._buffer:
                     # the network thread pumps after every PUBACK; wake for room or a low buffer
+                    self._starved = not self._buffer
                     self._wake.wait(0.5 if pumped else 0.002)
+                    self._starved = False
                 self._waiting = False
                 self._wake.clear()
                 continue

@@ -97,7 +97,7 @@ class StorageConfig(_Frozen):
                    choices=("write_behind", "durable"))
     flush_after: float = _f(0.5, "Write-behind: seconds a message may wait for its PUBACK before it is stored.",
                             ge=0.01, le=60)
-    hold_limit: int = _f(5000, "Write-behind: messages held in memory unstored at most; beyond, the oldest "
+    hold_limit: int = _f(20000, "Write-behind: messages held in memory unstored at most; beyond, all of them "
                                "are stored.", ge=1, le=1_000_000)
     commit_interval: float = _f(0.0, "Group commit: longest time a row waits for others before its commit "
                                      "(0: commit at once when the writer is idle; rows that arrive during a "

@@ -34,6 +34,7 @@ NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
 _DONE = ("sent", "delivered", "read", *FINAL)  # the broker has it, or it is over: no seq left to watch
 RECEIPT_LEVEL = {"delivered": 1, "read": 2}
 RECEIPT_BATCH = 500
+ACK_CHUNK = 64  # PUBACKs recorded per history transaction at most
 
 
 class Tracker:
@@ -108,13 +109,15 @@ class Tracker:
             self._busy = False
 
     def _record(self, batch: list[tuple[int, Ack]]) -> None:
-        with self._lock:
-            try:
-                with self._history.batch():
-                    for seq, ack in batch:
-                        self._ack_one(seq, ack)
-            except HistoryError as e:
-                log.debug("%d ack(s) not recorded: %s", len(batch), e)
+        for i in range(0, len(batch), ACK_CHUNK):  # put() gets the lock between chunks
+            part = batch[i:i + ACK_CHUNK]
+            with self._lock:
+                try:
+                    with self._history.batch():
+                        for seq, ack in part:
+                            self._ack_one(seq, ack)
+                except HistoryError as e:
+                    log.debug("%d ack(s) not recorded: %s", len(part), e)
 
     # ------------------------------------------------------------------ putting
     def put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], str], *,

@@ -150,7 +150,8 @@ class Claims:
             self._acked = acked
 
     def data_ready(self) -> None:
-        self._ready.set()
+        if not self._ready.is_set():  # cheap when already set (a put per message calls it)
+            self._ready.set()
 
     def forget(self, seqs: list[int]) -> None:
         """Held rows acked before they were stored: no longer claimed."""

@@ -49,7 +49,7 @@ class Outbox:
                  topic_prefix: str = "edge", min_free: int = 16 * 1024 * 1024,
                  reserve_bytes: int | None = None, ack_interval: float = 0.25,
                  maintenance_interval: float = 1.0, check_timeout: float = 30.0, mode: str = "write_behind",
-                 flush_after: float = 0.5, hold_limit: int = 5000) -> None:
+                 flush_after: float = 0.5, hold_limit: int = 20000) -> None:
         if mode not in MODES:
             raise ValueError(f"outbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.path = Path(path)
