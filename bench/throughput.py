@@ -38,6 +38,7 @@ from edge_agent.devbroker import DevBroker
 from tests.helpers import write_config
 
 EXTRA = os.environ.get("BENCH_EXTRA", "").replace("\\n", "\n")
+MODE = os.environ.get("BENCH_MODE", "")  # storage.mode of the agent (default: the agent's default)
 
 
 class Sub:
@@ -112,6 +113,9 @@ def agent(port: int, n: int, tmp: Path, rate: float) -> tuple[float, int]:
     sensors = f"[[sensors]]\nname = \"s1\"\ntype = \"simulated\"\ninterval = {1.0 / rate:.8f}\ncount = {n}\n"
     cfg = write_config(tmp / "agent.toml", port, state, prefix="bench", sensors=sensors,
                        extra="[logging]\nlevel = \"warning\"\n" + EXTRA)
+    if MODE:
+        cfg.write_text(cfg.read_text().replace("[storage]\n", f'[storage]\nmode = "{MODE}"\n'
+                                                                  + os.environ.get("BENCH_STORAGE", "") + "\n"))
     sub = Sub(port, "bench/dev-1/telemetry/#", n)
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(cfg), "--exit-when-done"],
                             cwd=Path(__file__).resolve().parent.parent)

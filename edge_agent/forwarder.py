@@ -55,6 +55,10 @@ class Queue(Protocol):
 
     def count(self, name: str, n: int = 1) -> None: ...
 
+    def on_ready(self, fn: Callable[[], None]) -> None: ...
+
+    def link_lost(self) -> None: ...
+
 
 class Forwarder:
     def __init__(self, outbox: Queue, transport: MqttTransport, *, max_rate: float = 0.0,
@@ -77,6 +81,14 @@ class Forwarder:
         self.rejected = 0
         self.heartbeat: Callable[[], None] = lambda: None
         self._ack_listeners: list[AckListener] = []
+        self._down = False  # the loss of the link was reported to the outbox
+        self._starved = False  # waiting with an empty buffer: a new row must wake the loop
+        outbox.on_ready(self._data_ready)  # write-behind: a new row is sendable at once
+
+    def _data_ready(self) -> None:
+        """A row was put (producer's thread): wake the loop only if it waits for rows (no wake-up per put)."""
+        if self._starved and not self._wake.is_set():
+            self._wake.set()
 
     def add_ack_listener(self, fn: AckListener) -> None:
         """Call ``fn(seq, ack)`` on the network thread for every outbox row's ack (``ack`` is
@@ -123,6 +135,7 @@ class Forwarder:
         self.outbox.accept((seq,))
 
     def on_connected(self, session_present: bool) -> None:
+        self._down = False
         self._online_since = time.time()
         self._boundary = self.outbox.last_assigned
         self._wake.set()
@@ -189,6 +202,9 @@ class Forwarder:
                     rest, self._buffer = self._buffer, []
                 if rest:
                     self.outbox.release([r.seq for r in rest])
+                if not self._down:
+                    self._down = True
+                    self.outbox.link_lost()  # what is in flight will not be acked: store it now
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
@@ -208,7 +224,9 @@ class Forwarder:
                 self._waiting = True
                 if not pumped or self._room() <= 0 or not self._buffer:
                     # the network thread pumps after every PUBACK; wake for room or a low buffer
+                    self._starved = not self._buffer
                     self._wake.wait(0.5 if pumped else 0.002)
+                    self._starved = False
                 self._waiting = False
                 self._wake.clear()
                 continue

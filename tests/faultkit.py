@@ -237,6 +237,7 @@ class Accounting:
     duplicates: int = 0
     dropped: dict[str, set[int]] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)  # seqs that arrived with two different readings
 
     @property
     def covered(self) -> set[int]:
@@ -248,12 +249,15 @@ class Accounting:
     def summary(self) -> str:
         d = {k: len(v) for k, v in self.dropped.items()}
         return (f"last_seq={self.last_seq} received={len(self.received)} duplicates={self.duplicates} "
-                f"dropped={d} missing={len(self.missing)} {self.missing[:20]}")
+                f"dropped={d} missing={len(self.missing)} {self.missing[:20]} "
+                f"conflicts={len(self.conflicts)} {self.conflicts[:20]}")
 
 
 def account(envelopes: Iterable[dict[str, Any]], last_seq: int, dev: str | None = None) -> Accounting:
     acc = Accounting(last_seq)
     seen: dict[int, int] = {}
+    content: dict[int, str] = {}
+    conflicts: set[int] = set()
     for e in envelopes:
         if dev is not None and e.get("dev") != dev:
             continue
@@ -261,11 +265,15 @@ def account(envelopes: Iterable[dict[str, Any]], last_seq: int, dev: str | None 
         if not isinstance(seq, int):
             continue
         seen[seq] = seen.get(seq, 0) + 1
+        what = repr((e.get("stream"), e.get("ts"), e.get("data")))
+        if content.setdefault(seq, what) != what:
+            conflicts.add(seq)
         if e.get("stream") == "events/dropped":
             data = e.get("data") or {}
             bucket = acc.dropped.setdefault(str(data.get("reason")), set())
             for a, b in data.get("ranges", []):
                 bucket.update(range(int(a), int(b) + 1))
+    acc.conflicts = sorted(conflicts)
     acc.received = set(seen)
     acc.duplicates = sum(n - 1 for n in seen.values())
     covered = acc.covered

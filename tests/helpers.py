@@ -78,6 +78,10 @@ class Collector:
     def stop(self) -> None:
         self.t.stop(timeout=2.0)
 
+    def envelopes_copy(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.envelopes)
+
     def seqs(self, stream_prefix: str = "") -> list[int]:
         with self.lock:
             return [e["seq"] for e in self.envelopes if str(e.get("stream", "")).startswith(stream_prefix)]

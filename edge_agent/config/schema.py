@@ -100,8 +100,17 @@ class StorageConfig(_Frozen):
                         ge=1024 * 1024, le=2**50)
     max_age: float = _f(7 * 24 * 3600.0, "Messages older than this many seconds expire (accounted in "
                                          "events/dropped).", ge=1, le=MAX_SECONDS)
-    commit_interval: float = _f(0.05, "Group commit: longest time a reading waits before its fsync.",
-                                ge=0.001, le=5)
+    mode: str = _f("write_behind", "'write_behind': a message goes to the broker at once from memory and is "
+                                   "stored only if its PUBACK has not come within flush_after (or the link is "
+                                   "down, or at stop); 'durable': every message is stored before it is sent.",
+                   choices=("write_behind", "durable"))
+    flush_after: float = _f(0.5, "Write-behind: seconds a message may wait for its PUBACK before it is stored.",
+                            ge=0.01, le=60)
+    hold_limit: int = _f(20000, "Write-behind: messages held in memory unstored at most; beyond, all of them "
+                               "are stored.", ge=1, le=1_000_000)
+    commit_interval: float = _f(0.0, "Group commit: longest time a row waits for others before its commit "
+                                     "(0: commit at once when the writer is idle; rows that arrive during a "
+                                     "commit join the next).", ge=0, le=5)
     sync: str = _f("normal", "SQLite synchronous mode: 'normal' (WAL; a power cut may lose the last "
                              "commit_interval) or 'full' (fsync every commit).", choices=("normal", "full"))
     memory_buffer: int = _f(10000, "Messages held in memory while the disk refuses writes.", ge=100,

@@ -169,11 +169,18 @@ class MessagingService:
             p.presence.start()
             for full in self._subs:
                 self._subscribe_stream(full)
+            p.tracker.start()
             for name, fn in (("messaging-callbacks", self._dispatch), ("messaging-sweep", self._sweep)):
                 t = threading.Thread(target=fn, name=name, daemon=True)
                 t.start()
                 self._threads.append(t)
         self._dispatcher.wake()  # messages stored but not yet seen by the app before a restart
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until the broker acknowledgements received so far are recorded in the history (they are
+        recorded on a thread of their own, many per transaction); False on timeout."""
+        p = self._parts
+        return p is None or p.tracker.settle(timeout)
 
     def stop(self) -> None:
         """Stop the callback and sweep threads and close the history (from a callback, too)."""
@@ -183,6 +190,8 @@ class MessagingService:
             if t is not threading.current_thread():
                 t.join(5.0)
         self._threads.clear()
+        if self._parts is not None:
+            self._parts.tracker.stop()
         self.close()
 
     def close(self) -> None:

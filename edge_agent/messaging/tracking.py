@@ -34,6 +34,7 @@ NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
 _DONE = ("sent", "delivered", "read", *FINAL)  # the broker has it, or it is over: no seq left to watch
 RECEIPT_LEVEL = {"delivered": 1, "read": 2}
 RECEIPT_BATCH = 500
+ACK_CHUNK = 64  # PUBACKs recorded per history transaction at most
 
 
 class Tracker:
@@ -50,6 +51,73 @@ class Tracker:
         self._tracked: dict[int, str] = {}
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
         self._filling: set[str] = set()  # files whose chunks are still being put: no status moves yet
+        self._acks: list[tuple[int, Ack]] = []  # PUBACKs waiting for the ack thread (one transaction each batch)
+        self._acks_cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._busy = False  # the ack thread is recording a batch
+        self._putting = 0  # puts under way: their PUBACK may come before the seq is recorded (write-behind)
+
+    # ------------------------------------------------------------------ the ack thread
+    def start(self) -> None:
+        """Record PUBACKs on a thread of their own, many per history transaction (not on the network
+        thread, one transaction per status step). Before start() they are recorded at once."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run_acks, name="messaging-acks", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Record what is queued, then stop the ack thread."""
+        t = self._thread
+        if t is None:
+            return
+        with self._acks_cond:
+            self._stopping = True
+            self._acks_cond.notify()
+        if t is not threading.current_thread():
+            t.join(timeout)
+        self._thread = None
+
+    def _run_acks(self) -> None:
+        while True:
+            with self._acks_cond:
+                while not self._acks and not self._stopping:
+                    self._acks_cond.wait()
+                if not self._acks:
+                    return
+            self._record_acks()
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until the PUBACKs received so far are recorded in the history; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._acks or self._busy:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def _record_acks(self) -> None:
+        with self._acks_cond:
+            batch, self._acks = self._acks, []
+            self._busy = bool(batch)
+        if not batch:
+            return
+        try:
+            self._record(batch)
+        finally:
+            self._busy = False
+
+    def _record(self, batch: list[tuple[int, Ack]]) -> None:
+        for i in range(0, len(batch), ACK_CHUNK):  # put() gets the lock between chunks
+            part = batch[i:i + ACK_CHUNK]
+            with self._lock:
+                try:
+                    with self._history.batch():
+                        for seq, ack in part:
+                            self._ack_one(seq, ack)
+                except HistoryError as e:
+                    log.debug("%d ack(s) not recorded: %s", len(part), e)
 
     # ------------------------------------------------------------------ putting
     def put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], str], *,
@@ -58,9 +126,13 @@ class Tracker:
         the id of the message it belongs to), all under the lock; report "pending" if ``announce``."""
         with self._lock:
             ts = time.time()
-            seq = self._host.put(build(ts))
-            mid = record(seq, ts)
-            self._tracked[seq] = mid
+            self._putting += 1  # until the seq is recorded (see on_ack)
+            try:
+                seq = self._host.put(build(ts))
+                mid = record(seq, ts)
+                self._tracked[seq] = mid
+            finally:
+                self._putting -= 1
             if announce:
                 self._emit(mid)  # under the lock: "pending" is reported before any later status
             return mid
@@ -88,13 +160,16 @@ class Tracker:
         msg = Outgoing(topic=topic, stream="receipts", data={"status": status, "ids": mids, **more}, cls="event",
                        extra=self._seal(topic) or None)
         with self._lock:  # so the commit callback cannot run before the seq is recorded
+            self._putting += 1  # until the seq is recorded (see on_ack)
             try:
                 seq = self._host.put(msg)
+                if level is not None:
+                    self._receipt_seqs[seq] = (list(mids), level)
             except (EdgeAgentError, ValueError) as e:
                 log.warning("receipt %s for %d message(s) to %s not queued: %s", status, len(mids), to, e)
                 return
-            if level is not None:
-                self._receipt_seqs[seq] = (list(mids), level)
+            finally:
+                self._putting -= 1
 
     # ------------------------------------------------------------------ status
     def advance(self, mid: str, target: str, reason: str = "") -> bool:
@@ -128,18 +203,23 @@ class Tracker:
     # ------------------------------------------------------------------ host callbacks
     def on_committed(self, seqs: list[int]) -> None:
         with self._lock:
-            self._receipts_committed(seqs)
-            hits = [s for s in seqs if s in self._tracked]
-            if not hits:
+            if not self._receipt_seqs and not any(s in self._tracked for s in seqs):
                 return
             try:
-                states = self._history.mark_outseqs(hits, 1)
+                with self._history.batch():  # one transaction for the whole commit's worth
+                    self._committed(seqs)
             except HistoryError as e:
-                log.debug("commit of %d message(s) not recorded: %s", len(hits), e)
-                return
-            for mid, st in states.items():
-                if st is not None and st >= 1:
-                    self.advance(mid, "queued")
+                log.debug("commit of %d message(s) not recorded: %s", len(seqs), e)
+
+    def _committed(self, seqs: list[int]) -> None:
+        self._receipts_committed(seqs)
+        hits = [s for s in seqs if s in self._tracked]
+        if not hits:
+            return
+        states = self._history.mark_outseqs(hits, 1)
+        for mid, st in states.items():
+            if st is not None and st >= 1:
+                self.advance(mid, "queued")
 
     def _receipts_committed(self, seqs: list[int]) -> None:
         for s in seqs if self._receipt_seqs else ():
@@ -151,21 +231,32 @@ class Tracker:
                     log.debug("receipt commit not recorded: %s", e)
 
     def on_ack(self, seq: int, ack: Ack) -> None:
-        if seq not in self._tracked or isinstance(ack, LinkLost):
-            # not ours (telemetry: no lock on the PUBACK hot path), or released to be sent again
+        if isinstance(ack, LinkLost) or (seq not in self._tracked and seq not in self._receipt_seqs
+                                         and not self._putting):
+            # released to be sent again, or not ours (telemetry: no lock on the PUBACK hot path; a put
+            # under way may not have recorded its seq yet: then it is looked at under the lock)
             return
-        with self._lock:
-            mid = self._tracked.get(seq)
-            if mid is None:
-                return
-            try:
-                match ack:
-                    case Accepted():
-                        self._accepted(seq, mid)
-                    case Refused(code=code):
-                        self.advance(mid, "failed", f"the broker refused the message (reason code 0x{code:02x})")
-            except HistoryError as e:
-                log.debug("ack for %s not recorded: %s", mid, e)
+        with self._acks_cond:
+            self._acks.append((seq, ack))
+            if len(self._acks) == 1:
+                self._acks_cond.notify()
+        if self._thread is None:
+            self._record_acks()
+
+    def _ack_one(self, seq: int, ack: Ack) -> None:
+        if seq in self._receipt_seqs and isinstance(ack, Accepted):
+            self._receipts_committed([seq])  # the broker has it: no longer owed (it may never be stored)
+        mid = self._tracked.get(seq)
+        if mid is None:
+            return
+        try:
+            match ack:
+                case Accepted():
+                    self._accepted(seq, mid)
+                case Refused(code=code):
+                    self.advance(mid, "failed", f"the broker refused the message (reason code 0x{code:02x})")
+        except HistoryError as e:
+            log.debug("ack for %s not recorded: %s", mid, e)
 
     def _accepted(self, seq: int, mid: str) -> None:
         states = self._history.mark_outseqs([seq], 2)

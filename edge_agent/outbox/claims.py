@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from edge_agent import codec
 from edge_agent.message import Pending
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked
-from edge_agent.outbox.schema import PRIOS, Topics
+from edge_agent.outbox.schema import PRIOS, Row, Topics
 from edge_agent.outbox.stats import OutboxStats, oldest, stats_of
 
 T = TypeVar("T")
@@ -38,6 +38,7 @@ class Claims:
         self._acked = NONE_ACKED
         self._ready = threading.Event()
         self.damage: str | None = None  # why the reader could not read the file (guarded by _lock)
+        self._held: Callable[[int, int, int | None], list[Row]] | None = None  # write-behind rows
 
     def attach(self, path: Path) -> None:
         """Open the reader connection (read-only)."""
@@ -61,6 +62,10 @@ class Claims:
                 self._rdb = rdb
                 self._ready.set()
 
+    def hold_from(self, fn: Callable[[int, int, int | None], list[Row]]) -> None:
+        """Also hand out the held rows ``fn(prio, after, upto)`` returns (write-behind), merged by seq."""
+        self._held = fn
+
     def close(self) -> None:
         with self._lock:
             if self._rdb is not None:
@@ -75,6 +80,7 @@ class Claims:
         boundary = live_after or 0
         out: list[Pending] = []
         with self._lock:
+            self._ready.clear()  # before looking: a row that arrives meanwhile sets it again
             try:
                 for p in PRIOS:
                     need = limit - len(out)
@@ -88,36 +94,51 @@ class Claims:
                         self._fetch(p, "backlog", 0, boundary, need, out)
             except sqlite3.DatabaseError as e:
                 self._damaged(e)
-            if not out:
-                self._ready.clear()
             return out
 
     def _fetch(self, p: int, seg: str, floor: int, ceil: int | None, need: int, out: list[Pending]) -> None:
         key = (p, "all" if p >= 2 else seg)
         cur = max(self._cursor.get(key, 0), floor)
+        claimed, acked = self._claimed, self._acked
+        last = cur
+        for seq, topic, payload, qos, retain, props, created in self._candidates(p, cur, ceil, need):
+            last = seq
+            if seq in claimed or seq in acked:
+                continue
+            claimed[seq] = p
+            out.append(Pending(seq, p, topic, payload, qos, bool(retain), codec.decode(props) if props else None,
+                               created / 1000.0))
+            need -= 1
+            if need == 0:
+                break
+        self._cursor[key] = last
+
+    def _candidates(self, p: int, cur: int, ceil: int | None, need: int) -> Iterator[tuple]:
+        """Stored rows of prio ``p`` with ``cur < seq <= ceil`` merged with the held ones, by seq (a row
+        both held and just stored comes once)."""
         where = "prio = 0" if p == 0 else f"prio > 0 AND prio = {p}"  # the partial index needs 'prio > 0'
         sql = ("SELECT seq, topic, payload, qos, retain, props, created FROM messages WHERE "
                f"{where} AND seq > ?{' AND seq <= ?' if ceil is not None else ''} ORDER BY seq LIMIT ?")
         rdb = self._rdb
         assert rdb is not None, "begin() before open()"
-        claimed, acked, names = self._claimed, self._acked, self._names
-        while need > 0:
+        held = self._held(p, cur, ceil) if self._held is not None else []
+        hi = 0
+        names = self._names
+        while True:
             chunk = need + 32
-            args = (cur, ceil, chunk) if ceil is not None else (cur, chunk)
-            rows = rdb.execute(sql, args).fetchall()
+            rows = rdb.execute(sql, (cur, ceil, chunk) if ceil is not None else (cur, chunk)).fetchall()
             for seq, topic, payload, qos, retain, props, created in rows:
+                while hi < len(held) and held[hi][0] <= seq:
+                    h = held[hi]
+                    hi += 1
+                    if h[0] != seq:
+                        yield h[0], h[2], h[3], h[6], h[7], h[8], h[4]
                 cur = seq
-                if seq in claimed or seq in acked:
-                    continue
-                claimed[seq] = p
-                out.append(Pending(seq, p, names.get(topic) or self._topic_name(topic), payload,
-                                   qos, bool(retain), codec.decode(props) if props else None, created / 1000.0))
-                need -= 1
-                if need == 0:
-                    break
+                yield seq, names.get(topic) or self._topic_name(topic), payload, qos, retain, props, created
             if len(rows) < chunk:
                 break
-        self._cursor[key] = cur
+        for h in held[hi:]:
+            yield h[0], h[2], h[3], h[6], h[7], h[8], h[4]
 
     def _topic_name(self, tid: int) -> str:
         assert self._rdb is not None
@@ -154,7 +175,29 @@ class Claims:
             self._acked = acked
 
     def data_ready(self) -> None:
-        self._ready.set()
+        if not self._ready.is_set():  # cheap when already set (a put per message calls it)
+            self._ready.set()
+
+    def forget(self, seqs: list[int]) -> None:
+        """Held rows acked before they were stored: no longer claimed."""
+        with self._lock:
+            for s in seqs:
+                self._claimed.pop(s, None)
+
+    def committed(self, rows: list[Row]) -> None:
+        """Rows just stored may lie below a cursor (held rows and reports stored out of seq order):
+        move those cursors back so begin() sees them."""
+        if not rows:
+            return
+        low: dict[int, int] = {}
+        for r in rows:
+            if r[0] < low.get(r[1], r[0] + 1):
+                low[r[1]] = r[0]
+        with self._lock:
+            for key, cur in self._cursor.items():
+                s = low.get(key[0])
+                if s is not None and cur >= s:
+                    self._cursor[key] = s - 1
 
     # ------------------------------------------------------------------ figures
     def stats(self, path: Path, now: float) -> OutboxStats:

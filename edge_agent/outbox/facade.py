@@ -22,11 +22,13 @@ from edge_agent.errors import OutboxError
 from edge_agent.message import Outgoing, Pending
 from edge_agent.outbox.ageclock import AgeClock, boottime, read_boot_id
 from edge_agent.outbox.claims import Claims
+from edge_agent.outbox.hold import Hold
 from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
 from edge_agent.outbox.rangeset import ranges
 from edge_agent.outbox.recovery import SEQ_RESERVE, Opener, Recovered, SeqSidecar
 from edge_agent.outbox.reopen import Reopener
+from edge_agent.outbox.runstate import RunState, Unclean
 from edge_agent.outbox.schema import COUNTERS, Topics, meta_int
 from edge_agent.outbox.staging import Staging
 from edge_agent.outbox.stats import OutboxStats
@@ -34,6 +36,7 @@ from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing,
 
 CORRUPT_STREAM = "events/outbox_corrupt"
 LOST_STREAM = "events/outbox_lost"  # alarm: the database or its WAL was lost, emptied, rewound or foreign
+MODES = ("write_behind", "durable")
 
 
 class Outbox:
@@ -44,13 +47,17 @@ class Outbox:
     """
 
     def __init__(self, path: str | os.PathLike[str], device_id: str, *, max_age: float = 7 * 86400.0,
-                 max_bytes: int = 256 * 1024 * 1024, commit_interval: float = 0.05, sync: str = "normal",
+                 max_bytes: int = 256 * 1024 * 1024, commit_interval: float = 0.0, sync: str = "normal",
                  memory_buffer: int = 10000, clock: Callable[[], float] = time.time,
                  topic_prefix: str = "edge", min_free: int = 16 * 1024 * 1024,
                  reserve_bytes: int | None = None, ack_interval: float = 0.25,
                  maintenance_interval: float = 1.0, check_timeout: float = 30.0,
-                 boot_clock: Callable[[], float] | None = None, boot_id: Callable[[], str] | None = None) -> None:
+                 boot_clock: Callable[[], float] | None = None, boot_id: Callable[[], str] | None = None,
+                 mode: str = "write_behind", flush_after: float = 0.5, hold_limit: int = 20000) -> None:
+        if mode not in MODES:
+            raise ValueError(f"outbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.path = Path(path)
+        self.mode = mode
         self.device_id = device_id
         self.topic_prefix = topic_prefix
         self.max_age = max_age
@@ -69,7 +76,11 @@ class Outbox:
         self._committed: list[CommittedListener] = []
         self._dropped: list[DroppedListener] = []
         self._topics = Topics()
-        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock, age_ms=self._age.now_ms)
+        self._staging = Staging(self.path, device_id, max_age=max_age, clock=clock, age_ms=self._age.now_ms,
+                                hold=Hold(flush_after, hold_limit) if mode == "write_behind" else None)
+        self._ready: list[Callable[[], None]] = []
+        self.unclean: Unclean | None = None  # what the last run left unaccounted (crash, power cut)
+        self._run: RunState | None = None
         self._ledger = Ledger(self._staging, self._topic(DROPPED_STREAM))
         self._claims = Claims(self._topics)
         self._maintenance: Maintenance | None = None
@@ -95,14 +106,23 @@ class Outbox:
         sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
         db, rec = Opener(self.path, sync=self.sync, check_timeout=self.check_timeout, reserve=reserve,
                          sidecar=sidecar).open()
+        run = RunState(self.path.with_name(self.path.name + ".run"))
+        self.unclean = run.previous(max(meta_int(db, "last_seq"), rec.last_seq if rec else 0), sidecar.reserved)
         writer = self._make_writer(db, reserve, sidecar, rec)
         with contextlib.suppress(OSError):  # retried before the first commit that needs it
             writer.write_sidecar(writer.last_seq + SEQ_RESERVE)
         reserve.ensure()
         self._claims.attach(self.path)
+        if self._staging.hold is not None:
+            self._claims.hold_from(self._staging.held_rows)
         if rec is not None:
             self.recovered = rec.as_dict()
             self._report_recovery(rec)
+        if self.unclean is not None and self.unclean.last >= self.unclean.first:
+            with self._staging.cond:
+                self._ledger.account(self.unclean.reason, rngs=[[self.unclean.first, self.unclean.last]])
+        run.running()
+        self._run = run
         writer.heartbeat = self._heartbeat
         writer.reopener = Reopener(self.path, self.sync, sidecar)
         writer.on_reopened = self._report_lost
@@ -115,6 +135,8 @@ class Outbox:
         """Load the state kept in the database and build the writer around it (no thread yet)."""
         last_seq = max(meta_int(db, "last_seq"), rec.last_seq if rec else 0)
         self._age.start(db)
+        if self.unclean is not None:  # seqs are never assigned twice: continue after the lost ones
+            last_seq = max(last_seq, self.unclean.last)
         acked = purge_stored_acks(db)
         stored = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] - acked.rows
         self._topics.load(db)
@@ -162,12 +184,32 @@ class Outbox:
             return
         writer.join(timeout)
         self._claims.close()
+        # a clean stop: nothing held or waiting for a commit, the last seq recorded
+        if not writer.alive() and self._staging.unstored() == 0 and writer.finish(self.last_assigned):
+            writer.close_db()
+            if self._run is not None:
+                self._run.stopped()
+            return
         writer.close_db()
 
     # ------------------------------------------------------------------ producers
     def put(self, msg: Outgoing) -> int:
-        """Queue ``msg`` for the next commit and return its seq. Never blocks on the network or disk."""
-        return self._staging.put(msg)
+        """Queue ``msg`` and return its seq. Never blocks on the network or disk. Write-behind: the
+        forwarder may send it at once; durable: once its commit is done."""
+        seq, held = self._staging.put(msg)
+        if held:
+            self._claims.data_ready()
+            for fn in self._ready:
+                fn()
+        return seq
+
+    def on_ready(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (quickly; from the producer's thread) whenever a held row becomes sendable."""
+        self._ready.append(fn)
+
+    def link_lost(self) -> None:
+        """The connection dropped: store every held row now (write-behind; no-op when durable)."""
+        self._staging.spill_all()
 
     def skip_to(self, seq: int, reason: str = "crash") -> list[int]:
         """Never hand out a seq <= ``seq`` again and report the skipped ones in ``events/dropped``.
@@ -203,8 +245,10 @@ class Outbox:
         return self._claims.begin(limit, live_after=live_after, part=part)
 
     def accept(self, seqs: Iterable[int]) -> None:
-        """The broker acknowledged these: delete them in the next commit."""
-        self._staging.accept(seqs)
+        """The broker acknowledged these: forget the held ones, delete the stored ones in the next commit."""
+        gone = self._staging.accept(seqs)
+        if gone:
+            self._claims.forget(gone)
 
     def release(self, seqs: Iterable[int]) -> None:
         """Return claimed rows to the queue (e.g. the connection dropped before PUBACK)."""

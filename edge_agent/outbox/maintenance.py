@@ -125,19 +125,21 @@ class Maintenance:
 
     # ------------------------------------------------------------------ one pass
     def plan(self, *, now_ms: int, expire: bool, reschedule: bool, exclude: set[int], stored_rows: int,
-             acked: Acked, report_topic: int) -> Plan:
+             acked: Acked, report_topic: int, max_prio: int = PRIOS[0]) -> Plan:
         """Choose expired rows (when ``expire``) and eviction victims; with ``reschedule``, also the next
         expiry. ``exclude``: claimed rows (in flight) and those already chosen; ``stored_rows``: rows in
         the table (acked ones too)."""
         plan = Plan()
         if expire:
             plan.expired = self._select_expired(now_ms, exclude, acked, report_topic)
-        self._choose_victims(plan, exclude | set(plan.expired), max(stored_rows, 1), acked, report_topic)
+        self._choose_victims(plan, exclude | set(plan.expired), max(stored_rows, 1), acked, report_topic,
+                             max_prio)
         if reschedule:
             plan.next_expiry_ms = self._min_expiry_after(now_ms, set(plan.expired))
         return plan
 
-    def _choose_victims(self, plan: Plan, exclude: set[int], rows: int, acked: Acked, report_topic: int) -> None:
+    def _choose_victims(self, plan: Plan, exclude: set[int], rows: int, acked: Acked, report_topic: int,
+                        max_prio: int) -> None:
         used, inner_free = self.used_bytes()
         disk_free = self._disk_free()
         reserve_missing = 0 if self.reserve.exists() else self.reserve.nbytes
@@ -149,15 +151,19 @@ class Maintenance:
             plan.purge_acked = acked.rows > 0
             per_row = max(used / rows, 64.0)
             need = max(64 * 1024, 2 * self.failed_bytes)
-            plan.victims = self._select_victims(math.ceil(need / per_row), exclude, acked, report_topic)
+            # never a class above the lowest one still waiting in memory (that goes first, see Writer)
+            plan.victims = self._select_victims(math.ceil(need / per_row), exclude, acked, report_topic,
+                                                max_prio=max_prio)
             plan.reason = "disk_full"
         elif used > cap and acked.rows:
             plan.purge_acked = True  # acked rows still stored go first: they cost nothing to drop
         elif used > cap:
             per_row = max(used / rows, 64.0)
             target = int(cap * 0.9)
+            if used <= cap + reserve_missing:  # only to recreate the reserve: never an event or alarm
+                max_prio = min(max_prio, 1)
             plan.victims = self._select_victims(math.ceil((used - target) / per_row), exclude, acked,
-                                                report_topic)
+                                                report_topic, max_prio=max_prio)
         if not self.disk_full and disk_free > 2 * self.reserve.nbytes + self.min_free:
             self.reserve.ensure()
 
@@ -203,11 +209,13 @@ class Maintenance:
         cands = [x for x in (a, b) if x is not None]
         return min(cands) if cands else None
 
-    def _select_victims(self, n: int, exclude: set[int], acked: Acked, rid: int) -> list[int]:
-        """The ``n`` rows to evict: lowest class first, oldest first, none of ``exclude``."""
+    def _select_victims(self, n: int, exclude: set[int], acked: Acked, rid: int,
+                        max_prio: int = PRIOS[0]) -> list[int]:
+        """The ``n`` rows to evict: lowest class first, oldest first, none of ``exclude``, no class above
+        ``max_prio``."""
         out: list[int] = []
         for p in reversed(PRIOS):
-            if len(out) >= n:
+            if len(out) >= n or p > max_prio:
                 break
             where = "prio = 0" if p == 0 else f"prio > 0 AND prio = {p}"
             for (seq, topic) in self.db.execute(f"SELECT seq, topic FROM messages WHERE {where} ORDER BY seq "

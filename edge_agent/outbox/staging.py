@@ -17,6 +17,7 @@ from pathlib import Path
 from edge_agent import codec
 from edge_agent.errors import OutboxClosed
 from edge_agent.message import MESSAGE_CLASSES, Outgoing, class_rank
+from edge_agent.outbox.hold import Hold
 from edge_agent.outbox.schema import COUNTERS, Row
 
 MAX_BATCH = 2000  # rows per transaction at most; a full batch wakes the writer at once
@@ -26,8 +27,13 @@ class Staging:
     """Rows put but not yet stored, acks not yet recorded, and the counters. Thread-safe."""
 
     def __init__(self, path: Path, device_id: str, *, max_age: float, clock: Callable[[], float],
-                 age_ms: Callable[[], int]) -> None:
+                 age_ms: Callable[[], int], hold: Hold | None = None) -> None:
         self.device_id = device_id
+        self.hold = hold  # write-behind (None: every row is stored before it is visible)
+        self._reserved = 0  # the seq sidecar's reservation: only seqs up to it may be held (sent unstored)
+        self._renew_at = 0  # past this seq the writer moves the reservation on
+        self._spill_all = False  # the link went down: spill everything held
+        self._holding = True  # False while the disk refuses writes: every row goes to the batch
         self.max_age_ms = int(max_age * 1000)
         self._clock = clock  # the wall clock: the envelope's ts
         self._age_ms = age_ms  # the age clock (see .ageclock): created and expires
@@ -72,7 +78,8 @@ class Staging:
             payload = codec.encode_envelope(self.device_id, seq, ts, msg.stream, msg.data, **extra)
         return (seq, prio, msg.topic, payload, created, expires, msg.qos, int(msg.retain), props)
 
-    def put(self, msg: Outgoing) -> int:
+    def put(self, msg: Outgoing) -> tuple[int, bool]:
+        """Queue ``msg``: (its seq, whether it is held, i.e. visible to the forwarder at once)."""
         now = self._clock()
         with self.cond:
             if self._closed:
@@ -80,21 +87,76 @@ class Staging:
             seq = self._next_seq
             self._next_seq += 1
             row = self.make_row(msg, seq, now)
-            self._batch.append(row)
             exp = row[5] if row[5] is not None else row[4] + self.max_age_ms
             if self._next_expiry_ms is None or exp < self._next_expiry_ms:
                 self._next_expiry_ms = exp
-            if len(self._batch) == 1 or len(self._batch) >= MAX_BATCH:
+            hold = self.hold
+            if hold is not None and self._holding and seq <= self._reserved:
+                hold.add(row, time.monotonic())
+                self.counters["enqueued"] += 1
+                if seq > self._renew_at or len(hold.prio) > hold.limit:
+                    self.cond.notify()
+                return seq, True
+            self._batch.append(row)
+            if len(self._batch) == 1 or len(self._batch) >= MAX_BATCH or seq > self._renew_at:
                 self.cond.notify()
-        return seq
+        return seq, False
 
-    def accept(self, seqs: Iterable[int]) -> None:
+    def accept(self, seqs: Iterable[int]) -> list[int]:
+        """Record PUBACKs; the seqs that were held and are now gone without ever being stored."""
+        gone: list[int] = []
         with self.cond:
+            hold = self.hold
             wake = not self._acks and not self._batch
-            self._acks.extend(seqs)
-            if wake:
+            for s in seqs:
+                if hold is not None and hold.ack(s):
+                    gone.append(s)
+                else:
+                    self._acks.append(s)
+            if gone:
+                self.counters["acked"] += len(gone)
+            if wake and self._acks:
+                self.cond.notify()
+        return gone
+
+    # ------------------------------------------------------------------ write-behind
+    def held_rows(self, p: int, after: int, upto: int | None) -> list[Row]:
+        with self.cond:
+            return [] if self.hold is None else self.hold.rows(p, after, upto)
+
+    def set_reserved(self, reserved: int, renew_margin: int) -> None:
+        with self.cond:
+            self._reserved = reserved
+            self._renew_at = reserved - renew_margin
+
+    def renew_due(self) -> int:
+        """The highest seq assigned when the reservation must move on (0 when it need not)."""
+        with self.cond:
+            last = self._next_seq - 1
+            return last if last > self._renew_at else 0
+
+    def spill_all(self) -> None:
+        """The link went down: store everything held now (its PUBACKs will not come)."""
+        with self.cond:
+            if self.hold is not None and self.hold.unspilled():
+                self._spill_all = True
                 self.cond.notify()
 
+    def _spill_locked(self, everything: bool) -> None:
+        hold = self.hold
+        if hold is None:
+            return
+        rows = hold.take_due(time.monotonic(), everything=everything or self._spill_all)
+        self._spill_all = False
+        if rows:
+            self._batch.extend(rows)
+
+    def _hold_due_locked(self, now: float) -> bool:
+        hold = self.hold
+        if hold is None:
+            return False
+        due = hold.next_due()
+        return self._spill_all or (due is not None and now >= due) or hold.unspilled() > hold.limit
     def count(self, name: str, n: int = 1) -> None:
         with self.cond:
             self.counters[name] = self.counters.get(name, 0) + n
@@ -111,12 +173,20 @@ class Staging:
     def pending(self) -> int:
         """Rows not yet acked: stored ones plus those still waiting in memory for their commit."""
         with self.cond:  # a batch moves _batch -> _committing -> _stored: never counted as zero
-            return self._stored + len(self._batch) + self._committing
+            held = self.hold.unspilled() if self.hold is not None else 0
+            return self._stored + len(self._batch) + self._committing + held
+
+    def unstored(self) -> int:
+        """Rows put and neither stored nor acked (held or waiting for their commit)."""
+        with self.cond:
+            held = len(self.hold.prio) if self.hold is not None else 0
+            return len(self._batch) + held
 
     def snapshot(self) -> tuple[dict[str, int], int]:
-        """A copy of the counters, and how many rows wait in memory."""
+        """A copy of the counters, and how many rows wait in memory (held or waiting for a commit)."""
         with self.cond:
-            return dict(self.counters), len(self._batch)
+            held = self.hold.unspilled() if self.hold is not None else 0
+            return dict(self.counters), len(self._batch) + held
 
     def skip_locked(self, upto: int) -> list[int]:
         """Never hand out a seq <= ``upto`` again (caller holds cond); the seqs skipped."""
@@ -160,15 +230,45 @@ class Staging:
     # ------------------------------------------------------------------ the writer
     def next_cycle(self, *, next_maint: float, urgent: bool, heartbeat: Callable[[], None],
                    commit_interval: float, ack_interval: float) -> tuple[bool, int]:
-        """Block until there is work (rows, acks, a flush, close, maintenance due at ``next_maint``, or
-        ``urgent``), then let more join (group commit). Returns (closing, flush request to satisfy)."""
+        """Block until there is work (rows, acks, held rows due, a reservation to move on, a flush, close,
+        maintenance due at ``next_maint``, or ``urgent``), then let more join (group commit, unless
+        ``commit_interval`` is 0: then it commits at once and what arrives meanwhile joins the next).
+        Returns (closing, flush request to satisfy)."""
         with self.cond:
-            while not (self._batch or self._acks or self._closed or self._flush_req > self._flush_done
-                       or time.monotonic() >= next_maint or urgent):
-                self.cond.wait(max(0.01, min(1.0, next_maint - time.monotonic())))
+            while True:
+                now = time.monotonic()
+                if (self._batch or self._acks or self._closed or self._flush_req > self._flush_done
+                        or now >= next_maint or urgent or self._next_seq - 1 > self._renew_at
+                        or self._hold_due_locked(now)):
+                    break
+                self.cond.wait(self._wait_locked(now, next_maint))
                 heartbeat()
+            self._spill_locked(self._closed or self._flush_req > self._flush_done)
             self._linger_locked(commit_interval, ack_interval)
             return self._closed, self._flush_req
+
+    def _wait_locked(self, now: float, next_maint: float) -> float:
+        left = next_maint - now
+        hold = self.hold
+        if hold is not None:  # a put into the hold does not wake the writer: look again soon
+            due = hold.next_due()
+            left = min(left, hold.flush_after / 2 if due is None else due - now)
+        return max(0.002, min(1.0, left))
+
+    def lowest_prio(self) -> int:
+        """The lowest class waiting in memory for its commit (the highest when none)."""
+        with self.cond:
+            return min((r[1] for r in self._batch), default=len(MESSAGE_CLASSES) - 1)
+
+    def set_holding(self, on: bool) -> None:
+        """Hold rows again (write-behind) once the disk has room again; see :meth:`restore_locked`."""
+        with self.cond:
+            self._holding = on
+
+    def defer_renew(self, n: int = 100) -> None:
+        """Moving the reservation failed: try again after ``n`` more seqs (or the next commit)."""
+        with self.cond:
+            self._renew_at = max(self._renew_at, self._next_seq - 1 + n)
 
     def _linger_locked(self, commit_interval: float, ack_interval: float) -> None:
         """Group commit: wait for more readings and acks, bounded by ``commit_interval`` (acks alone wait
@@ -184,12 +284,27 @@ class Staging:
                 break
             self.cond.wait(left)
 
-    def take_locked(self) -> tuple[list[Row], list[int]]:
-        """Hand the batch and the acks to the writer; the rows still count as pending meanwhile."""
+    def take_locked(self) -> tuple[list[Row], list[int], int]:
+        """Hand the batch and the acks to the writer; the rows still count as pending meanwhile. Also
+        (the number of rows in it that were not held: new to the counters)."""
         batch, self._batch = self._batch, []
         acks, self._acks = self._acks, []
+        fresh = len(batch)
+        hold = self.hold
+        if hold is not None:
+            if batch:  # every held row below a stored seq is stored with it (crash accounting)
+                batch.extend(hold.take_due(time.monotonic(), below=max(r[0] for r in batch)))
+            if hold.spilled and acks:  # acked while waiting for their commit: never stored
+                ackset = set(acks)
+                both = {r[0] for r in batch if r[0] in ackset}
+                if both:
+                    batch = [r for r in batch if r[0] not in both]
+                    acks = [s for s in acks if s not in both]
+                    hold.committed(list(both))
+                    self.counters["acked"] += len(both)
+            fresh = sum(1 for r in batch if r[0] not in hold.spilled)
         self._committing = len(batch)
-        return batch, acks
+        return batch, acks, fresh
 
     def counters_after_locked(self, deltas: dict[str, int]) -> list[tuple[str, int]]:
         """The counters as the commit adding ``deltas`` will store them (meta rows)."""
@@ -198,8 +313,10 @@ class Staging:
             after[k] += v
         return [(f"c.{k}", v) for k, v in after.items()]
 
-    def committed_locked(self, stored: int, deltas: dict[str, int]) -> None:
+    def committed_locked(self, stored: int, deltas: dict[str, int], seqs: list[int]) -> None:
         self._committing = 0
+        if self.hold is not None:
+            self.hold.committed(seqs)
         self._stored = stored
         for k, v in deltas.items():
             self.counters[k] += v
@@ -210,6 +327,9 @@ class Staging:
         self.counters["store_errors"] += 1
         self._batch[:0] = batch
         self._acks[:0] = acks
+        if self.hold is not None:  # the disk refuses writes: everything is bounded like the batch, as if
+            self._holding = False  # durable, until a commit succeeds again
+            self._batch.extend(self.hold.take_due(time.monotonic(), everything=True))
 
     def trim_locked(self, limit: int, keep: set[int]) -> list[int]:
         """Beyond ``limit`` rows in memory, drop the lowest class, oldest first (never ``keep``); the
@@ -220,6 +340,8 @@ class Staging:
         order = sorted((r[1], r[0]) for r in self._batch if r[0] not in keep)
         gone = {seq for _, seq in order[:overflow]}
         self._batch = [r for r in self._batch if r[0] not in gone]
+        if self.hold is not None:
+            self.hold.committed(sorted(gone))
         self.counters["dropped_memory"] += len(gone)
         return sorted(gone)
 

@@ -138,8 +138,27 @@ class Writer:
             self.sidecar.write(reserved, floor)
         except OSError as e:
             log.warning("outbox: cannot write %s: %s", self.sidecar.path, e)
+            self.staging.defer_renew()
             raise
         self.last_sidecar = time.monotonic()
+        self.staging.set_reserved(reserved, SEQ_RESERVE // 2)
+
+    def finish(self, last_assigned: int) -> bool:
+        """At a clean stop (everything stored or acked): record ``last_assigned`` as the last seq, with
+        the counters, so the next start continues after it without reporting a crash."""
+        counters = [(f"c.{k}", v) for k, v in self.staging.snapshot()[0].items()]
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
+                                [("last_seq", max(self.last_seq, last_assigned)), *counters])
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.warning("outbox: cannot record the last seq at stop: %s", e)
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            return False
+        self.last_seq = max(self.last_seq, last_assigned)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def _beat(self) -> None:
@@ -160,6 +179,10 @@ class Writer:
         """One commit: maintenance (eviction/expiry) + the memory batch + acks, in one transaction."""
         if maint:
             self._maintain()
+        assigned = self.staging.renew_due()
+        if assigned:  # move the seq reservation on well before put() reaches it
+            with contextlib.suppress(OSError):
+                self.write_sidecar(assigned + SEQ_RESERVE)
         work = self._collect()
         if not (work.batch or work.acks or work.victims or self.purge_acked):
             if maint and not self.maintenance.disk_full:
@@ -200,9 +223,11 @@ class Writer:
                 self.ledger.fold(folds)
             exclude |= {s for seqs, _ in folds.values() for s in seqs}
         expire, reschedule = self.staging.take_expiry(now_ms)
+        mem_floor = self.staging.lowest_prio()  # nothing stored goes before a lower class waiting in memory
         plan = self.maintenance.plan(now_ms=now_ms, expire=expire, reschedule=reschedule, exclude=exclude,
                                      stored_rows=self.stored + self.acked.rows, acked=self.acked,
-                                     report_topic=rid)
+                                     report_topic=rid, max_prio=mem_floor)
+
         if plan.purge_acked:
             self.purge_acked = True
         with self.staging.cond:
@@ -247,8 +272,8 @@ class Writer:
     def _collect(self) -> _Work:
         with self.staging.cond:
             victims = self.ledger.take_victims()  # their reports join the batch taken next
-            batch, acks = self.staging.take_locked()
-            deltas = {"enqueued": len(batch), "acked": len(acks),
+            batch, acks, fresh = self.staging.take_locked()
+            deltas = {"enqueued": fresh, "acked": len(acks),
                       "evicted": sum(len(v) for k, v in victims.items() if k not in ("expired", FOLDED)),
                       "expired": len(victims.get("expired", ()))}
             counters = self.staging.counters_after_locked(deltas)
@@ -329,9 +354,12 @@ class Writer:
 
     def _committed(self, work: _Work) -> None:
         with self.staging.cond:
-            self.staging.committed_locked(self.stored, work.deltas)
+            self.staging.committed_locked(self.stored, work.deltas, [r[0] for r in work.batch])
             self.ledger.committed({r[0] for r in work.batch})
+        self.claims.committed(work.batch)
         self.maintenance.store_ok()
+        if self.staging.hold is not None:  # hold rows again once the disk reserve is back (room to spare)
+            self.staging.set_holding(self.maintenance.reserve.exists())
         topic = self.ledger.report_topic
         self.maintenance.reports_stored(sum(1 for r in work.batch if r[2] == topic),
                                         len(work.victims.get(FOLDED, ())))
@@ -363,7 +391,7 @@ class Writer:
                 self.db.execute("ROLLBACK")
         full = is_disk_full(err)
         with self.staging.cond:
-            self.staging.restore_locked(work.batch, work.acks)
+            self.staging.restore_locked(work.batch, work.acks)  # held rows too: memory_buffer bounds them all
             self.ledger.retry(work.victims)  # retried with their report (back in the batch)
             gone = self.staging.trim_locked(self.memory_buffer, keep=self.ledger.open_reports())
             self.ledger.dropped_from_memory(gone)
@@ -372,4 +400,5 @@ class Writer:
             self.next_maint = 0.0  # evict at once
         else:
             log.error("outbox: cannot store %d message(s): %s; kept in memory, retrying", len(work.batch), err)
-        time.sleep(min(0.5, max(0.05, self.timing.commit_interval * 10)))
+        ci = self.timing.commit_interval
+        time.sleep(min(0.5, max(0.05, ci * 10)) if ci else 0.5)

@@ -125,6 +125,8 @@ def test_restart_of_either_side_loses_no_message_and_no_status(broker: DevBroker
     b = make_agent(broker, tmp_path, "456")
     rb = Recorder(b)
     with a, b:
+        assert b.wait_online(10)  # b has no session yet: its inbox subscription must exist before m1 goes out
+        time.sleep(0.5)
         m1 = a.send("456", "m1")
         a.wait_status(m1, "delivered", timeout=15)
         wait_for(lambda: len(rb.messages) == 1, 5)

@@ -147,6 +147,8 @@ def test_stop_from_inside_a_callback(broker: DevBroker, tmp_path: Path) -> None:
 
     with a:
         b.start()
+        assert b.wait_online(10)
+        time.sleep(0.5)  # and its SUBACK: a message sent at once (write-behind) must find the subscription
         a.send("456", "bye")
         from tests.helpers import wait_for
 

@@ -58,6 +58,7 @@ def wire(dev: str, seq: int, o: Outgoing) -> bytes:
 
 
 def status(svc: MessagingService, mid: str) -> str:
+    assert svc.settle(5.0)  # PUBACKs are recorded by the ack thread
     m = svc.history.get(mid)
     assert m is not None, mid
     return m.status
@@ -132,6 +133,7 @@ def test_refused_ack_turns_the_message_failed_with_the_reason_code(make: Make) -
     host, svc = make()
     m = svc.send("bob", "not allowed")
     host.ack(host.sent[-1][0], Refused(0x87))
+    assert svc.settle(5.0)
     got = svc.history.get(m.id)
     assert got is not None and got.status == "failed" and "0x87" in got.reason
 

@@ -13,6 +13,7 @@ a queue that empties; this is a record that stays).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,6 +67,10 @@ class History(Store, Delivery, Query):
     @property
     def closed(self) -> bool:
         return self.db.closed
+
+    def batch(self) -> contextlib.AbstractContextManager[object]:
+        """``with history.batch():`` every write inside is one transaction (one commit)."""
+        return self.db.tx()
 
     def close(self) -> None:
         self.db.close()

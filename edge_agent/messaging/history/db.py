@@ -29,6 +29,7 @@ class Database:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._depth = 0  # nested tx() blocks join the outermost transaction
         self._closed = False
         try:
             self._conn = self._open_ro() if readonly else self._open_rw(schema, sync)
@@ -69,8 +70,17 @@ class Database:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed when the block ends, rolled back if it raises."""
+        """One IMMEDIATE transaction: committed when the block ends, rolled back if it raises. A tx()
+        inside another (same thread: the lock is held) joins it: many writes, one commit."""
         with self as conn:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -81,6 +91,8 @@ class Database:
             except BaseException:
                 self._rollback(conn)
                 raise
+            finally:
+                self._depth = 0
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:

@@ -3,6 +3,7 @@ docstring for the paho traps it avoids)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -241,6 +242,7 @@ class MqttTransport:
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
         c.on_publish = functools.partial(self._handle_publish, gen)  # no lambda frame per PUBACK
         c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
+        c.on_socket_open = _no_delay
         return c
 
     def _handle_connect(self, gen: int, client: paho.Client, flags: Any, rc: Any, props: Any) -> None:
@@ -388,3 +390,10 @@ class MqttTransport:
                 self._on_ack(tok, LINK_LOST)
             except Exception:
                 log.exception("on_ack callback failed")
+
+
+
+def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY: Nagle held a PUBLISH behind a small PUBACK (send() -> on_message 26 ms, not 0.8 ms)."""
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
