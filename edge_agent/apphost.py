@@ -72,6 +72,10 @@ class AppHost:
     def last_seq(self) -> int:
         return self._outbox.last_seq
 
+    def unclean(self) -> tuple[int, int] | None:
+        u = self._outbox.unclean
+        return (u.first, u.last) if u is not None and u.last >= u.first else None
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._outbox.on_committed(fn)
 

@@ -98,6 +98,9 @@ class FakeHost:
     def last_seq(self) -> int:
         return self._seq
 
+    def unclean(self) -> tuple[int, int] | None:
+        return None
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._committed.append(fn)
 
