@@ -77,6 +77,10 @@ class AppHost:
     def skip_seqs(self, upto: int, reason: str) -> list[int]:
         return self._outbox.skip_to(upto, reason)
 
+    def unclean(self) -> tuple[int, int] | None:
+        u = self._outbox.unclean
+        return (u.first, u.last) if u is not None and u.last >= u.first else None
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._outbox.on_committed(fn)
 

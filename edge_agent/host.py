@@ -89,6 +89,10 @@ class Host(Protocol):
     def skip_seqs(self, upto: int, reason: str) -> list[int]:
         """Seqs up to ``upto`` were handed out before a crash and lost uncommitted: never hand them out
         again (they are reported in ``events/dropped`` with ``reason``); returns the ones skipped."""
+
+    def unclean(self) -> tuple[int, int] | None:
+        """The seqs (first, last) the last run may have handed out and lost (it did not stop cleanly),
+        reported in events/dropped; None after a clean stop."""
         ...
 
     def on_committed(self, fn: Callable[[list[int]], None]) -> None: ...

@@ -107,6 +107,9 @@ class FakeHost:
             self.skipped.append((skipped, reason))
             return skipped
 
+    def unclean(self) -> tuple[int, int] | None:
+        return None
+
     def on_committed(self, fn: Callable[[list[int]], None]) -> None:
         self._committed.append(fn)
 

@@ -290,14 +290,21 @@ class Tracker:
         synchronous, the outbox's group commit is not) are sent again (the sender ignores what it already
         knows)."""
         with self._lock:
-            self._reconcile_seqs(self._host.last_seq())
+            self._reconcile_seqs(self._host.last_seq(), self._host.unclean())
             self._reconcile_open()
         self._resend_owed_receipts()
 
-    def _reconcile_seqs(self, last: int) -> None:
+    def _reconcile_seqs(self, last: int, unclean: tuple[int, int] | None) -> None:
         h = self._history
         lost: dict[str, list[int]] = {}
         for seq, (mid, state) in h.tracked_seqs().items():
+            if unclean is not None and unclean[0] <= seq <= unclean[1] and state < 2:
+                # write-behind: it may have reached the broker or not; the outbox no longer has it
+                log.warning("message %s was lost or not confirmed when the agent stopped; marked failed", mid)
+                h.set_status(mid, "failed", "lost: the agent stopped before the broker acknowledged it "
+                                            "(it may have been delivered)")
+                h.forget_mid(mid)
+                continue
             if seq > last:
                 lost.setdefault(mid, []).append(seq)
                 continue

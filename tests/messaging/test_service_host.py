@@ -448,3 +448,16 @@ def test_listener_threads_stop_even_when_stop_is_called_from_a_callback(make: Ma
     svc.add_listener("message", on)
     host.deliver(f"{P}/me/inbox", env("bob", 1, "msg", "bye"))
     assert done.wait(5) and svc.history.closed
+
+
+def test_restart_after_a_crash_fails_what_the_outbox_reported_lost(make: Make, tmp_path: Path) -> None:
+    """Write-behind: a message handed out but not acknowledged when the agent died is in the outbox's
+    crash range (host.unclean()); it must end failed (it may have been delivered), not stay queued."""
+    _host, svc = make()
+    m = svc.send("bob", "held in memory when the agent died")
+    svc.stop()
+    host2, svc2 = make(state=tmp_path / "me", start=False)
+    host2.unclean = lambda: (1, 10_000)  # type: ignore[method-assign]
+    svc2.start()
+    got = svc2.history.get(m.id)
+    assert got is not None and got.status == "failed" and "may have been delivered" in got.reason
