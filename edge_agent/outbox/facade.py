@@ -87,8 +87,6 @@ class Outbox:
         self._writer: Writer | None = None
         # The per-message calls go straight to their part: no extra frame on the hot path (the methods
         # below document them and are what type checkers see).
-        self.put = self._staging.put  # type: ignore[method-assign]
-        self.accept = self._staging.accept  # type: ignore[method-assign]
         self.count = self._staging.count  # type: ignore[method-assign]
         self.begin = self._claims.begin  # type: ignore[method-assign]
         self.release = self._claims.release  # type: ignore[method-assign]
