@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _article import broker_address, out, ready, vega_data
+
 from edge_agent import Agent
 
 SETTINGS: dict[str, dict[str, Any]] = {"mqtt": {"reconnect_min": 0.2, "reconnect_max": 5.0},
@@ -56,38 +58,6 @@ SCHEDULE = (
     Flight("EA205", "SFO", "09:40", "Airbus A320", False, ("chen", "dara", "emil")),
     Flight("EA317", "ANC", "18:20", "Boeing 737-800", False, ("fay", "gus")),
 )
-
-_print_lock = threading.Lock()
-
-
-def out(line: str) -> None:
-    with _print_lock:
-        print(line, flush=True)
-
-
-def broker_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
-    return host, int(port)
-
-
-def vega_data() -> Any:
-    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
-    try:
-        from vega_datasets import data
-    except ImportError:
-        raise SystemExit("this example reads its data from the vega_datasets package: "
-                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
-    return data
-
-
-def ready(agent: Agent, timeout: float = 15.0) -> None:
-    """Online, and the broker has processed our subscriptions (see examples/stock_alerts.py)."""
-    if not agent.wait_online(timeout):
-        raise SystemExit(f"{agent.device_id}: cannot reach the broker at {agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}")
-    agent.wait_status(agent.publish("presence", {"online": True}), "sent", timeout=timeout)
-
 
 def seattle_weather(date: str) -> dict[str, Any]:
     """The day's observation from vega_datasets' local copy (no download)."""
