@@ -1,5 +1,6 @@
 """What the article's three examples (stock_alerts.py, flight_delays.py, chatbot.py) share: printing from
-several agents' callback threads, the --broker argument, the vega_datasets data and the "ready" wait.
+several agents' callback threads, the --broker argument, the vega_datasets data, the "ready" wait and
+waiting for group members' receipts.
 
 The examples run as scripts, so this directory is on ``sys.path`` and ``from _article import ...`` works.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+import time
 from typing import Any
 
 from edge_agent import Agent
@@ -47,3 +49,15 @@ def ready(agent: Agent, timeout: float = 15.0) -> None:
     if not agent.wait_online(timeout):
         raise SystemExit(f"{agent.device_id}: cannot reach the broker at {agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}")
     agent.wait_status(agent.publish("presence", {"online": True}), "sent", timeout=timeout)
+
+
+def wait_receipts(agent: Agent, mid: str, want: dict[str, str], timeout: float) -> dict[str, str]:
+    """Until each member in ``want`` has at least the status given (delivered < read); returns the receipts."""
+    rank = {"delivered": 1, "read": 2}
+    deadline = time.monotonic() + timeout
+    while True:
+        m = agent.message(mid)
+        got = dict(m.receipts) if m is not None else {}
+        if all(rank.get(got.get(k, ""), 0) >= rank[v] for k, v in want.items()) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)

@@ -29,12 +29,11 @@ import math
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _article import broker_address, out, ready, vega_data
+from _article import broker_address, out, ready, vega_data, wait_receipts
 
 from edge_agent import Agent
 
@@ -121,17 +120,6 @@ def estimate_delay(wx: dict[str, Any], f: Flight) -> tuple[int, list[str]]:
 def later(hhmm: str, minutes: int) -> str:
     t = int(hhmm[:2]) * 60 + int(hhmm[3:]) + minutes
     return f"{t // 60 % 24:02d}:{t % 60:02d}" + (" (+1 day)" if t >= 24 * 60 else "")
-
-
-def wait_receipts(agent: Agent, mid: str, members: list[str], status: str, timeout: float) -> dict[str, str]:
-    rank = {"delivered": 1, "read": 2}
-    deadline = time.monotonic() + timeout
-    while True:
-        m = agent.message(mid)
-        got = dict(m.receipts) if m is not None else {}
-        if all(rank.get(got.get(p, ""), 0) >= rank[status] for p in members) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ok = True
         for f, mid in notices.values():
-            receipts = wait_receipts(ops, mid, list(f.passengers), "read", args.timeout)
+            receipts = wait_receipts(ops, mid, dict.fromkeys(f.passengers, "read"), args.timeout)
             done = all(receipts.get(pname) == "read" for pname in f.passengers)
             ok &= done
             out(f"ops: [{mid}] {f.number}: " + "  ".join(f"{pname}={receipts.get(pname, '-')}"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _article import broker_address, out, ready, vega_data
+from _article import broker_address, out, ready, vega_data, wait_receipts
 
 from edge_agent import Agent
 
@@ -92,18 +92,6 @@ class Analyst:
                 f"(z {z:+.1f}; 3-month average {trend} the 12-month)")
         return {"text": text, "symbol": symbol, "month": month, "price": price, "change_pct": round(change, 2),
                 "z": round(z, 2), "ma3": round(fast, 2), "ma12": round(slow, 2)}
-
-
-def wait_receipts(agent: Agent, mid: str, want: dict[str, str], timeout: float) -> dict[str, str]:
-    """Until each member in ``want`` has at least the status given (delivered < read); returns the receipts."""
-    rank = {"delivered": 1, "read": 2}
-    deadline = time.monotonic() + timeout
-    while True:
-        m = agent.message(mid)
-        got = dict(m.receipts) if m is not None else {}
-        if all(rank.get(got.get(k, ""), 0) >= rank[v] for k, v in want.items()) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
