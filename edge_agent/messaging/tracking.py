@@ -50,6 +50,7 @@ class Tracker:
         self._tracked: dict[int, str] = {}
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
         self._filling: set[str] = set()  # files whose chunks are still being put: no status moves yet
+        self._putting = False  # a put is between host.put and recording its seq: its ack may come first
 
     # ------------------------------------------------------------------ putting
     def put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], str], *,
@@ -58,9 +59,13 @@ class Tracker:
         the id of the message it belongs to), all under the lock; report "pending" if ``announce``."""
         with self._lock:
             ts = time.time()
-            seq = self._host.put(build(ts))
-            mid = record(seq, ts)
-            self._tracked[seq] = mid
+            self._putting = True
+            try:
+                seq = self._host.put(build(ts))
+                mid = record(seq, ts)
+                self._tracked[seq] = mid
+            finally:
+                self._putting = False
             if announce:
                 self._emit(mid)  # under the lock: "pending" is reported before any later status
             return mid
@@ -151,8 +156,10 @@ class Tracker:
                     log.debug("receipt commit not recorded: %s", e)
 
     def on_ack(self, seq: int, ack: Ack) -> None:
-        if seq not in self._tracked or isinstance(ack, LinkLost):
-            # not ours (telemetry: no lock on the PUBACK hot path), or released to be sent again
+        if isinstance(ack, LinkLost) or (seq not in self._tracked and not self._putting):
+            # released to be sent again, or not ours (telemetry: no lock on the PUBACK hot path). A seq's
+            # ack can beat its put() to the history: _putting is set before host.put hands the seq out
+            # and cleared only after the seq is tracked, so that ack waits for the lock below.
             return
         with self._lock:
             mid = self._tracked.get(seq)
