@@ -109,6 +109,8 @@ class Agent:
     def service(self) -> MessagingService:
         """The messaging service. The first use opens the agent's state (outbox, history), so sending and
         the history work before :meth:`start`; the constructor itself touches no file."""
+        if self._service is not None:  # every send() comes here: no lock once open
+            return self._service
         with self._open_lock:
             if self._service is None:
                 self.app.open()

@@ -83,7 +83,6 @@ class ChunkAssembler:
             *, name: str | None = None) -> TransferState:
         """Store chunk ``index`` (0-based) of ``total``; assemble and verify once all are present."""
         self._check(transfer_id, index, total, data, sha256, name)
-        self.dir.mkdir(parents=True, exist_ok=True)
         tdir = self.dir / transfer_id
         meta = self._read_meta(tdir)
         if meta is None:

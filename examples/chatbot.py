@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _article import broker_address, out, ready, vega_data
 
 from edge_agent import Agent
 
@@ -46,38 +47,6 @@ SCRIPT = ("hello", "What did Apple close at in 2008-09?", "weather 2012-01-18", 
           "what is the meaning of life?", "thanks", "bye")
 COMPANIES = {"apple": "AAPL", "microsoft": "MSFT", "amazon": "AMZN", "google": "GOOG", "ibm": "IBM"}
 KINDS = ("sun", "fog", "rain", "drizzle", "snow")
-
-_print_lock = threading.Lock()
-
-
-def out(line: str) -> None:
-    with _print_lock:
-        print(line, flush=True)
-
-
-def broker_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
-    return host, int(port)
-
-
-def vega_data() -> Any:
-    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
-    try:
-        from vega_datasets import data
-    except ImportError:
-        raise SystemExit("this example reads its data from the vega_datasets package: "
-                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
-    return data
-
-
-def ready(agent: Agent, timeout: float = 15.0) -> None:
-    """Online, and the broker has processed our subscriptions (see examples/stock_alerts.py)."""
-    if not agent.wait_online(timeout):
-        raise SystemExit(f"{agent.device_id}: cannot reach the broker at {agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}")
-    agent.wait_status(agent.publish("presence", {"online": True}), "sent", timeout=timeout)
-
 
 class Brain:
     """Intent rules over the stock prices and the Seattle weather (vega_datasets, local files)."""

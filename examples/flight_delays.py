@@ -29,10 +29,11 @@ import math
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _article import broker_address, out, ready, vega_data, wait_receipts
 
 from edge_agent import Agent
 
@@ -56,38 +57,6 @@ SCHEDULE = (
     Flight("EA205", "SFO", "09:40", "Airbus A320", False, ("chen", "dara", "emil")),
     Flight("EA317", "ANC", "18:20", "Boeing 737-800", False, ("fay", "gus")),
 )
-
-_print_lock = threading.Lock()
-
-
-def out(line: str) -> None:
-    with _print_lock:
-        print(line, flush=True)
-
-
-def broker_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
-    return host, int(port)
-
-
-def vega_data() -> Any:
-    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
-    try:
-        from vega_datasets import data
-    except ImportError:
-        raise SystemExit("this example reads its data from the vega_datasets package: "
-                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
-    return data
-
-
-def ready(agent: Agent, timeout: float = 15.0) -> None:
-    """Online, and the broker has processed our subscriptions (see examples/stock_alerts.py)."""
-    if not agent.wait_online(timeout):
-        raise SystemExit(f"{agent.device_id}: cannot reach the broker at {agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}")
-    agent.wait_status(agent.publish("presence", {"online": True}), "sent", timeout=timeout)
-
 
 def seattle_weather(date: str) -> dict[str, Any]:
     """The day's observation from vega_datasets' local copy (no download)."""
@@ -151,17 +120,6 @@ def estimate_delay(wx: dict[str, Any], f: Flight) -> tuple[int, list[str]]:
 def later(hhmm: str, minutes: int) -> str:
     t = int(hhmm[:2]) * 60 + int(hhmm[3:]) + minutes
     return f"{t // 60 % 24:02d}:{t % 60:02d}" + (" (+1 day)" if t >= 24 * 60 else "")
-
-
-def wait_receipts(agent: Agent, mid: str, members: list[str], status: str, timeout: float) -> dict[str, str]:
-    rank = {"delivered": 1, "read": 2}
-    deadline = time.monotonic() + timeout
-    while True:
-        m = agent.message(mid)
-        got = dict(m.receipts) if m is not None else {}
-        if all(rank.get(got.get(p, ""), 0) >= rank[status] for p in members) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         ok = True
         for f, mid in notices.values():
-            receipts = wait_receipts(ops, mid, list(f.passengers), "read", args.timeout)
+            receipts = wait_receipts(ops, mid, dict.fromkeys(f.passengers, "read"), args.timeout)
             done = all(receipts.get(pname) == "read" for pname in f.passengers)
             ok &= done
             out(f"ops: [{mid}] {f.number}: " + "  ".join(f"{pname}={receipts.get(pname, '-')}"

@@ -34,49 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _article import broker_address, out, ready, vega_data, wait_receipts
 
 from edge_agent import Agent
 
 GROUP = "investors"
 SETTINGS: dict[str, dict[str, Any]] = {"mqtt": {"reconnect_min": 0.2, "reconnect_max": 5.0},
                                        "agent": {"stop_timeout": 2.0}}
-
-_print_lock = threading.Lock()
-
-
-def out(line: str) -> None:
-    with _print_lock:
-        print(line, flush=True)
-
-
-def broker_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
-    return host, int(port)
-
-
-def vega_data() -> Any:
-    """vega_datasets' loaders; the data used here is in the package itself (read locally, never downloaded)."""
-    try:
-        from vega_datasets import data
-    except ImportError:
-        raise SystemExit("this example reads its data from the vega_datasets package: "
-                         "pip install 'edge-agent[examples]' (or vega_datasets)") from None
-    return data
-
-
-def ready(agent: Agent, timeout: float = 15.0) -> None:
-    """Online, and the broker has processed our subscriptions.
-
-    ``wait_online()`` returns once the connection is up, before the broker has acknowledged the
-    subscriptions sent with it. A message published after them on the same connection is processed after
-    them, so its PUBACK (status "sent") shows they are in place: from then on nothing sent to us is lost.
-    """
-    if not agent.wait_online(timeout):
-        raise SystemExit(f"{agent.device_id}: cannot reach the broker at {agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}")
-    agent.wait_status(agent.publish("presence", {"online": True}), "sent", timeout=timeout)
-
 
 def load_quotes() -> list[tuple[str, str, float]]:
     """(month 'YYYY-MM', symbol, price) in date order, from vega_datasets' local copy (no download)."""
@@ -128,18 +92,6 @@ class Analyst:
                 f"(z {z:+.1f}; 3-month average {trend} the 12-month)")
         return {"text": text, "symbol": symbol, "month": month, "price": price, "change_pct": round(change, 2),
                 "z": round(z, 2), "ma3": round(fast, 2), "ma12": round(slow, 2)}
-
-
-def wait_receipts(agent: Agent, mid: str, want: dict[str, str], timeout: float) -> dict[str, str]:
-    """Until each member in ``want`` has at least the status given (delivered < read); returns the receipts."""
-    rank = {"delivered": 1, "read": 2}
-    deadline = time.monotonic() + timeout
-    while True:
-        m = agent.message(mid)
-        got = dict(m.receipts) if m is not None else {}
-        if all(rank.get(got.get(k, ""), 0) >= rank[v] for k, v in want.items()) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

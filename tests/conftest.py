@@ -1,23 +1,18 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_agent.devbroker import BrokerUnavailable, DevBroker
+from edge_agent.devbroker import DevBroker
+from tests.helpers import start_or_skip
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[DevBroker]:
     """A real mosquitto on a free port, private to the test."""
-    try:
-        b = DevBroker(workdir=tmp_path / "broker").start()
-    except BrokerUnavailable as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
+    b = start_or_skip(DevBroker(workdir=tmp_path / "broker").start)
     try:
         yield b
     finally:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent import codec
 from edge_agent.config import MqttConfig
@@ -23,6 +23,23 @@ from edge_agent.transport.mqtt import InMessage, MqttTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+
+
+T = TypeVar("T")
+
+
+def start_or_skip(start: Callable[[], T]) -> T:
+    """``start()`` a test broker; without Mosquitto the test is skipped, except in CI, where it fails."""
+    import pytest
+
+    from edge_agent.devbroker import BrokerUnavailable
+
+    try:
+        return start()
+    except BrokerUnavailable as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
 
 
 def unique(prefix: str = "t") -> str:

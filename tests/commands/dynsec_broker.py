@@ -20,6 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.cli.main import main
 from edge_agent.devbroker import BrokerUnavailable, DevBroker
+from tests.helpers import start_or_skip
 
 PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
@@ -83,12 +84,7 @@ def start_dynsec_broker(tmp_path: Path) -> DynsecBroker:
 
 @pytest.fixture
 def dynsec_broker(tmp_path: Path) -> Iterator[DynsecBroker]:
-    try:
-        b = start_dynsec_broker(tmp_path)
-    except BrokerUnavailable as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
+    b = start_or_skip(lambda: start_dynsec_broker(tmp_path))
     try:
         yield b
     finally:

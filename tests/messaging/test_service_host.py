@@ -129,6 +129,30 @@ def test_commit_then_accepted_ack_moves_pending_queued_sent_reported_in_order(ma
     wait_for(lambda: [s for i, s in seen if i == m.id] == ["pending", "queued", "sent"], 5, msg=str(seen))
 
 
+def test_an_ack_that_beats_the_history_record_still_counts(make: Make) -> None:
+    """Real time: the forwarder can publish a seq and get its PUBACK (on the network thread) while send()
+    is still writing the message to the history. That ack must not be lost (it was: the message, or a
+    file, stayed ``queued`` for good and showed up as a hang after a restart under load)."""
+    host, svc = make()
+    real_put = host.put
+    acker: list[threading.Thread] = []
+
+    def put_then_ack_at_once(msg: Outgoing) -> int:
+        seq = real_put(msg)
+        t = threading.Thread(target=host.ack, args=(seq,))  # the PUBACK arrives before the seq is recorded
+        t.start()
+        t.join(0.2)  # give it every chance to run first
+        acker.append(t)
+        return seq
+
+    host.put = put_then_ack_at_once  # type: ignore[method-assign]
+    m = svc.send("bob", "fast link")
+    for t in acker:
+        t.join(5)
+    host.commit([host.sent[-1][0]])
+    assert status(svc, m.id) == "sent"
+
+
 def test_refused_ack_turns_the_message_failed_with_the_reason_code(make: Make) -> None:
     host, svc = make()
     m = svc.send("bob", "not allowed")
