@@ -9,14 +9,13 @@ It sees the agent only through :class:`edge_agent.host.Host`::
     files                                                   (transfers.py: chunks, assembly, re-sends)
     on_message / on_message_status / on_connection_status   (dispatch.py: one thread calls the app)
 
-Lifecycle: the constructor only stores. :meth:`open` opens ``history.db`` and the transfers directory,
-registers the outbox and ack callbacks, reconciles with the outbox and re-sends receipts lost at the last
-stop; after it, messages can be sent (the outbox keeps them until the link is up). :meth:`start` opens if
-needed, subscribes (inbox, receipts, groups) and starts the callback and sweep threads; the host must call
+Lifecycle: the constructor only stores. :meth:`open` opens ``history.db``, registers the outbox and ack
+callbacks, reconciles with the outbox and re-sends receipts lost at the last stop; after it, messages can
+be sent. :meth:`start` opens if needed, subscribes (inbox, receipts, groups) and starts the callback, ack
+and sweep threads; the host must call
 it before its transport connects, so the persistent session's queued messages find their handlers.
-:meth:`stop` stops the threads and closes the history; the host should call it after the outbox drained
-(acks that arrive later are not recorded: the message stays "queued" until a receipt or its TTL).
-The inbox and group subscriptions live in the persistent MQTT session: what is sent while offline waits.
+:meth:`stop` stops the threads and closes the history, after the outbox drained (a later ack is lost: the
+message stays "queued" until a receipt or its TTL). Subscriptions live in the persistent MQTT session.
 """
 
 from __future__ import annotations
@@ -58,19 +57,18 @@ log = logging.getLogger("edge_agent.messaging")
 
 RESERVED_STREAMS = ("inbox", "receipts", "cmd", "cmd-reply", "status")
 MAX_DATA = DATA_MAX
-QUERY_FILTERS = frozenset({"peer", "group", "stream", "sender", "since", "until", "search", "unread", "kind",
-                           "limit", "newest_first"})
+QUERY_FILTERS = frozenset(
+    {"peer", "group", "stream", "sender", "since", "until", "search", "unread", "kind", "limit", "newest_first"})
 _PRUNE_EVERY = 600.0  # seconds between full retention passes (history age/size, stale transfers)
 
 
 def _exactly(topic: str) -> Callable[[str], bool]:
-    return lambda t: t == topic
+    return topic.__eq__
 
 
 @dataclass
 class _Parts:
     """What :meth:`MessagingService.open` makes."""
-
     history: History
     tracker: Tracker
     transfers: FileTransfers
@@ -177,18 +175,15 @@ class MessagingService:
         self._dispatcher.wake()  # messages stored but not yet seen by the app before a restart
 
     def settle(self, timeout: float = 5.0) -> bool:
-        """Wait until the broker acknowledgements received so far are recorded in the history (they are
-        recorded on a thread of their own, many per transaction); False on timeout."""
-        p = self._parts
-        return p is None or p.tracker.settle(timeout)
+        """Wait until the PUBACKs received so far are in the history (batched on a thread); False on timeout."""
+        return self._parts is None or self._parts.tracker.settle(timeout)
 
     def stop(self) -> None:
         """Stop the callback and sweep threads and close the history (from a callback, too)."""
         self._stop.set()
         self._dispatcher.wake()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(5.0)
+        for t in [t for t in self._threads if t is not threading.current_thread()]:
+            t.join(5.0)
         self._threads.clear()
         if self._parts is not None:
             self._parts.tracker.stop()

@@ -297,13 +297,19 @@ class Tracker:
     def _reconcile_seqs(self, last: int, unclean: tuple[int, int] | None) -> None:
         h = self._history
         lost: dict[str, list[int]] = {}
-        for seq, (mid, state) in h.tracked_seqs().items():
+        ended: set[str] = set()
+        for seq, (mid, state) in sorted(h.tracked_seqs().items()):
+            if mid in ended:
+                continue
             if unclean is not None and unclean[0] <= seq <= unclean[1] and state < 2:
+                ended.add(mid)
                 # write-behind: it may have reached the broker or not; the outbox no longer has it
                 log.warning("message %s was lost or not confirmed when the agent stopped; marked failed", mid)
                 h.set_status(mid, "failed", "lost: the agent stopped before the broker acknowledged it "
                                             "(it may have been delivered)")
                 h.forget_mid(mid)
+                self.forget(mid)  # a file's other chunks
+                self._emit(mid)
                 continue
             if seq > last:
                 lost.setdefault(mid, []).append(seq)

@@ -1,10 +1,9 @@
 """The writer thread: the only one that writes the queue database.
 
 Every cycle is one transaction: maintenance's victims (with their ``events/dropped`` report), the memory
-batch, and the acks. A cycle waits for work, lets more join (group commit, see
-:meth:`Staging.next_cycle`), then: maintain (when due) -> collect -> commit -> publish the result ->
-notify the listeners. A failed commit puts everything back into memory and retries (see
-:meth:`Writer._failed`); it never raises into the producers.
+batch, and the acks. A cycle waits for work, lets more join (:meth:`Staging.next_cycle`), then: maintain
+(when due) -> collect -> commit -> publish -> notify the listeners. A failed commit puts everything back
+into memory and retries (see :meth:`Writer._failed`); it never raises into the producers.
 
 Acked rows are not deleted one by one (a B-tree delete rewrites every page it touches, doubling the bytes
 written per message): their seqs are kept as ranges in ``meta.acked``, and once every stored row is
@@ -52,7 +51,6 @@ class Timing:
 @dataclass
 class _Work:
     """What one commit stores: the batch, the acks, the victims, and the counters after it."""
-
     batch: list[Row]
     acks: list[int]
     victims: Victims
@@ -227,7 +225,6 @@ class Writer:
         plan = self.maintenance.plan(now_ms=now_ms, expire=expire, reschedule=reschedule, exclude=exclude,
                                      stored_rows=self.stored + self.acked.rows, acked=self.acked,
                                      report_topic=rid, max_prio=mem_floor)
-
         if plan.purge_acked:
             self.purge_acked = True
         with self.staging.cond:
@@ -400,5 +397,4 @@ class Writer:
             self.next_maint = 0.0  # evict at once
         else:
             log.error("outbox: cannot store %d message(s): %s; kept in memory, retrying", len(work.batch), err)
-        ci = self.timing.commit_interval
-        time.sleep(min(0.5, max(0.05, ci * 10)) if ci else 0.5)
+        time.sleep(min(0.5, max(0.05, self.timing.commit_interval * 10)) if self.timing.commit_interval else 0.5)

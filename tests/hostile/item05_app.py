@@ -27,10 +27,11 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--state", required=True)
     p.add_argument("--file", default="")
+    p.add_argument("--storage-mode", default="write_behind", choices=("write_behind", "durable"))
     args = p.parse_args()
     agent = Agent(device_id="crasher-5", host="127.0.0.1", port=args.port, state_dir=args.state,
                   settings={"mqtt": {"reconnect_min": 0.1, "reconnect_max": 0.5},
-                            "storage": {"commit_interval": 5.0}})
+                            "storage": {"commit_interval": 5.0, "mode": args.storage_mode}})
     agent.on_message_status(lambda m: say(f"STATUS {m.id} {m.status} {m.reason}"))
     agent.start()
     if args.mode == "send":
