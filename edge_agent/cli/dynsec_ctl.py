@@ -10,10 +10,18 @@ Secrets never appear on a command line (``/proc/<pid>/cmdline`` is readable by e
 mosquitto_ctrl 2.0.11 exits 0 even when the plugin refuses a command (it prints
 ``<command>: Error: <reason>`` on stderr), so its stderr is read: any ``Error`` line raises
 :class:`DynsecError` with the plugin's reason.
+
+Every mosquitto_ctrl reads the plugin's answers on one shared topic, so two of them run at the same time
+against one broker can each take the other's answer (seen with Ansible's parallel forks: one host's
+``users add`` failed with another host's "Group is already in this role"). Calls to one broker are
+therefore serialised through a lock file in the temp directory, and an answer naming another command is
+reported as such instead of being taken for ours.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -82,6 +90,22 @@ class DynsecCtl:
             opts.append(f"--cafile {cafile}")
         self._opts = "\n".join(opts) + "\n"
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        safe_host = re.sub(r"[^\w.-]", "_", host)
+        self._lock_path = Path(tempfile.gettempdir()) / f"edge-agent-dynsec-{safe_host}-{int(port)}.lock"
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self) -> Iterator[None]:
+        """Hold the per-broker lock file (no lock if it cannot be opened: e.g. another user's file)."""
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def open(self) -> DynsecCtl:
         """Write the admin options file (0600, in a private temp dir); idempotent."""
@@ -111,8 +135,9 @@ class DynsecCtl:
         assert self._dir is not None
         env = {**os.environ, "XDG_CONFIG_HOME": self._dir.name}
         try:
-            r = subprocess.run([self.exe, "dynsec", *args], input=stdin if stdin is not None else "",
-                               capture_output=True, text=True, timeout=self.timeout, env=env)
+            with self._one_at_a_time():
+                r = subprocess.run([self.exe, "dynsec", *args], input=stdin if stdin is not None else "",
+                                   capture_output=True, text=True, timeout=self.timeout, env=env)
         except subprocess.TimeoutExpired as e:
             raise BrokerError(f"mosquitto_ctrl dynsec {args[0]} did not finish within {self.timeout} s") from e
         conn = _line(_CONN_ERROR, r.stderr)
@@ -123,6 +148,10 @@ class DynsecCtl:
             reason = err.group(2).strip()
             if err.group(1) is None:  # "Error: Connection refused" and other client-side failures
                 raise BrokerError(f"mosquitto_ctrl: {reason}")
+            if err.group(1) != args[0]:
+                raise BrokerError(f"mosquitto_ctrl dynsec {args[0]} was answered for another admin's "
+                                  f"{err.group(1)} ({reason}): someone else is changing the broker's accounts "
+                                  "right now; run it again")
             raise DynsecError(err.group(1), reason)
         if r.returncode != 0:
             raise BrokerError(f"mosquitto_ctrl dynsec {args[0]} exited with {r.returncode}: "

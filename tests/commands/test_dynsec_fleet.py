@@ -260,3 +260,30 @@ def test_device_cannot_subscribe_with_a_wildcard_for_others(dynsec_broker: Dynse
     finally:
         c.close()
         op.close()
+
+
+def test_parallel_admin_sessions_do_not_take_each_others_answers(dynsec_broker: DynsecBroker) -> None:
+    """Ansible provisions hosts in parallel forks; every mosquitto_ctrl reads the plugin's answers on one
+    shared topic, so without the per-broker lock one host's call took another's answer ("Group is already
+    in this role") and failed. Six sessions each ensure the same group many times at once."""
+    from edge_agent.cli.dynsec_ctl import DynsecCtl
+
+    b = dynsec_broker
+    password = b.admin_password_file.read_text().strip()
+    errors: list[Exception] = []
+
+    def worker(k: int) -> None:
+        with DynsecCtl("127.0.0.1", b.port, "admin", password) as ctl:
+            try:
+                for _ in range(10):
+                    ctl.ensure_role(dynsec.Role(name="race-role", acls=()))
+                    ctl.ensure_group("race-group", "race-role")
+            except Exception as e:  # collected and asserted below
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
