@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from edge_agent.config import MqttConfig
 from edge_agent.forwarder import Forwarder
@@ -36,6 +36,9 @@ class FakeQueue:
 
     def wait(self, timeout: float) -> bool:
         return False
+
+    def on_ready(self, fn: Callable[[], None]) -> None:  # write-behind: a new row is sendable at once
+        self.ready = fn
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

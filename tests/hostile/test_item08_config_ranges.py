@@ -19,7 +19,8 @@ from tests.helpers import ROOT, write_config
 BAD_NUMBERS = [
     ("[storage]\nmax_age = inf", "storage.max_age"),
     ("[storage]\nmax_age = nan", "storage.max_age"),
-    ("[storage]\ncommit_interval = 1e-300", "storage.commit_interval"),
+    ("[storage]\ncommit_interval = 1e300", "storage.commit_interval"),  # 0 (commit when idle) and up is fine
+    ("[storage]\nflush_after = 1e-300", "storage.flush_after"),
     ("[mqtt]\nsession_expiry = 4294967296", "mqtt.session_expiry"),
     ("[mqtt]\nconnect_timeout = inf", "mqtt.connect_timeout"),
     ("[mqtt]\nmax_rate = inf", "mqtt.max_rate"),
