@@ -45,3 +45,13 @@ def test_cli_imports_plainly_and_python_m_works() -> None:
     r = subprocess.run([sys.executable, "-m", "edge_agent", "--help"], capture_output=True, text=True,
                        cwd=PKG.parent, timeout=60)
     assert r.returncode == 0 and "ctl" in r.stdout and "messages" in r.stdout
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree() -> None:
+    """A merge once left ``<<<<<<< HEAD`` blocks in docs/messaging.md and docs/reliability.md."""
+    root = PKG.parent
+    out = subprocess.run(["git", "-C", str(root), "grep", "-nE", "^(<<<<<<< |>>>>>>> )", "--", ".",
+                          ":!docs/wip"], capture_output=True, text=True)
+    if out.returncode == 128:  # not a git checkout (e.g. an sdist): nothing to check
+        return
+    assert out.stdout == "", out.stdout
