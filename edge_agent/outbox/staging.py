@@ -242,7 +242,11 @@ class Staging:
                         or self._hold_due_locked(now)):
                     break
                 self.cond.wait(self._wait_locked(now, next_maint))
-                heartbeat()
+                self.cond.release()  # a beat never holds the lock (a stuck beat must not block put())
+                try:
+                    heartbeat()
+                finally:
+                    self.cond.acquire()
             self._spill_locked(self._closed or self._flush_req > self._flush_done)
             self._linger_locked(commit_interval, ack_interval)
             return self._closed, self._flush_req

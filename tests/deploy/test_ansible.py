@@ -67,8 +67,10 @@ def playbook(inv: Path, *args: str, extra: dict[str, object]) -> tuple[Run, dict
     """``ansible-playbook site.yml`` with the project's ansible.cfg; returns the result and recap totals."""
     exe = need_tool("ansible-playbook", "pip install ansible-core")
     tmp = str(inv.parent / ".ansible-tmp")
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": tmp, "ANSIBLE_REMOTE_TEMP": tmp}
+    # no PYTHONPATH: a checkout on it (with its edge_agent.egg-info) made the role's pip in the new venv
+    # think edge-agent was installed already, so the venv got the dependencies but not the agent
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": tmp, "ANSIBLE_REMOTE_TEMP": tmp}
     extra_file = inv.parent / "extra.yml"
     extra_file.write_text(yaml.safe_dump(extra))
     r = subprocess.run([exe, "-i", str(inv), "site.yml", "-e", f"@{extra_file}", *args], cwd=ANSIBLE_DIR,
