@@ -207,8 +207,9 @@ class BootAgent(AgentProcess):
         return self
 
 
-def survivors(backing: Path, work: Path) -> tuple[str, int]:
-    """integrity_check and the row count of a copy of the outbox as the cut left it on the "disk"."""
+def survivors(backing: Path, work: Path) -> tuple[str, int | None]:
+    """integrity_check and the row count of a copy of the outbox as the cut left it on the "disk" (None:
+    not even its schema had been synced)."""
     db_dir = backing / "state"
     if not (db_dir / "outbox.db").exists():
         return "ok", 0
@@ -220,7 +221,8 @@ def survivors(backing: Path, work: Path) -> tuple[str, int]:
     db = sqlite3.connect(work / "outbox.db")
     try:
         ok = str(db.execute("PRAGMA integrity_check").fetchone()[0])
-        rows = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        rows = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]) if "messages" in tables else None
     finally:
         db.close()
     shutil.rmtree(work)
