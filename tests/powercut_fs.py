@@ -59,6 +59,7 @@ class Inode:
     floor: int  # bytes of BACKING at or past ``floor`` read as zeros (a truncation not yet synced)
     pages: dict[int, bytearray] = field(default_factory=dict)  # dirty pages by index
     opens: int = 0
+    name: str = ""  # the path it was last opened by (for the reports)
 
     @property
     def dirty(self) -> bool:
@@ -156,10 +157,12 @@ class LossyOps:
         # no os.fsync of BACKING: the machine under the test keeps its power; what matters is that
         # nothing but an fsync (or a clean unmount) ever writes file content to BACKING
 
-    def unsynced(self) -> dict[str, int]:
+    def unsynced(self) -> dict[str, Any]:
+        """What a cut now would lose: files, dirty pages, their bytes, and the pages per file."""
         files = [n for n in self.inodes.values() if n.dirty]
         return {"files": len(files), "pages": sum(len(n.pages) for n in files),
-                "bytes": sum(len(n.pages) for n in files) * PAGE}
+                "bytes": sum(len(n.pages) for n in files) * PAGE,
+                "by_file": {n.name: len(n.pages) for n in files}}
 
     def cut(self, torn_seed: int | None) -> None:
         """Power off: hold the lock for good, report what is lost, optionally write half of it, exit."""
@@ -259,6 +262,7 @@ class LossyOps:
             if flags & os.O_TRUNC:
                 self._truncate(node, 0)
             node.opens += 1
+            node.name = path
             fh = self.next_fh
             self.next_fh += 1
             self.handles[fh] = os.fstat(node.fd).st_ino
@@ -397,7 +401,7 @@ class PowerCutFS:
         self.log.flush()
         return (self.mnt.parent / f"{self.mnt.name}.fs.log").read_text(errors="replace")
 
-    def unsynced(self) -> dict[str, int]:
+    def unsynced(self) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(b"unsynced\n")
         self.proc.stdin.flush()

@@ -287,7 +287,8 @@ def power_cut_loop(tmp_path: Path, broker: DevBroker, backing: Path, mnt: Path, 
     return summary
 
 
-@pytest.mark.parametrize("mode,sync", [("write_behind", "normal"), ("durable", "normal")])
+@pytest.mark.parametrize("mode,sync", [("write_behind", "normal"), ("durable", "normal"), ("write_behind", "full"),
+                                       ("durable", "full")])
 def test_power_cut_agent(cutfs: tuple[Path, Path], tmp_path: Path, broker: DevBroker, mode: str, sync: str) -> None:
     backing, mnt = cutfs
     power_cut_loop(tmp_path, broker, backing, mnt, mode=mode, sync=sync, cuts=3, seed=11)
