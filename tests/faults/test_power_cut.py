@@ -275,9 +275,12 @@ def power_cut_loop(tmp_path: Path, broker: DevBroker, backing: Path, mnt: Path, 
             highest = max([last, *acc.received])
     finally:
         fs.unmount()
+    # the disk reserve (storage.max_bytes 256 MiB -> 4 MiB) is whole again, whatever the cuts left of it
+    reserve = (backing / "state" / "outbox.db.reserve").stat().st_size
     summary = {"mode": mode, "sync": sync, "cuts": results, "last_seq": last, "received": len(acc.received),
                "duplicates": acc.duplicates, "dropped": {k: len(v) for k, v in acc.dropped.items()}}
     print("power cut:", json.dumps(summary))
+    assert reserve == 4 * 1024 * 1024, f"disk reserve {reserve} bytes after the cuts"
     assert highest == last, f"a seq above last_seq {last} arrived: {highest}"
     assert acc.missing == [], acc.summary()
     assert acc.conflicts == [], acc.summary()  # no seq ever arrived with two different readings
