@@ -10,11 +10,14 @@ its own process; :class:`PowerCutFS` runs it). Every operation passes through to
   file writes its overlay to BACKING (the only way file content reaches BACKING) and empties it.
   ``close()`` does not sync (as on a real file system). A clean unmount writes every overlay (a clean
   shutdown syncs).
-* **Namespace and attribute operations are durable at once** (create, mkdir, unlink, rmdir, rename,
-  link, symlink, chmod, chown, utimens are applied to BACKING when they happen, in order; a directory
-  fsync has nothing left to do). This is kinder than ext4, whose journal commits them with the next
-  fsync of any file or within 5 s; the agent's own files never depend on it: atomic_write fsyncs the
-  directory after its rename, SQLite fsyncs the directory after creating a WAL.
+* **Namespace operations are journalled** (``namespace="journal"``, the default): create, mkdir, unlink,
+  rmdir, rename, link, symlink are applied to BACKING at once and logged with what undoes them; the
+  next fsync of any file or directory commits the log (as an fsync commits ext4's journal, with every
+  namespace operation before it, in order); a cut undoes what was not committed, newest first (a removed
+  or replaced file comes back with its synced content: it is kept by a hard link in ``BACKING.grave``
+  until the commit). Harsher than ext4 (no 5 s commit timer), kinder than the letter of POSIX (which
+  promises a name only after an fsync of its directory). ``namespace="at_once"`` makes them durable at
+  once. Attributes (chmod, chown, utimens) are durable at once in both.
 * **mmap works** (no direct_io): SQLite's ``-shm`` is mapped shared; the kernel writes its dirty pages
   back through ``write()`` into the overlay, so it is lost at a cut, which is harmless (SQLite rebuilds
   the -shm from the WAL when it is the first to open the database).
@@ -39,6 +42,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -79,16 +83,73 @@ class LossyOps:
             raise _err(errno.ENOSYS)
         return fn(*args)
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, namespace: str = "journal") -> None:
         self.root = os.path.realpath(root)
         self.mutex = threading.RLock()  # not "lock": fusepy would take it for the FUSE lock operation
         self.inodes: dict[int, Inode] = {}
         self.handles: dict[int, int] = {}  # fh -> ino
         self.next_fh = 1
+        if namespace not in ("journal", "at_once"):
+            raise ValueError(f"namespace must be 'journal' or 'at_once', not {namespace!r}")
+        self.namespace = namespace
+        self.journal: list[tuple[str, ...]] = []  # namespace operations not yet committed, with their undo
+        self.grave = self.root + ".grave"  # same file system as BACKING: removed files are kept by a hard link
+        self.buried = 0
+        shutil.rmtree(self.grave, ignore_errors=True)  # left by a cut: its files were linked back or are gone
 
     # ------------------------------------------------------------------ helpers
     def _p(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
+
+    # namespace journal ("journal" mode): every namespace operation is applied to BACKING at once and
+    # logged with what undoes it; a commit (any fsync or directory fsync, like ext4's journal commit)
+    # forgets the log; a cut undoes it, newest first. A removed or replaced file is kept by a hard link in
+    # the grave until the commit, so the undo brings back its inode with its synced content.
+    def _log(self, *entry: str) -> None:
+        if self.namespace == "journal":
+            self.journal.append(entry)
+
+    def _bury(self, p: str) -> str:
+        if self.namespace != "journal":
+            return ""
+        os.makedirs(self.grave, exist_ok=True)
+        self.buried += 1
+        grave = os.path.join(self.grave, str(self.buried))
+        os.link(p, grave, follow_symlinks=False)
+        return grave
+
+    def _commit(self) -> None:
+        for entry in self.journal:
+            grave = entry[-1] if entry[0] in ("unlinked", "renamed") else ""
+            if grave:
+                with contextlib.suppress(OSError):
+                    os.unlink(grave)
+        self.journal.clear()
+        for ino in list(self.inodes):  # the overlays of files that are gone now
+            self._forget(ino)
+
+    def _undo(self) -> int:
+        undone = 0
+        for entry in reversed(self.journal):
+            kind, p = entry[0], entry[1]
+            try:
+                if kind == "created":
+                    os.unlink(p)
+                elif kind == "mkdir":
+                    os.rmdir(p)
+                elif kind == "rmdir":
+                    os.mkdir(p)
+                elif kind == "unlinked":
+                    os.link(entry[2], p, follow_symlinks=False)
+                elif kind == "renamed":
+                    new, grave = entry[2], entry[3]
+                    os.rename(new, p)
+                    if grave:
+                        os.link(grave, new, follow_symlinks=False)
+                undone += 1
+            except OSError as e:
+                print(f"powercut_fs: cannot undo {entry}: {e}", file=sys.stderr)
+        return undone
 
     def _inode(self, ino: int, path: str | None = None, fd: int | None = None) -> Inode:
         node = self.inodes.get(ino)
@@ -162,21 +223,23 @@ class LossyOps:
         files = [n for n in self.inodes.values() if n.dirty]
         return {"files": len(files), "pages": sum(len(n.pages) for n in files),
                 "bytes": sum(len(n.pages) for n in files) * PAGE,
-                "by_file": {n.name: len(n.pages) for n in files}}
+                "by_file": {n.name: len(n.pages) for n in files},
+                "namespace_ops": len(self.journal)}
 
     def cut(self, torn_seed: int | None) -> None:
         """Power off: hold the lock for good, report what is lost, optionally write half of it, exit."""
         self.mutex.acquire()
-        report = {"lost": self.unsynced(), "torn": torn_seed is not None}
+        report: dict[str, Any] = {"lost": self.unsynced(), "torn": torn_seed is not None}
         if torn_seed is not None:
             rng = random.Random(torn_seed)
             for node in self.inodes.values():
                 self._sync(node, keep=0.5, rng=rng)
+        report["undone"] = self._undo()
         sys.stdout.write(json.dumps(report) + "\n")
         sys.stdout.flush()
         os._exit(0)
 
-    # ------------------------------------------------------------------ namespace (durable at once)
+    # ------------------------------------------------------------------ namespace (journalled or at once)
     def access(self, path: str, amode: int) -> None:
         if not os.access(self._p(path), amode):
             raise _err(errno.EACCES)
@@ -208,35 +271,53 @@ class LossyOps:
         return os.readlink(self._p(path))
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
-        os.mknod(self._p(path), mode, dev)
+        with self.mutex:
+            os.mknod(self._p(path), mode, dev)
+            self._log("created", self._p(path))
 
     def mkdir(self, path: str, mode: int) -> None:
-        os.mkdir(self._p(path), mode)
+        with self.mutex:
+            os.mkdir(self._p(path), mode)
+            self._log("mkdir", self._p(path))
 
     def rmdir(self, path: str) -> None:
-        os.rmdir(self._p(path))
+        with self.mutex:
+            os.rmdir(self._p(path))
+            self._log("rmdir", self._p(path))
 
     def symlink(self, target: str, source: str) -> None:
-        os.symlink(source, self._p(target))
+        with self.mutex:
+            os.symlink(source, self._p(target))
+            self._log("created", self._p(target))
 
     def link(self, target: str, source: str) -> None:
-        os.link(self._p(source), self._p(target))
+        with self.mutex:
+            os.link(self._p(source), self._p(target))
+            self._log("created", self._p(target))
 
     def unlink(self, path: str) -> None:
+        p = self._p(path)
         with self.mutex:
-            ino = os.lstat(self._p(path)).st_ino
-            os.unlink(self._p(path))
+            ino = os.lstat(p).st_ino
+            grave = self._bury(p)
+            os.unlink(p)
+            self._log("unlinked", p, grave)
             self._forget(ino)
 
     def rename(self, old: str, new: str) -> None:
+        po, pn = self._p(old), self._p(new)
         with self.mutex:
             try:
-                replaced: int | None = os.lstat(self._p(new)).st_ino
+                st: os.stat_result | None = os.lstat(pn)
             except FileNotFoundError:
-                replaced = None
-            os.rename(self._p(old), self._p(new))
-            if replaced is not None:
-                self._forget(replaced)
+                st = None
+            if self.namespace == "journal" and st is not None and os.path.isdir(pn) and not os.path.islink(pn):
+                raise _err(errno.EXDEV)  # replacing a directory: not needed here, so not journalled
+            grave = self._bury(pn) if st is not None else ""
+            os.rename(po, pn)
+            self._log("renamed", po, pn, grave)
+            if st is not None:
+                self._forget(st.st_ino)
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
         os.utime(self._p(path), ns=times)
@@ -247,14 +328,18 @@ class LossyOps:
                                             "f_files", "f_flag", "f_frsize", "f_namemax")}
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
-        return None  # namespace operations are durable at once
+        with self.mutex:
+            self._commit()
 
     # ------------------------------------------------------------------ file content (volatile until fsync)
     def _open(self, path: str, flags: int, mode: int | None) -> int:
         p = self._p(path)
         with self.mutex:
             base = flags & ~(os.O_TRUNC | os.O_APPEND | os.O_ACCMODE | os.O_DIRECT) | os.O_RDWR
+            new = mode is not None and not os.path.lexists(p)
             fd = os.open(p, base, mode) if mode is not None else os.open(p, base)
+            if new:
+                self._log("created", p)
             try:
                 node = self._inode(os.fstat(fd).st_ino, fd=fd)
             finally:
@@ -316,6 +401,7 @@ class LossyOps:
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         with self.mutex:
             self._sync(self.inodes[self.handles[fh]])
+            self._commit()  # like ext4: an fsync commits the journal, every namespace operation in it
 
     def flush(self, path: str, fh: int) -> None:
         return None  # close() is not a sync
@@ -331,6 +417,7 @@ class LossyOps:
         with self.mutex:
             for node in self.inodes.values():
                 self._sync(node)
+            self._commit()
 
 
 def _err(code: int) -> OSError:
@@ -339,10 +426,10 @@ def _err(code: int) -> OSError:
     return FuseOSError(code)
 
 
-def serve(backing: str, mountpoint: str) -> None:
+def serve(backing: str, mountpoint: str, namespace: str) -> None:
     from fuse import FUSE
 
-    ops = LossyOps(backing)
+    ops = LossyOps(backing, namespace)
 
     def control() -> None:
         for line in sys.stdin:
@@ -380,13 +467,13 @@ def unavailable() -> str | None:
 class PowerCutFS:
     """One mount of the lossy file system: ``backing`` at ``mnt``, served by a child process."""
 
-    def __init__(self, backing: Path, mnt: Path) -> None:
+    def __init__(self, backing: Path, mnt: Path, namespace: str = "journal") -> None:
         self.backing, self.mnt = backing, mnt
         backing.mkdir(parents=True, exist_ok=True)
         mnt.mkdir(parents=True, exist_ok=True)
         self.log = open(mnt.parent / f"{mnt.name}.fs.log", "ab")  # noqa: SIM115
         root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.powercut_fs", str(backing), str(mnt)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.powercut_fs", str(backing), str(mnt), namespace],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=root,
                                      env={**os.environ, "PYTHONPATH": str(root)})
         deadline = time.monotonic() + 15
@@ -456,4 +543,4 @@ class PowerCutFS:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2])
+    serve(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "journal")

@@ -75,7 +75,7 @@ def plain_write(path: Path, data: bytes, offset: int = 0) -> None:
 
 def test_fs_keeps_what_was_synced_and_loses_the_rest(cutfs: tuple[Path, Path]) -> None:
     backing, mnt = cutfs
-    fs = PowerCutFS(backing, mnt)
+    fs = PowerCutFS(backing, mnt, namespace="at_once")
     try:
         a, b, c, d = mnt / "a", mnt / "b", mnt / "c", mnt / "d"
         fsync_write(a, b"A" * 5000)
@@ -105,7 +105,7 @@ def test_fs_keeps_what_was_synced_and_loses_the_rest(cutfs: tuple[Path, Path]) -
         assert (backing / "c").read_bytes() == b"C" * 9000
         assert (backing / "d2").read_bytes() == b"D" * 100 and not (backing / "d").exists()
         # remounted: the same, and a clean unmount writes everything
-        fs = PowerCutFS(backing, mnt)
+        fs = PowerCutFS(backing, mnt, namespace="at_once")
         assert (mnt / "a").read_bytes() == b"A" * 5000
         plain_write(mnt / "e", b"E" * 100)
         os.truncate(mnt / "a", 4096 + 7)
@@ -117,9 +117,48 @@ def test_fs_keeps_what_was_synced_and_loses_the_rest(cutfs: tuple[Path, Path]) -
     assert (backing / "a").read_bytes() == b"A" * 4103 + b"\0" * (9000 - 4103) + b"z"
 
 
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_fs_journal_undoes_namespace_operations_not_committed(cutfs: tuple[Path, Path]) -> None:
+    """The default: a name operation lasts once any fsync (of a file or a directory) followed it."""
+    backing, mnt = cutfs
+    fs = PowerCutFS(backing, mnt)
+    fsync_write(mnt / "kept", b"K")                  # created and synced: committed
+    fsync_write(mnt / "target", b"old")
+    fsync_write(mnt / "gone", b"G")
+    fsync_write(mnt / "tmp1", b"new1")               # the atomic-write pattern, with its directory fsync
+    os.replace(mnt / "tmp1", mnt / "target1")
+    fsync_dir(mnt)
+    os.mkdir(mnt / "sub")
+    fsync_write(mnt / "tmp", b"new")                 # the pattern without it: the rename is not committed
+    os.replace(mnt / "tmp", mnt / "target")
+    os.unlink(mnt / "gone")
+    plain_write(mnt / "new", b"never synced")
+    assert (mnt / "target").read_bytes() == b"new" and not (mnt / "gone").exists()
+    report = fs.cut()
+    assert report["undone"] == 3, report             # rename, unlink, create (newest first)
+    assert (backing / "kept").read_bytes() == b"K"
+    assert (backing / "target1").read_bytes() == b"new1" and not (backing / "tmp1").exists()
+    assert (backing / "sub").is_dir()                # committed by the fsync of tmp
+    assert (backing / "target").read_bytes() == b"old" and (backing / "tmp").read_bytes() == b"new"
+    assert (backing / "gone").read_bytes() == b"G"
+    assert not (backing / "new").exists()
+    fs = PowerCutFS(backing, mnt)
+    os.unlink(mnt / "gone")
+    fs.unmount()                                     # a clean unmount commits everything
+    assert not (backing / "gone").exists() and os.listdir(f"{backing}.grave") == []
+
+
 def test_fs_torn_cut_writes_part_of_the_unsynced_pages(cutfs: tuple[Path, Path]) -> None:
     backing, mnt = cutfs
     fs = PowerCutFS(backing, mnt)
+    fsync_write(mnt / "t", b"")                             # the name is committed
     plain_write(mnt / "t", bytes(range(256)) * 16 * 64)  # 64 pages, none synced
     report = fs.cut(torn_seed=7)
     assert report["torn"] and report["lost"]["pages"] == 64
