@@ -23,6 +23,8 @@ its own process; :class:`PowerCutFS` runs it). Every operation passes through to
   the -shm from the WAL when it is the first to open the database).
 * POSIX locks are left to the kernel (no ``lock`` operation: the kernel then locks locally), which is
   right for processes on one machine.
+* ``sync(2)``/``syncfs(2)`` never reach a FUSE file system, so they save nothing here (the agent uses
+  neither); ``O_SYNC`` writes do (the kernel follows them with an fsync).
 
 **The cut.** A line ``cut`` on the process's stdin takes the global lock (no operation runs after it),
 prints what it throws away (one JSON line on stdout: files and bytes not synced) and exits at once without
