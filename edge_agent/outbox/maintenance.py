@@ -43,15 +43,20 @@ class DiskReserve:
         self.nbytes = nbytes
 
     def exists(self) -> bool:
-        return self.path.exists()
+        """The reserve is there whole (a power cut soon after it was made can leave it empty)."""
+        try:
+            return self.path.stat().st_size >= self.nbytes
+        except OSError:
+            return False
 
     def ensure(self) -> None:
-        if self.nbytes <= 0 or self.path.exists():
+        if self.nbytes <= 0 or self.exists():
             return
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, self.nbytes)
+                os.fsync(fd)  # without fallocate support glibc writes zeros: unsynced, a power cut empties them
             finally:
                 os.close(fd)
         except OSError as e:
