@@ -268,6 +268,12 @@ class CompiledModel:
             raise LiteRtError("LiteRtRunCompiledModel", status)
         return self._out[0]
 
+    def invoke(self) -> None:
+        """Run on the buffers as they are (no copy in, nothing read out): the bench's bare ``invoke()``."""
+        status = self.lib.run(*self._args)
+        if status:
+            raise LiteRtError("LiteRtRunCompiledModel", status)
+
     def close(self) -> None:
         """Free the C objects (also done when the object is collected)."""
         for mv in self.views:
