@@ -21,6 +21,7 @@ like any other. The library verifies the flatbuffer: empty, truncated or corrupt
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import math
 import threading
@@ -204,6 +205,7 @@ class CompiledModel:
         self._in: memoryview = memoryview(b"")
         self._out: memoryview = memoryview(b"")
         self._args: tuple[Any, ...] = ()
+        self._run: Any = None  # LiteRtRunCompiledModel with every argument bound (one call per window)
 
     def compile(self) -> None:
         lib, h = self.lib, self.handles
@@ -234,6 +236,7 @@ class CompiledModel:
         self._out = self.views[len(ins)]
         self._args = (h["compiled"], _S(0), _S(len(ins)), (_P * len(ins))(*ins), _S(len(outs)),
                       (_P * len(outs))(*outs))
+        self._run = functools.partial(lib.run, *self._args)
 
     def _host_view(self, buf: Any, info: TensorInfo, what: str) -> memoryview:
         """The tensor buffer's host memory as a flat memoryview (float32 'f', else bytes 'B')."""
@@ -252,7 +255,7 @@ class CompiledModel:
             self._in[:] = x
         except (ValueError, TypeError):
             self._in[:] = as_f32(x, len(self._in))
-        status = self.lib.run(*self._args)
+        status = self._run()
         if status:
             raise LiteRtError("LiteRtRunCompiledModel", status)
         return self._out
@@ -263,14 +266,14 @@ class CompiledModel:
             self._in[:] = x
         except (ValueError, TypeError):
             self._in[:] = as_f32(x, len(self._in))
-        status = self.lib.run(*self._args)
+        status = self._run()
         if status:
             raise LiteRtError("LiteRtRunCompiledModel", status)
         return self._out[0]
 
     def invoke(self) -> None:
         """Run on the buffers as they are (no copy in, nothing read out): the bench's bare ``invoke()``."""
-        status = self.lib.run(*self._args)
+        status = self._run()
         if status:
             raise LiteRtError("LiteRtRunCompiledModel", status)
 
@@ -281,6 +284,7 @@ class CompiledModel:
         self.views = []
         self._in = self._out = memoryview(b"")
         self._args = ()
+        self._run = None
         fn = self.lib.fn
         for buf in self.buffers:
             fn["LiteRtDestroyTensorBuffer"](buf)

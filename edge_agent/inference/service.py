@@ -73,8 +73,6 @@ class InferenceService:
                 slot.error = self.unavailable
             return
         for slot in self.slots.values():
-            if runtime.uses_numpy():  # a Python wrapper: windows as numpy views (no conversion)
-                slot.windower.use_numpy()
             self._load_at_start(slot)
             slot.thread = threading.Thread(target=self._worker, args=(slot,), name=f"inference-{slot.name}",
                                            daemon=True)
@@ -84,6 +82,8 @@ class InferenceService:
             self._tapped = True
 
     def _load_at_start(self, slot: Slot) -> None:
+        if runtime.uses_numpy():  # a Python wrapper: windows as numpy views (set_tensor takes them as they are)
+            slot.windower.use_numpy()
         tried: list[str] = []
         for path in files.start_candidates(slot.cfg, slot.load_path, slot.install_path):
             try:

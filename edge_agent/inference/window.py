@@ -198,6 +198,8 @@ class Windower:
     def use_numpy(self) -> None:
         """Windows come out as numpy ``(1, window * inputs)`` float32 views of the same ring (for a Python
         wrapper's ``set_tensor``, which takes them without conversion). Imports numpy."""
+        if self._np is not None:
+            return
         import numpy as np
 
         self._np = np
