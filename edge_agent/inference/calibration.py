@@ -10,7 +10,7 @@ A model declares in its metadata that its threshold is learned on the device::
 
 During the warm-up (``warmup_windows`` or ``warmup_seconds`` of reading time in the config, else the
 metadata's ``windows``) the service keeps a copy of every window it runs (``window x inputs`` float32
-each: 200 windows of 32 are 25 KB) and publishes its results marked ``"calibrating": true``, never an
+each, an ``array('f')``: 200 windows of 32 are 42 KB) and publishes its results marked ``"calibrating": true``, never an
 alarm. At the end:
 
 1. ``scale = "window_std"``: the device's statistic is the median over the warm-up windows of each

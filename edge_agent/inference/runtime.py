@@ -251,23 +251,24 @@ class WrapperEngine:
         self._shape = self.inputs[0].shape if ins else ()
         self._n = math.prod(self._shape)
 
-    def _set(self, x: Any) -> None:
+    def _converted(self, x: Any) -> Any:
+        """``x`` in another shape or type (rows, array('f'), float64) as the input tensor's float32 array."""
+        return self.np.frombuffer(as_f32(x, self._n), self.np.float32).reshape(self._shape)
+
+    def score(self, x: Any) -> float:
+        """Set ``x``, invoke, return the first output value (the hot path: three interpreter calls)."""
         it = self.interpreter
         try:
             it.set_tensor(self._i, x)  # a window as the numpy ring cuts it: no conversion
-        except (ValueError, TypeError):  # another shape or type (rows, array('f'), float64): convert
-            it.set_tensor(self._i, self.np.frombuffer(as_f32(x, self._n), self.np.float32).reshape(self._shape))
+        except (ValueError, TypeError):
+            it.set_tensor(self._i, self._converted(x))
+        it.invoke()
+        return it.get_tensor(self._o).item(0)  # type: ignore[no-any-return]
 
     def run(self, x: Any) -> Any:
-        """Set ``x``, invoke, return the first output flattened (a list of floats)."""
-        self._set(x)
-        self.interpreter.invoke()
+        """:meth:`score`, then the whole first output flattened (a list of floats)."""
+        self.score(x)
         return self.interpreter.get_tensor(self._o).reshape(-1).tolist()
-
-    def score(self, x: Any) -> float:
-        self._set(x)
-        self.interpreter.invoke()
-        return float(self.interpreter.get_tensor(self._o).item(0))
 
     def close(self) -> None:
         pass

@@ -198,7 +198,7 @@ def test_missing_and_corrupt_model_files_name_the_file_and_why(tmp_path: Path) -
     """In a fresh process (a crash would show as a signal): each bad file is refused with its path and
     the reason, then the real model loads and runs in the same process, still without numpy."""
     r = subprocess.run([sys.executable, "-c", CORRUPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), runtime.BACKEND_ENV: "c"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["runtime"] == "litert_c"
@@ -254,3 +254,14 @@ def test_the_agent_with_a_model_never_imports_numpy_on_the_c_api(backend: str, t
     assert "edge_agent" in imported and "ctypes" in imported
     assert ("numpy" in imported) is (backend == "python")
     assert ("ai_edge_litert" in imported) is (backend == "python")  # the C API needs no Python package
+
+
+def test_only_the_inference_package_loads_the_litert_library() -> None:
+    """The layering rule for the runtime also covers ctypes: no module outside edge_agent/inference names
+    the C library or loads a shared library (import-linter only sees Python imports)."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge_agent").rglob("*.py")
+                 if "inference" not in p.relative_to(ROOT / "edge_agent").parts
+                 and any(w in p.read_text(encoding="utf-8") for w in ("libLiteRt", "ctypes.CDLL(", "litert_c"))]
+    loaders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge_agent" / "inference").glob("*.py")
+               if "CDLL(" in p.read_text(encoding="utf-8")]
+    assert offenders == [] and loaders == ["edge_agent/inference/litert_c.py"]
