@@ -23,7 +23,8 @@ graph, hidden width 64..2048), repeated ``--reps`` times: the FIXED COST line (a
 the models) and the RATIO line (agent / bare for models of >= 25 us, per block) give the median and the
 range over the repetitions, since one run on a shared machine moves by several per cent; **saturation**:
 windows/s through the worker with every result published into a real SQLite outbox; **RSS** added by
-the runtime and the model.
+the runtime and the model. The backend is the agent's (the LiteRT C API unless ``EDGE_AGENT_TFLITE=python``);
+``--backends`` compares the two in one process instead.
 """
 
 from __future__ import annotations
@@ -241,6 +242,38 @@ def runs_ab(model: Path, window: int, blocks: int) -> dict[str, tuple[float, flo
             for k, v in r.items()}
 
 
+def backends_ab(reps: int, blocks: int) -> None:
+    """The LiteRT C API against the Python wrapper (EDGE_AGENT_TFLITE=python) in one process, alternating
+    per model and repetition, so machine noise hits both alike: overhead (stage - bare) and ratio per model,
+    then the FIXED COST (median over the models) and the ratio of the models of >= 25 us per backend."""
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    models = [("shipped", MODEL, 32, 5000)] + [(f"256-{h}-32-{h}-256", big_model(tmp, h), 256, n)
+                                               for h, n in ((64, 2000), (256, 1000), (1024, 400), (2048, 400))]
+    res: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        for rep in range(reps):
+            for name, path, window, n in models:
+                for backend in ("c", "python"):
+                    os.environ[runtime.BACKEND_ENV] = backend
+                    runtime._reset_for_tests()
+                    r = stage_vs_bare(path, window, 1, blocks, n)
+                    res.setdefault((name, backend), []).append(r)
+                    print(f"[{rep + 1}/{reps}] {name:22s} {backend:6s}: bare {r['bare'] * 1e6:7.2f} us | stage "
+                          f"{r['stage'] * 1e6:7.2f} us | overhead {(r['stage'] - r['bare']) * 1e6:6.2f} us, ratio "
+                          f"{r['ratio']:.3f}", flush=True)
+    finally:
+        os.environ.pop(runtime.BACKEND_ENV, None)
+        runtime._reset_for_tests()
+    for backend in ("c", "python"):
+        over = {m[0]: statistics.median(r["stage"] - r["bare"] for r in res[(m[0], backend)]) for m in models}
+        slow = [m[0] for m in models if statistics.median(r["bare"] for r in res[(m[0], backend)]) >= 25e-6]
+        print(f"{backend:6s}: FIXED COST {statistics.median(over.values()) * 1e6:.2f} us (per model: "
+              + ", ".join(f"{k} {v * 1e6:.2f}" for k, v in over.items()) + ") | RATIO (>= 25 us): "
+              + ", ".join(f"{k} {statistics.median(r['ratio'] for r in res[(k, backend)]):.3f}" for k in slow))
+
+
 def latency(rate: float, seconds: float) -> tuple[float, float, float, int]:
     """Paced readings (hop 1): seconds from handing a window's last reading to the tap to its result."""
     svc, pipe = service(MODEL, 32, 1, queue=4)
@@ -321,8 +354,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the model sweep (median reported)")
     ap.add_argument("--runs-ab", action="store_true", help="only: the worker's runs against RUN = 1, in one process")
+    ap.add_argument("--backends", action="store_true", help="only: C API vs Python wrapper, one process")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if a.backends:
+        backends_ab(a.reps, 5)
+        return 0
     if a.runs_ab:
         tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
         for label, path, window in (("shipped", MODEL, 32), ("256-1024-32-1024-256", big_model(tmp, 1024), 256)):
