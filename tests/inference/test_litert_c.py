@@ -265,3 +265,21 @@ def test_only_the_inference_package_loads_the_litert_library() -> None:
     loaders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge_agent" / "inference").glob("*.py")
                if "CDLL(" in p.read_text(encoding="utf-8")]
     assert offenders == [] and loaders == ["edge_agent/inference/litert_c.py"]
+
+
+def test_backend_switch_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        monkeypatch.setenv(runtime.BACKEND_ENV, "gpu")
+        runtime._reset_for_tests()
+        assert runtime.unavailable_reason() == "EDGE_AGENT_TFLITE must be 'auto', 'c' or 'python', got 'gpu'"
+        with pytest.raises(ModelError, match="EDGE_AGENT_TFLITE must be"):
+            runtime.make_engine(SHIPPED.read_bytes())
+        monkeypatch.setenv(runtime.BACKEND_ENV, "python")
+        runtime._reset_for_tests()
+        assert runtime.runtime_name() in ("tflite_runtime", "ai_edge_litert") and runtime.uses_numpy()
+        monkeypatch.setenv(runtime.BACKEND_ENV, "C")  # case and spaces do not matter
+        runtime._reset_for_tests()
+        assert runtime.runtime_name() == "litert_c" and not runtime.uses_numpy()
+    finally:
+        monkeypatch.delenv(runtime.BACKEND_ENV)
+        runtime._reset_for_tests()
