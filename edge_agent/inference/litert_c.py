@@ -243,10 +243,13 @@ class CompiledModel:
         addr = self.lib.out("LiteRtGetTensorBufferHostMemory", buf, what=what)
         size = self.lib.out("LiteRtGetTensorBufferPackedSize", buf, what=what)
         mv = memoryview((ctypes.c_char * size).from_address(addr)).cast("B")
+        if info.dtype != "float32":
+            return mv  # refused by the model's checks (float32 only), with the tensor's type in the message
         n = math.prod(info.shape) if all(d >= 0 for d in info.shape) else -1
-        if info.dtype == "float32" and size == 4 * n:
-            return mv.cast("f")
-        return mv
+        if size != 4 * n:
+            raise ModelError(f"{what}: a tensor buffer of {size} bytes for shape {list(info.shape)} float32 "
+                             f"(dynamic or strided tensors are not supported)")
+        return mv.cast("f")
 
     def score(self, x: Any) -> float:
         """Copy window ``x`` (``n`` float32 values: a memoryview/array('f'), or any buffer or rows of that
