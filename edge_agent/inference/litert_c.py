@@ -162,7 +162,7 @@ def load_library(path: Path | None = None) -> _Lib:
         if _lib is None:
             p = path or library_path()
             if p is None:
-                raise ModelError(f"{PACKAGE} is not installed (no {LIBRARY})")
+                raise ModelError(f"no {LIBRARY}: ai-edge-litert 2.x is not installed")
             _lib = _Lib(p)
         return _lib
 

@@ -1,7 +1,7 @@
 """The one module that picks and loads a TFLite runtime (with :mod:`.litert_c`, its C-API binding).
 
 First choice: the LiteRT C API, ``libLiteRt.so`` from the ai-edge-litert wheel, loaded through ctypes
-(:mod:`.litert_c`): no numpy, no Python wrapper, ~20 MB less RSS. Set ``EDGE_AGENT_TFLITE=python`` to
+(:mod:`.litert_c`): no numpy, no Python wrapper, ~16 MB less peak RSS. Set ``EDGE_AGENT_TFLITE=python`` to
 skip it (use a Python wrapper and numpy), ``=c`` to accept nothing else; default ``auto``.
 
 Then the Python wrappers. Two wheels provide the same ``Interpreter`` API and neither exists everywhere:

@@ -187,3 +187,18 @@ def test_intact_never_vouches_for_a_lapped_window() -> None:
             else:
                 lapped += 1
     assert checked > 100 and lapped > 100
+
+
+@pytest.mark.parametrize("numpy_views", [False, True])
+def test_a_large_ring_slices_each_window_on_demand(numpy_views: bool) -> None:
+    """Above 4096 rows no per-position views are kept: each window is sliced when read, same values."""
+    w = Windower(window=4, hop=1, keep=5000)
+    assert w.capacity > 4096 and w._views is None
+    if numpy_views:
+        w.use_numpy()
+    for i in range(w.capacity + 100):  # round the ring once, over the mirror rows
+        w.push(float(i), i, i, float(i))
+    for k in (w.cut - 1, w.cut - 4000):
+        win = w.get(k)
+        assert win is not None and isinstance(win.x, np.ndarray) is numpy_views
+        assert np.asarray(win.x).reshape(-1).tolist() == [k, k + 1, k + 2, k + 3]
