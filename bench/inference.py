@@ -23,12 +23,14 @@ graph, hidden width 64..2048), repeated ``--reps`` times: the FIXED COST line (a
 the models) and the RATIO line (agent / bare for models of >= 25 us, per block) give the median and the
 range over the repetitions, since one run on a shared machine moves by several per cent; **saturation**:
 windows/s through the worker with every result published into a real SQLite outbox; **RSS** added by
-the runtime and the model.
+the runtime and the model. The backend is the agent's (the LiteRT C API unless ``EDGE_AGENT_TFLITE=python``);
+``--backends`` compares the two in one process instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -53,6 +55,26 @@ from edge_agent.sensors.base import Reading  # noqa: E402
 
 MODEL = BUILTIN_DIR / "machine_temp_ae.tflite"
 CHUNK = 400  # windows per fill: the tap outruns the worker, so the ring must hold a whole fill (queue)
+
+
+def bare_calls(m: Any, x: np.ndarray) -> tuple[Any, Any]:
+    """(bare, invoke) for model ``m`` on its backend. Python wrapper: ``set_tensor(x) + invoke() +
+    get_tensor()`` and ``invoke()``. LiteRT C API: ``score(x)`` (the window copied into the input buffer, run,
+    the first output read) and the run alone; ``x`` as the flat float32 buffer the ring gives."""
+    it = m.interpreter
+    if it is None:
+        from array import array
+
+        return functools.partial(m.engine.score, array("f", x.reshape(-1).tolist())), m.engine.invoke
+    i_idx = it.get_input_details()[0]["index"]
+    o_idx = it.get_output_details()[0]["index"]
+
+    def bare() -> None:
+        it.set_tensor(i_idx, x)
+        it.invoke()
+        it.get_tensor(o_idx)
+
+    return bare, it.invoke
 
 
 def per_call(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -127,17 +149,10 @@ def stage_vs_bare(model: Path, window: int, hop: int, blocks: int, n_bare: int) 
     slot = svc.slots["m"]
     m = slot.active
     assert m is not None
-    it = m.interpreter
-    i_idx = it.get_input_details()[0]["index"]
-    o_idx = it.get_output_details()[0]["index"]
     data = readings(window + CHUNK * hop * (blocks + 1))
     x = np.array([r.data["value"] for r in data[:window]], np.float32).reshape(1, window)
+    bare, invoke = bare_calls(m, x)
     seq = 0
-
-    def bare() -> None:
-        it.set_tensor(i_idx, x)
-        it.invoke()
-        it.get_tensor(o_idx)
 
     def stage() -> float:  # one fill of CHUNK windows through the running service
         nonlocal seq
@@ -159,7 +174,7 @@ def stage_vs_bare(model: Path, window: int, hop: int, blocks: int, n_bare: int) 
     for _ in range(blocks):
         b.append(per_call(bare, n_bare))
         g.append(stage())
-        inv.append(per_call(it.invoke, n_bare))
+        inv.append(per_call(invoke, n_bare))
     assert slot.skipped == 0 and slot.errors == 0, (slot.skipped, slot.errors)
     svc.stop()
     # the split, single-threaded: the tap per reading (no worker running), then the worker per window
@@ -196,10 +211,9 @@ def runs_ab(model: Path, window: int, blocks: int) -> dict[str, tuple[float, flo
     run = service_mod.RUN
     svc, _ = service(model, window, 1, queue=CHUNK + 1)
     slot = svc.slots["m"]
-    it = slot.active.interpreter  # type: ignore[union-attr]
-    i_idx, o_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     data = readings(window + CHUNK * (2 * blocks + 2))
     x = np.array([r.data["value"] for r in data[:window]], np.float32).reshape(1, window)
+    bare, _ = bare_calls(slot.active, x)
     seq = 0
 
     def stage() -> float:
@@ -211,11 +225,6 @@ def runs_ab(model: Path, window: int, blocks: int) -> dict[str, tuple[float, flo
             svc.tap(data[k], k)
         assert svc.wait_idle(60)
         return (time.perf_counter() - t) / (slot.run - n0)
-
-    def bare() -> None:
-        it.set_tensor(i_idx, x)
-        it.invoke()
-        it.get_tensor(o_idx)
 
     stage()
     r: dict[str, list[float]] = {"bare": [], f"RUN={run}": [], "RUN=1": []}
@@ -231,6 +240,38 @@ def runs_ab(model: Path, window: int, blocks: int) -> dict[str, tuple[float, flo
         svc.stop()
     return {k: (statistics.median(v) * 1e6, statistics.median(a / b for a, b in zip(v, r["bare"], strict=True)))
             for k, v in r.items()}
+
+
+def backends_ab(reps: int, blocks: int) -> None:
+    """The LiteRT C API against the Python wrapper (EDGE_AGENT_TFLITE=python) in one process, alternating
+    per model and repetition, so machine noise hits both alike: overhead (stage - bare) and ratio per model,
+    then the FIXED COST (median over the models) and the ratio of the models of >= 25 us per backend."""
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    models = [("shipped", MODEL, 32, 5000)] + [(f"256-{h}-32-{h}-256", big_model(tmp, h), 256, n)
+                                               for h, n in ((64, 2000), (256, 1000), (1024, 400), (2048, 400))]
+    res: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        for rep in range(reps):
+            for name, path, window, n in models:
+                for backend in ("c", "python"):
+                    os.environ[runtime.BACKEND_ENV] = backend
+                    runtime._reset_for_tests()
+                    r = stage_vs_bare(path, window, 1, blocks, n)
+                    res.setdefault((name, backend), []).append(r)
+                    print(f"[{rep + 1}/{reps}] {name:22s} {backend:6s}: bare {r['bare'] * 1e6:7.2f} us | stage "
+                          f"{r['stage'] * 1e6:7.2f} us | overhead {(r['stage'] - r['bare']) * 1e6:6.2f} us, ratio "
+                          f"{r['ratio']:.3f}", flush=True)
+    finally:
+        os.environ.pop(runtime.BACKEND_ENV, None)
+        runtime._reset_for_tests()
+    for backend in ("c", "python"):
+        over = {m[0]: statistics.median(r["stage"] - r["bare"] for r in res[(m[0], backend)]) for m in models}
+        slow = [m[0] for m in models if statistics.median(r["bare"] for r in res[(m[0], backend)]) >= 25e-6]
+        print(f"{backend:6s}: FIXED COST {statistics.median(over.values()) * 1e6:.2f} us (per model: "
+              + ", ".join(f"{k} {v * 1e6:.2f}" for k, v in over.items()) + ") | RATIO (>= 25 us): "
+              + ", ".join(f"{k} {statistics.median(r['ratio'] for r in res[(k, backend)]):.3f}" for k in slow))
 
 
 def latency(rate: float, seconds: float) -> tuple[float, float, float, int]:
@@ -285,17 +326,19 @@ def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) / 1024
-import numpy, edge_agent.inference.service
+import edge_agent.inference.service
 from edge_agent.config import ModelConfig
 from edge_agent.inference import runtime
 from edge_agent.inference.model import load
+if runtime.os.environ.get("EDGE_AGENT_TFLITE") == "python":
+    import numpy  # the wrapper needs it anyway: counted before the runtime, as before
 r0 = rss()
-runtime.make_interpreter  # module imported, runtime not yet
-runtime.unavailable_reason()  # imports the runtime package
+runtime.unavailable_reason()  # loads the runtime (libLiteRt.so, or the wrapper package)
 r1 = rss()
 m = load(ModelConfig(name='m', path={model!r}, inputs=['s'], window=32), __import__('pathlib').Path({model!r}))
+m.self_test()
 r2 = rss()
-print(json.dumps([r0, r1, r2]))
+print(json.dumps([r0, r1, r2, "numpy" in sys.modules]))
 """
 
 
@@ -311,8 +354,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the model sweep (median reported)")
     ap.add_argument("--runs-ab", action="store_true", help="only: the worker's runs against RUN = 1, in one process")
+    ap.add_argument("--backends", action="store_true", help="only: C API vs Python wrapper, one process")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if a.backends:
+        backends_ab(a.reps, 5)
+        return 0
     if a.runs_ab:
         tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
         for label, path, window in (("shipped", MODEL, 32), ("256-1024-32-1024-256", big_model(tmp, 1024), 256)):
@@ -321,7 +368,7 @@ def main() -> int:
                 print(f"{label}: " + ", ".join(f"{k} {us:.2f} us (x{q:.3f})" for k, (us, q) in res.items()),
                       flush=True)
         return 0
-    print(f"runtime {runtime.runtime_name()}, numpy {np.__version__}, model {MODEL.name} "
+    print(f"runtime {runtime.runtime_name()} (numpy {np.__version__} in this bench process), model {MODEL.name} "
           f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks "
           f"({a.n} bare calls / {CHUNK} windows through the service)")
     for hop in (1, 4, 32):
@@ -370,9 +417,10 @@ def main() -> int:
     sat, run = saturation()
     print(f"saturation: {sat:,.0f} windows/s through the worker ({run} windows), each result stored in the "
           f"SQLite outbox")
-    r0, r1, r2 = rss()
-    print(f"RSS: {r0:.1f} MB (python+numpy+edge_agent) -> {r1:.1f} MB after importing the runtime "
-          f"(+{r1 - r0:.1f}) -> {r2:.1f} MB with the model loaded (+{r2 - r1:.1f}; +{r2 - r0:.1f} in total)")
+    r0, r1, r2, with_numpy = rss()
+    print(f"RSS: {r0:.1f} MB (python+edge_agent{'+numpy' if with_numpy else ', no numpy'}) -> {r1:.1f} MB after "
+          f"loading the runtime (+{r1 - r0:.1f}) -> {r2:.1f} MB with the model loaded and run (+{r2 - r1:.1f}; "
+          f"+{r2 - r0:.1f} in total)")
     return 0
 
 

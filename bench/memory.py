@@ -9,10 +9,11 @@ rest of RSS is clean pages of shared libraries, which the kernel can drop and re
 (``smaps_rollup``: shared pages divided among the processes mapping them, so it depends on what else
 runs on the host, e.g. other Python processes sharing libpython and numpy). Variants: no model; the
 shipped autoencoder (``builtin:machine_temp_ae``, window 32, hop 4, calibrating); the level-shift
-detector (``builtin:level_shift``, window 96); with ``--knobs`` also the environment settings tried to
-shrink it (OpenBLAS threads, glibc arenas). Then, in fresh interpreters, RSS / anonymous / file-backed
-after each import step (python + edge_agent.app, + numpy, + the inference service, + the TFLite runtime,
-+ a loaded model, + ``malloc_trim``), and for comparison the LiteRT C API library alone through ctypes.
+detector (``builtin:level_shift``, window 96); the shipped model on the Python wrapper + numpy
+(``EDGE_AGENT_TFLITE=python``); with ``--knobs`` also the environment settings tried to shrink it
+(OpenBLAS threads, glibc arenas). Then, in fresh interpreters, RSS / anonymous / file-backed after each
+import step (python + edge_agent.app, [+ numpy,] + the inference service, + the TFLite runtime, + a
+loaded model, + ``malloc_trim``), for the default backend (the LiteRT C API) and for the Python wrapper.
 Target (issue 16): peak RSS with one model <= 45 MB.
 """
 
@@ -33,10 +34,12 @@ from edge_agent.devbroker import DevBroker  # noqa: E402
 
 AE = 'path = "builtin:machine_temp_ae"\nwindow = 32\n'
 # (label, [[models]] body or '', environment added)
+PYWRAP = {"EDGE_AGENT_TFLITE": "python"}  # force the Python wrapper + numpy instead of the LiteRT C API
 VARIANTS: list[tuple[str, str, dict[str, str]]] = [
     ("no model", "", {}),
     ("machine_temp_ae (window 32)", AE, {}),
     ("level_shift (window 96)", 'path = "builtin:level_shift"\nwindow = 96\n', {}),
+    ("machine_temp_ae, EDGE_AGENT_TFLITE=python", AE, PYWRAP),
 ]
 BLAS1 = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 EXTRA: list[tuple[str, str, dict[str, str]]] = [  # --knobs: environment settings tried on the shipped model
@@ -108,38 +111,35 @@ def mem():
             d[line.split(":")[0]] = int(line.split()[1]) / 1024
     return [d["VmRSS"], d["RssAnon"], d["RssFile"]]
 out = []
+import os
+if sys.argv[1] == "pywrap":
+    os.environ["EDGE_AGENT_TFLITE"] = "python"
 import edge_agent.app
 out.append(("python + edge_agent.app", *mem()))
 if sys.argv[1] == "pywrap":
     import numpy
     out.append(("+ numpy", *mem()))
-    import edge_agent.inference.service
-    out.append(("+ edge_agent.inference.service", *mem()))
-    from edge_agent.inference import runtime
-    runtime.unavailable_reason()
-    out.append(("+ the TFLite runtime (%s)" % runtime.runtime_name(), *mem()))
-    from edge_agent.config import ModelConfig
-    from edge_agent.inference.model import load, BUILTIN_DIR
-    m = load(ModelConfig(name="m", path="builtin:machine_temp_ae", inputs=["s"]),
-             BUILTIN_DIR / "machine_temp_ae.tflite")
-    m.self_test()
-    out.append(("+ the shipped model loaded and run", *mem()))
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    out.append(("+ malloc_trim(0)", *mem()))
-else:  # what the LiteRT C API library alone costs, without numpy or the Python wrapper
-    import ctypes, importlib.util
-    spec = importlib.util.find_spec("ai_edge_litert")
-    lib = Path(spec.submodule_search_locations[0]) / "libLiteRt.so"
-    ctypes.CDLL(str(lib))
-    out.append(("+ ctypes + ai_edge_litert's libLiteRt.so (C API, no numpy)", *mem()))
+import edge_agent.inference.service
+out.append(("+ edge_agent.inference.service", *mem()))
+from edge_agent.inference import runtime
+runtime.unavailable_reason()
+out.append(("+ the TFLite runtime (%s)" % runtime.runtime_name(), *mem()))
+from edge_agent.config import ModelConfig
+from edge_agent.inference.model import load, BUILTIN_DIR
+m = load(ModelConfig(name="m", path="builtin:machine_temp_ae", inputs=["s"]),
+         BUILTIN_DIR / "machine_temp_ae.tflite")
+m.self_test()
+out.append(("+ the shipped model loaded and run (numpy imported: %s)" % ("numpy" in sys.modules), *mem()))
+import ctypes
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+out.append(("+ malloc_trim(0)", *mem()))
 print(json.dumps(out))
 """
 
 
 def import_steps(kind: str) -> list[tuple[str, float, float, float]]:
-    """(label, RSS, RssAnon, RssFile) in MB after each step, in a fresh interpreter; ``kind`` "pywrap" (the
-    agent's path: numpy + the runtime's Python wrapper) or "capi" (ctypes + libLiteRt.so only)."""
+    """(label, RSS, RssAnon, RssFile) in MB after each step, in a fresh interpreter; ``kind`` "capi" (the
+    agent's default: the LiteRT C API through ctypes, no numpy) or "pywrap" (numpy + a Python wrapper)."""
     r = subprocess.run([sys.executable, "-c", STEPS, kind], cwd=ROOT, capture_output=True, text=True, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     import json
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"PSS {pss:5.1f} MB", flush=True)
     finally:
         broker.close()
-    for kind in ("pywrap", "capi"):
+    for kind in ("capi", "pywrap"):
         prev = 0.0
         for label, mb, anon, file in import_steps(kind):
             delta = f"({mb - prev:+4.1f})" if prev else "       "

@@ -10,7 +10,7 @@ A model declares in its metadata that its threshold is learned on the device::
 
 During the warm-up (``warmup_windows`` or ``warmup_seconds`` of reading time in the config, else the
 metadata's ``windows``) the service keeps a copy of every window it runs (``window x inputs`` float32
-each: 200 windows of 32 are 25 KB) and publishes its results marked ``"calibrating": true``, never an
+each, an ``array('f')``: 200 windows of 32 are 42 KB) and publishes its results marked ``"calibrating": true``, never an
 alarm. At the end:
 
 1. ``scale = "window_std"``: the device's statistic is the median over the warm-up windows of each
@@ -33,14 +33,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_agent.errors import ModelError
+from edge_agent.inference import numeric
 
 SCALES = ("", "window_std")
 MAX_WINDOWS = 100_000  # a duration-based warm-up keeps at most this many windows
@@ -131,34 +131,36 @@ class Warmup:
         self.rule = rule
         self.seconds = seconds
         self.target = windows or (MAX_WINDOWS if seconds > 0 else rule.windows)
-        self.kept: list[np.ndarray] = []
+        self.kept: list[Any] = []  # flat float32 windows (array('f'))
         self.first_ts: float | None = None
 
-    def add(self, x: np.ndarray, ts: float) -> bool:
-        """Keep window ``x`` (a copy, ending at reading time ``ts``); True when the warm-up is complete."""
-        self.kept.append(x.reshape(-1))
+    def add(self, x: Any, ts: float) -> bool:
+        """Keep window ``x`` (a copy the caller owns, ending at reading time ``ts``); True when the warm-up is
+        complete."""
+        self.kept.append(x if isinstance(x, array) and x.typecode == "f" else numeric.copy_f32(x))
         if self.first_ts is None:
             self.first_ts = ts
         if self.seconds > 0 and ts - self.first_ts >= self.seconds:
             return True
         return len(self.kept) >= self.target
 
-    def finish(self, score: Callable[[np.ndarray], float], sha256: str) -> Calibration:
+    def finish(self, score: Callable[[Any], float], sha256: str) -> Calibration:
         """The calibration from the kept windows; ``score(x)`` scores one raw window (already scaled)."""
         if len(self.kept) < 2:
             raise ModelError(f"calibration needs at least 2 warm-up windows, got {len(self.kept)}")
-        x = np.stack(self.kept)
-        self.kept = []
+        x, self.kept = self.kept, []
         scale = 1.0
         if self.rule.scale == "window_std":
-            spread = float(np.median(x.std(axis=1)))
+            spread = numeric.median([numeric.pstdev(w) for w in x])
             if spread > 0 and math.isfinite(spread):
                 scale = float(f"{self.rule.scale_reference / spread:.6g}")
-        xs = (x * np.float32(scale)).astype(np.float32)
-        scores = np.array([score(w.reshape(1, -1)) for w in xs], dtype=np.float64)
-        q = float(np.quantile(scores, self.rule.quantile))
+        if scale != 1.0:  # float32 x float32 is exact in float64: rounding the product = numpy's float32 multiply
+            k = numeric.f32([scale])[0]
+            x = [array("f", [v * k for v in w]) for w in x]
+        scores = [score(w) for w in x]
+        q = numeric.quantile(scores, self.rule.quantile)
         thr = max(self.rule.margin * q, THRESHOLD_FLOOR)
-        return Calibration(threshold=float(f"{thr:.6g}"), input_scale=scale, windows=len(xs),
+        return Calibration(threshold=float(f"{thr:.6g}"), input_scale=scale, windows=len(x),
                            quantile=self.rule.quantile, margin=self.rule.margin, score_quantile=q,
                            sha256=sha256, at=time.time())
 
@@ -212,7 +214,7 @@ class Calibrator:
         self.warmup = Warmup(model.rule, self.windows, self.seconds)
         self.busy = True
 
-    def add(self, model: Any, window: np.ndarray, ts: float) -> Calibration | None:
+    def add(self, model: Any, window: Any, ts: float) -> Calibration | None:
         """Worker thread: keep ``window`` (a copy the caller owns); the new Calibration when this completes
         the warm-up (applied to ``model`` and written to :attr:`path`), else None."""
         if self._restart:

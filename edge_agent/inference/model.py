@@ -25,19 +25,23 @@ match the recorded sha256, or whose test invoke is not finite.
 Output kinds (``output``):
 
 * ``"reconstruction"``: an autoencoder; the output has as many values as the input, and the agent computes
-  the anomaly score, the mean squared error between output and (standardised) input, with numpy.
+  the anomaly score, the mean squared error between output and (standardised) input (:mod:`.numeric`).
 * ``"score"``: the graph computes the anomaly score itself and outputs exactly one value (shape ``[1]``,
   ``[1, 1]``, ...); the agent reads that float. Runs under the config's ``output = "reconstruction"``
   (both mean "one anomaly score per window"), so a model of either kind can replace the other by
   hot-swap. ``tools/tflite_build.anomaly_graph`` turns a trained autoencoder into such a graph and also
   moves the standardisation into it; such a model takes raw readings and records ``"mean": [0]``,
   ``"std": [1]`` (the identity), which the agent then skips. This is the fast path: one
-  ``set_tensor`` of the window as cut, ``invoke``, one float out, no numpy call.
+  copy of the window as cut into the input tensor, run, one float out.
 * ``"scores"``: a classifier; one output per entry of ``labels``.
 
 Layout of the input tensor: the window's rows in time order, each row holding one value per input
 (row-major ``(window, inputs)``), reshaped to the model's input shape — ``[1, window*inputs]``,
 ``[1, window, inputs]`` or ``[1, window]`` are all accepted as long as the element count matches.
+
+The model runs on an *engine* from :func:`.runtime.make_engine`: the LiteRT C API (:mod:`.litert_c`,
+no numpy) or a Python wrapper's interpreter. Pre- and post-processing are plain Python
+(:mod:`.numeric`), the same code for both.
 """
 
 from __future__ import annotations
@@ -49,11 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
-from edge_agent.inference import runtime
+from edge_agent.inference import numeric, runtime
 from edge_agent.inference.metadata import OUTPUT_KINDS, Metadata, parse_metadata, sha256_hex
 
 __all__ = ["BUILTIN_DIR", "BUILTIN_PREFIX", "CONFIG_OUTPUTS", "OUTPUT_KINDS", "Metadata", "Model",
@@ -93,46 +95,44 @@ class Model:
         self.blob = blob
         self.sha256 = digest
         self.version = self.meta.version
-        self.interpreter = runtime.make_interpreter(blob)
-        i, o = self._check_tensors(where)
+        try:
+            self.engine = runtime.make_engine(blob)
+        except ModelError as e:
+            raise ModelError(f"{where}: {e}") from None
+        self._in_shape = self._check_tensors(where)
         n_in = len(cfg.inputs)
         self._check_config(where, n_in)
         self.mean, self.std = self._normalisation(where, n_in)
-        self.inv_std = (1.0 / self.std).astype(np.float32)
+        self.inv_std = numeric.f32(1.0 / s for s in self.std)
         self.threshold = cfg.threshold if cfg.threshold > 0 else (self.meta.threshold or 0.0)
         # learned on the device (see .calibration) unless the config pins a threshold or turns it off
         self.rule = self.meta.calibration if cfg.threshold == 0 and cfg.calibrate else None
         self.labels = self.meta.labels
-        self._in_index = i["index"]
-        self._out_index = o["index"]
-        self._in_shape = in_shape = tuple(int(x) for x in i["shape"])
         self._window_shape = (cfg.window, n_in)
-        self._tensor_in = np.zeros(in_shape, dtype=np.float32)  # the standardised window, as set_tensor wants it
-        self._rows = self._tensor_in.reshape(cfg.window, n_in)
-        self._flat = self._tensor_in.reshape(-1)
-        self._n = float(cfg.window * n_in)
+        self._n = cfg.window * n_in
         self._alarm_idx = [k for k, lab in enumerate(self.labels) if lab.lower() != "normal"]
         self.kind = self.meta.output  # "reconstruction", "score" or "scores"
         self.classifier = self.kind == "scores"
-        self._scalar_norm: tuple[float, float] | None = None
-        if bool(np.all(self.mean == self.mean[0])) and bool(np.all(self.inv_std == self.inv_std[0])):
-            self._scalar_norm = (float(self.mean[0]), float(self.inv_std[0]))
         # identity standardisation (preprocess "none", or a model standardising in its graph): raw values go in
-        self.identity = bool(np.all(self.mean == 0.0)) and bool(np.all(self.std == 1.0))
+        self.identity = all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
         self._direct = self.kind == "score" and self.identity  # the fast path of score()
+        self._score1 = self.engine.score
 
-    def _check_tensors(self, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The interpreter's one input and one output tensor, checked against the metadata and the config."""
+    @property
+    def interpreter(self) -> Any:
+        """The Python wrapper's interpreter (None on the C API backend)."""
+        return getattr(self.engine, "interpreter", None)
+
+    def _check_tensors(self, where: str) -> tuple[int, ...]:
+        """The engine's one input and one output tensor, checked against the metadata and the config."""
         cfg, meta = self.cfg, self.meta
-        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        ins, outs = self.engine.inputs, self.engine.outputs
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(f"{where}: expected 1 input and 1 output tensor, model has {len(ins)} and {len(outs)}")
-        i, o = ins[0], outs[0]
-        in_shape = tuple(int(x) for x in i["shape"])
-        out_shape = tuple(int(x) for x in o["shape"])
-        if np.dtype(i["dtype"]) != np.float32 or np.dtype(o["dtype"]) != np.float32:
+        in_shape, out_shape = ins[0].shape, outs[0].shape
+        if ins[0].dtype != "float32" or outs[0].dtype != "float32":
             raise ModelError(f"{where}: only float32 tensors are supported, model has input "
-                             f"{np.dtype(i['dtype'])} and output {np.dtype(o['dtype'])}")
+                             f"{ins[0].dtype} and output {outs[0].dtype}")
         n_in = len(cfg.inputs)
         if n_in == 0:
             raise ModelError(f"{where}: the config lists no inputs (give inputs = [\"<sensor>\", ...])")
@@ -156,7 +156,7 @@ class Model:
         if cfg.output == "scores" and n_out != len(meta.labels):
             raise ModelError(f"{where}: output shape {list(out_shape)} does not match its {len(meta.labels)} "
                              f"labels")
-        return i, o
+        return in_shape
 
     def _check_config(self, where: str, n_in: int) -> None:
         """The metadata's window, inputs and input kind against the config."""
@@ -170,7 +170,8 @@ class Model:
                              f"standardises), so preprocess = 'standardize' would standardise twice; use "
                              f"preprocess = 'metadata' (the default) or 'none'")
 
-    def _normalisation(self, where: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    def _normalisation(self, where: str, n_in: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std per input, as float32 values (one given for all inputs is repeated)."""
         mode = self.cfg.preprocess
         if mode == "none":
             mean, std = (0.0,), (1.0,)
@@ -183,88 +184,61 @@ class Model:
         for label, v in (("mean", mean), ("std", std)):
             if len(v) not in (1, n_in):
                 raise ModelError(f"{where}: metadata {label} has {len(v)} values, need 1 or {n_in} (one per input)")
-        m = np.broadcast_to(np.asarray(mean, dtype=np.float32), (n_in,)).copy()
-        s = np.broadcast_to(np.asarray(std, dtype=np.float32), (n_in,)).copy()
-        return m, s
+        m = tuple(mean) * n_in if len(mean) == 1 else tuple(mean)
+        s = tuple(std) * n_in if len(std) == 1 else tuple(std)
+        return numeric.f32(m), numeric.f32(s)
 
-    def _as_input(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (any shape with ``window * inputs`` elements, row-major) as a float32 input tensor."""
-        return np.ascontiguousarray(values, dtype=np.float32).reshape(self._in_shape)
+    def preprocess(self, values: Any) -> Any:
+        """``values`` (``window * inputs`` values, row-major, any buffer or nested rows) standardised with the
+        model's mean/std: a new flat float32 window (the raw values themselves for an identity)."""
+        x = numeric.as_f32(values, self._n)
+        return x if self.identity else numeric.standardise(x, self.mean, self.inv_std)
 
-    def preprocess(self, values: np.ndarray) -> np.ndarray:
-        """Standardise ``values`` (window rows, any shape with ``window * inputs`` elements) into the model's
-        input buffer (``_tensor_in``, shaped as the input tensor); return that buffer as (window, inputs) rows."""
-        if self._scalar_norm is not None:  # one mean/std for all: scalar ufuncs avoid broadcasting setup
-            m, k = self._scalar_norm
-            if values.shape != self._in_shape:
-                values = values.reshape(self._in_shape)
-            np.subtract(values, m, out=self._tensor_in)
-            np.multiply(self._tensor_in, k, out=self._tensor_in)
-        else:
-            np.subtract(values.reshape(self._window_shape), self.mean, out=self._rows)
-            np.multiply(self._rows, self.inv_std, out=self._rows)
-        return self._rows
-
-    def invoke(self) -> np.ndarray:
-        """set_tensor + invoke + get_tensor on the already preprocessed buffer."""
-        it = self.interpreter
-        it.set_tensor(self._in_index, self._tensor_in)
-        it.invoke()
-        return it.get_tensor(self._out_index)
-
-    def score(self, x: np.ndarray) -> float:
+    def score(self, x: Any) -> float:
         """The anomaly score of one raw window (output kinds 'score' and 'reconstruction'); ``x`` is the
-        window as cut (``(1, window * inputs)``) or any array with those elements, row-major.
+        window as cut (a flat float32 buffer of ``window * inputs`` values; numpy ``(1, n)`` on the
+        wrapper backend) or any buffer/rows with those values, row-major.
         NonFiniteOutput if the model gives NaN/inf."""
         if not self._direct:
             return self._score_graph(x) if self.kind == "score" else self._score_reconstruction(x)
-        # output 'score', raw input: the window as cut goes in, one float comes out, no numpy call
-        it = self.interpreter
-        try:
-            it.set_tensor(self._in_index, x)
-        except ValueError:  # another shape (e.g. (window, inputs) rows) or dtype: convert, then retry
-            it.set_tensor(self._in_index, self._as_input(x))
-        it.invoke()
-        score = it.get_tensor(self._out_index).item()
+        # output 'score', raw input: the window as cut goes in, one float comes out
+        score = self._score1(x)
         if score - score:  # 0.0 for a finite score; NaN (truthy) for NaN or +-inf
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
         return score
 
-    def _score_graph(self, x: np.ndarray) -> float:
+    def _score_graph(self, x: Any) -> float:
         """Output kind 'score' on a model that wants standardised input."""
-        self.preprocess(x)
-        score = self.invoke().item()
+        score = self._score1(self.preprocess(x))
         if not math.isfinite(score):
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
         return score
 
-    def _score_reconstruction(self, x: np.ndarray) -> float:
-        """Output kind 'reconstruction': MSE between the output and the standardised input, with numpy."""
-        self.preprocess(x)
-        d = self.invoke().reshape(-1) - self._flat
-        score = float(np.dot(d, d)) / self._n
+    def _score_reconstruction(self, x: Any) -> float:
+        """Output kind 'reconstruction': MSE between the output and the standardised input."""
+        z = self.preprocess(x)
+        score = numeric.mse(self.engine.run(z), z)
         if not math.isfinite(score):
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite reconstruction")
         return score
 
-    def infer(self, values: np.ndarray) -> Result:
-        """Preprocess, run, score one raw window (any shape with ``window * inputs`` elements, row-major).
+    def infer(self, values: Any) -> Result:
+        """Preprocess, run, score one raw window (any buffer/rows with ``window * inputs`` values, row-major).
         NonFiniteOutput if the model gives NaN/inf."""
         if not self.classifier:
             return Result(self.score(values))
-        self.preprocess(values)
-        y = self.invoke().reshape(-1)
-        if not np.isfinite(y).all():
+        y = [float(v) for v in self.engine.run(self.preprocess(values))]
+        if not numeric.all_finite(y):
             raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite class scores")
-        scores = {lab: float(v) for lab, v in zip(self.labels, y, strict=True)}
-        top = self.labels[int(np.argmax(y))]
-        score = max((float(y[k]) for k in self._alarm_idx), default=0.0)
+        scores = dict(zip(self.labels, y, strict=True))
+        top = self.labels[y.index(max(y))]
+        score = max((y[k] for k in self._alarm_idx), default=0.0)
         return Result(score, scores, top)
 
-    def self_test(self, recent: np.ndarray | None = None) -> None:
+    def self_test(self, recent: Any = None) -> None:
         """Test invokes: a window at the mean (standardised zeros) and, if given, a recent real window."""
-        probes = [np.broadcast_to(self.mean, self._window_shape).copy()]
-        if recent is not None and np.isfinite(recent).all():
+        probes: list[Any] = [self.mean * self.cfg.window]
+        if recent is not None and numeric.all_finite(numeric.as_f32(recent)):
             probes.append(recent)
         for k, p in enumerate(probes):
             try:

@@ -1,21 +1,18 @@
 """The inference service: a pipeline tap, one worker thread per model, hot-swap with rollback.
 
-Off the sampling path (see docs/inference.md). The tap runs on the sensor's thread for every stored
-reading: O(1), no allocation: a row into the model's ring (:mod:`.window`) and, only if its worker sleeps
-and a window became due, a wake-up. The worker reads due windows in place from the ring and runs those
-that piled up in *runs* of up to ``RUN`` windows: first the invokes back to back (the model's weights
-stay in cache), then each result's message and alarm state. More than ``queue`` windows behind, the
-oldest are skipped and counted; sampling never waits for inference.
+Off the sampling path (see docs/inference.md). The tap runs on the sensor's thread for every stored reading: O(1), no
+allocation: a row into the model's ring (:mod:`.window`), a wake-up only if the worker sleeps. The worker reads due
+windows in place from the ring and runs those that piled up in *runs* of up to ``RUN`` windows: first the invokes back
+to back (the model's weights stay in cache), then each result's message and alarm state. More than ``queue`` windows
+behind, the oldest are skipped and counted; sampling never waits for inference. Results on ``inference/<model>``;
+alarms on ``events/<alarm>`` after ``alarm_after`` windows in a row at/above the threshold (re-armed after ``rearm``).
 
-Results: one message per window on ``inference/<model>``; alarms on ``events/<alarm>`` after
-``alarm_after`` windows in a row at or above the threshold, re-armed after ``rearm`` below it.
-
-Hot-swap: :meth:`InferenceService.install` validates a new model completely on the caller's thread,
-writes its files (:mod:`.files`), then swaps one reference under a lock; the worker picks the model once
-per run, so the switch lands between windows and none is lost. ``max_failures`` run-time failures of a
-new model roll it back. Calibration (:mod:`.calibration`): a warm-up marks results ``"calibrating"``
-(no alarm), then threshold and input scale are learned and applied (windows already in the ring are
-rescaled by the worker). Without a runtime: one log line, ``events/inference_unavailable``, idle.
+Hot-swap: :meth:`InferenceService.install` validates a new model completely on the caller's thread, writes its files
+(:mod:`.files`), then swaps one reference under a lock; the worker picks the model once per run, so the switch lands
+between windows and none is lost. ``max_failures`` run-time failures of a new model roll it back. Calibration
+(:mod:`.calibration`): a warm-up marks results ``"calibrating"`` (no alarm), then threshold and input scale are
+learned and applied (windows already in the ring are rescaled by the worker). Without a runtime: one log line,
+``events/inference_unavailable``, idle.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from edge_agent.host import Host, PipelineView
 from edge_agent.inference import files, runtime
 from edge_agent.inference.metadata import parse_metadata
 from edge_agent.inference.model import Model, load
+from edge_agent.inference.numeric import copy_f32
 from edge_agent.inference.slot import Slot, calibration_event, debounce, describe_slot, round6
 from edge_agent.inference.window import Window, as_float
 from edge_agent.sensors.base import Reading
@@ -84,6 +82,8 @@ class InferenceService:
             self._tapped = True
 
     def _load_at_start(self, slot: Slot) -> None:
+        if runtime.uses_numpy():  # a Python wrapper: windows as numpy views (set_tensor takes them as they are)
+            slot.windower.use_numpy()
         tried: list[str] = []
         for path in files.start_candidates(slot.cfg, slot.load_path, slot.install_path):
             try:
@@ -145,7 +145,7 @@ class InferenceService:
                 if rows.n == 1:
                     due = slot.windower.push(value, seq, seq, reading.ts)
                 elif rows.put(col, value, seq):
-                    due = slot.windower.push(rows.values, int(rows.seqs.min()), seq, reading.ts)
+                    due = slot.windower.push(rows.values, min(rows.seqs), seq, reading.ts)
                 else:
                     continue
                 if due and slot.waiting:  # a busy worker finds the new window itself: no wake-up
@@ -215,7 +215,7 @@ class InferenceService:
             if w[6]:  # bad: NaN in, NaN out would be the input's fault, not the model's (and could roll it back)
                 slot.bad_input += 1
                 continue
-            kept = x.copy() if slot.calibrating else None  # before the intact check: a copy of what it saw
+            kept = copy_f32(x) if slot.calibrating else None  # before the intact check: a copy of what it saw
             failed = None
             try:  # an anomaly score: straight to a float, no Result object
                 res = model.infer(x) if model.classifier else model.score(x)

@@ -12,6 +12,7 @@ from typing import Any
 from edge_agent.config import ModelConfig
 from edge_agent.inference.calibration import Calibration, Calibrator
 from edge_agent.inference.model import Model, paths
+from edge_agent.inference.numeric import copy_f32
 from edge_agent.inference.window import RowAssembler, Windower
 
 
@@ -83,13 +84,16 @@ class Slot:
         self.calibrating = self.calib.busy
 
     def rescaled(self, k: int, x: Any) -> Any:
-        """A copy of window ``k`` with its rows from before the scale change multiplied by ``ratio``."""
+        """A copy of window ``k`` (flat float32) with its rows from before the scale change multiplied by
+        ``ratio``."""
         w = self.windower
         old = min(self.boundary - k * w.hop, w.window)
         if old <= 0:
             return x
-        y = x.copy()
-        y.reshape(-1)[:old * w.n_inputs] *= self.ratio
+        y = copy_f32(x)
+        r = self.ratio
+        for i in range(old * w.n_inputs):
+            y[i] *= r
         return y
 
 

@@ -1,10 +1,10 @@
-"""Windows read in place from numpy ring buffers, O(1) per reading.
+"""Windows read in place from float32 ring buffers (``array('f')``), O(1) per reading.
 
 A model sees a window of ``window`` rows, one column per input sensor. Rows are appended by the pipeline
 tap (a sensor thread), so :meth:`Windower.push` must be cheap and must never block: it writes one row
 into a preallocated ring and says when a window is due (every ``hop`` rows once ``window`` rows are in).
 It copies nothing and allocates nothing per window: the worker reads window ``k`` straight out of the ring
-with :meth:`Windower.get`, a view that goes to ``set_tensor`` as it is, and checks :meth:`Windower.intact`
+with :meth:`Windower.get`, a view that is copied into the model's input as it is, and checks :meth:`Windower.intact`
 afterwards (a lock-free read: if the writer has lapped the window meanwhile, the result is discarded and
 the window counted as skipped). Rows at the start of the ring are written twice (at ``i`` and
 ``i + capacity``) so every window is one contiguous slice, whatever the ring position.
@@ -12,8 +12,11 @@ the window counted as skipped). Rows at the start of the ring are written twice 
 The ring holds ``keep`` due windows (the config's ``queue``) plus a margin, so a worker that falls behind
 loses the oldest windows, counted, and memory never grows.
 
-A window comes out in the model's usual input layout, ``(1, window * inputs)`` float32 (rows in time
-order, row-major): :attr:`Window.x`. :attr:`Window.values` is the same data as ``(window, inputs)`` rows.
+A window comes out as a flat float32 ``memoryview`` of ``window * inputs`` values (rows in time order,
+row-major): :attr:`Window.x`. :attr:`Window.values` is the same data as ``(window, inputs)`` rows. On
+the Python-wrapper backend, :meth:`Windower.use_numpy` makes ``x`` a numpy ``(1, window * inputs)``
+view of the same ring instead (what ``set_tensor`` takes without conversion); numpy is imported only
+then.
 
 Every row carries the seqs of the readings it was made of, so a result can name exactly which stored
 readings produced it (``[first_seq, last_seq]``), and a test can prove none was lost.
@@ -29,10 +32,9 @@ from __future__ import annotations
 
 import math
 from array import array
+from numbers import Real
 from operator import itemgetter
 from typing import Any
-
-import numpy as np
 
 
 class Window(tuple):  # type: ignore[type-arg]
@@ -45,12 +47,12 @@ class Window(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
 
-    def __new__(cls, x: np.ndarray, first_seq: int, last_seq: int, first_ts: float, last_ts: float, index: int,
+    def __new__(cls, x: Any, first_seq: int, last_seq: int, first_ts: float, last_ts: float, index: int,
                 bad: bool = False, n_inputs: int = 1) -> Window:
         return _tuple_new(cls, (x, first_seq, last_seq, first_ts, last_ts, index, bad, n_inputs))
 
-    x = property(itemgetter(0), doc="(1, window * n_inputs) float32, raw (not preprocessed), rows in time "
-                                    "order, row-major: the model's usual input layout. From "
+    x = property(itemgetter(0), doc="window * n_inputs float32 values, raw (not preprocessed), rows in time "
+                                    "order, row-major (a memoryview; numpy (1, n) after use_numpy). From "
                                     "Windower.get a view of the ring (see Windower.intact)")
     first_seq = property(itemgetter(1), doc="seq of the oldest reading in the window")
     last_seq = property(itemgetter(2), doc="seq of the newest reading in the window")
@@ -61,9 +63,12 @@ class Window(tuple):  # type: ignore[type-arg]
     n_inputs = property(itemgetter(7))
 
     @property
-    def values(self) -> np.ndarray:
-        """The window as ``(window, n_inputs)`` rows (a view of :attr:`x`)."""
-        return self[0].reshape(-1, self[7])
+    def values(self) -> Any:
+        """The window as ``(window, n_inputs)`` rows (a view of :attr:`x`; ``.tolist()`` gives lists)."""
+        x, n = self[0], self[7]
+        if hasattr(x, "reshape"):  # numpy (use_numpy)
+            return x.reshape(-1, n)
+        return memoryview(x).cast("B").cast("f", [len(x) // n, n])
 
 
 _tuple_new = tuple.__new__
@@ -87,19 +92,12 @@ class Windower:
         self.capacity = c
         n = n_inputs
         # rows 0..c-1, and again the first `window` rows at c..c+window-1: every window is one slice
-        self._ring = np.zeros((c + window) * n, dtype=np.float32)
-        self._vals = self._ring.reshape(c + window, n)  # row view (several inputs)
-        # single input: a float store through a memoryview is ~2x cheaper than a numpy scalar store
+        self._ring = array("f", bytes(4 * (c + window) * n))
+        # stores go through a memoryview (a float store ~30 ns); the array is never resized
         self._mv = memoryview(self._ring)
-        # the window starting at ring row s, already shaped as the model input: made once (a list lookup),
-        # or for a very large ring a strided view of all of them (indexing it makes the view, ~0.1 us)
-        self._views: list[np.ndarray] | np.ndarray
-        if c <= 4096:
-            self._views = [self._ring[s * n:(s + window) * n].reshape(1, window * n) for s in range(c)]
-        else:
-            item = self._ring.itemsize
-            self._views = np.lib.stride_tricks.as_strided(self._ring, shape=(c, 1, window * n),
-                                                          strides=(n * item, window * n * item, item))
+        # the window starting at ring row s, as the model input takes it: made once (a list lookup), or for a
+        # very large ring sliced per window (~0.1 us)
+        self._views: Any = [self._mv[s * n:(s + window) * n] for s in range(c)] if c <= 4096 else None
         # seqs, times and bad-row marks live in array.arrays: a store costs ~30 ns (a numpy scalar store
         # ~80 ns, a list store 13 ns but a list also keeps a Python object per row alive: 3x the memory).
         # _bad[s] is the row number of the latest non-finite row at or before the row at s, so "does this
@@ -114,6 +112,7 @@ class Windower:
         self._due = window  # the row count at which the next window is due
         self.rows = 0  # rows pushed since start
         self.cut = 0  # windows due since start (window k holds rows k*hop .. k*hop+window-1)
+        self._np: Any = None  # numpy, once use_numpy() made the views numpy arrays
 
     def push(self, values: Any, seq_lo: int, seq_hi: int, ts: float) -> bool:
         """Append one row (a float for one input, else a sequence of ``n_inputs`` values); True when it
@@ -149,15 +148,22 @@ class Windower:
 
     def _push_row(self, p: int, values: Any, seq_lo: int, seq_hi: int, ts: float) -> None:
         """The general row write: several inputs, or a non-float value for one input."""
-        self._vals[p] = values
-        if not np.isfinite(self._vals[p]).all():
-            self._last_bad = self.rows
+        n = self.n_inputs
+        row = values if values.__class__ is array and values.typecode == "f" else array(
+            "f", [values] * n if isinstance(values, Real) else values)
+        if len(row) != n:
+            raise ValueError(f"a row of {len(row)} values for {n} input(s)")
+        self._mv[p * n:(p + 1) * n] = row
+        for v in row:
+            if v - v:  # NaN (truthy) for NaN and +-inf
+                self._last_bad = self.rows
+                break
         self._lo[p] = seq_lo
         self._hi[p] = seq_hi
         self._ts[p] = ts
         if p < self.window:
             q = p + self.capacity
-            self._vals[q] = values
+            self._mv[q * n:(q + 1) * n] = row
             self._lo[q] = seq_lo
             self._hi[q] = seq_hi
             self._ts[q] = ts
@@ -175,7 +181,8 @@ class Windower:
             return None
         s = r0 % c
         e = (r0 + self.window - 1) % c
-        x = self._views[s]
+        views = self._views
+        x = views[s] if views is not None else self._view(s)
         bad = self._bad[e] >= r0
         if self.n_inputs == 1:
             return _tuple_new(Window, (x, self._lo[s], self._hi[e], self._ts[s], self._ts[e], k, bad, 1))
@@ -183,27 +190,44 @@ class Windower:
         return _tuple_new(Window, (x, min(self._lo[s:end]), max(self._hi[s:end]), self._ts[s], self._ts[e], k,
                                    bad, self.n_inputs))
 
+    def _view(self, s: int) -> Any:
+        n = self.n_inputs
+        x = self._mv[s * n:(s + self.window) * n]
+        return x if self._np is None else self._np.frombuffer(x, self._np.float32).reshape(1, -1)
+
+    def use_numpy(self) -> None:
+        """Windows come out as numpy ``(1, window * inputs)`` float32 views of the same ring (for a Python
+        wrapper's ``set_tensor``, which takes them without conversion). Imports numpy."""
+        if self._np is not None:
+            return
+        import numpy as np
+
+        self._np = np
+        if self._views is not None:
+            self._views = [np.frombuffer(v, np.float32).reshape(1, -1) for v in self._views]
+
     def intact(self, k: int) -> bool:
         """True while no row of window ``k`` has been overwritten (nor is being written) in the ring."""
         # the writer may be half-way through row number `rows` (data written, count not yet): that row
         # overwrites row `rows - capacity`, so the window's first row must be newer than that
         return self.rows < k * self.hop + self.capacity
 
-    def latest(self) -> np.ndarray | None:
-        """A copy of the most recent full window's rows, ``(window, n_inputs)`` (for a test invoke), or None."""
+    def latest(self) -> array | None:
+        """A copy of the most recent full window, flat float32 (for a test invoke), or None."""
         if self.rows < self.window:
             return None
         s = (self.rows - self.window) % self.capacity
-        return self._vals[s:s + self.window].copy()
+        n = self.n_inputs
+        return array("f", self._mv[s * n:(s + self.window) * n])
 
 
 def as_float(v: Any) -> float:
     """A reading value as float; anything non-numeric becomes NaN (the window is then not run)."""
     if isinstance(v, float):
         return v
-    if isinstance(v, int | np.integer | np.floating) and not isinstance(v, bool):
+    if isinstance(v, int):  # bool too
         return float(v)
-    if isinstance(v, bool):
+    if isinstance(v, Real):  # numpy scalars, Fraction
         return float(v)
     return math.nan
 
@@ -213,8 +237,8 @@ class RowAssembler:
 
     def __init__(self, n_inputs: int) -> None:
         self.n = n_inputs
-        self.values = np.full(n_inputs, np.nan, dtype=np.float32)
-        self.seqs = np.zeros(n_inputs, dtype=np.int64)
+        self.values = array("f", [math.nan]) * n_inputs
+        self.seqs = array("q", [0]) * n_inputs
         self._seen = 0
         self._have = [False] * n_inputs
 

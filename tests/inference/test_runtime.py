@@ -28,7 +28,7 @@ def no_runtime() -> Iterator[None]:
 
 def test_a_runtime_is_usable_here() -> None:
     assert runtime.unavailable_reason() == ""
-    assert runtime.runtime_name() in ("tflite_runtime", "ai_edge_litert")
+    assert runtime.runtime_name() in ("litert_c", "tflite_runtime", "ai_edge_litert")
 
 
 def test_interpreter_creation_chatter_is_silenced() -> None:
@@ -43,8 +43,9 @@ def test_interpreter_creation_chatter_is_silenced() -> None:
     assert r.stdout.strip() == "16.0"
     assert r.stderr == ""
     # and without the wrapper the runtime does print it (so the test above can fail)
+    wrapper = "ai_edge_litert" if runtime.runtime_name() == "litert_c" else runtime.runtime_name()
     raw = ("import sys; sys.path.insert(0, 'tools'); import tflite_build as tb;"
-           f"from {runtime.runtime_name()}.interpreter import Interpreter;"
+           f"from {wrapper}.interpreter import Interpreter;"
            "it = Interpreter(model_content=tb.build(8, [tb.Scale(2.0)])); it.allocate_tensors()")
     r = subprocess.run([sys.executable, "-c", raw], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "XNNPACK" in r.stderr or "TensorFlow Lite" in r.stderr
@@ -119,11 +120,11 @@ def test_tflite_runtime_preferred_on_numpy1_and_skipped_with_reason_on_numpy2(
     (pkg / "interpreter.py").write_text("from ai_edge_litert.interpreter import Interpreter  # noqa: F401\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        monkeypatch.setattr(runtime, "_numpy_major", lambda: 1)
-        runtime._reset_for_tests(runtime.CANDIDATES)
+        monkeypatch.setattr(runtime, "_numpy_version", lambda: "1.26.4")
+        runtime._reset_for_tests(runtime.WRAPPERS)
         assert runtime.runtime_name() == "tflite_runtime" and runtime.unavailable_reason() == ""
-        monkeypatch.setattr(runtime, "_numpy_major", lambda: 2)
-        runtime._reset_for_tests(runtime.CANDIDATES)
+        monkeypatch.setattr(runtime, "_numpy_version", lambda: "2.4.6")
+        runtime._reset_for_tests(runtime.WRAPPERS)
         assert runtime.runtime_name() == "ai_edge_litert"
         runtime._reset_for_tests(("tflite_runtime.interpreter",))
         assert "tflite-runtime is installed but needs numpy<2" in runtime.unavailable_reason()
