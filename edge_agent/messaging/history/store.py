@@ -18,6 +18,7 @@ lets the file shrink without a blocking VACUUM.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -91,6 +92,51 @@ CREATE INDEX IF NOT EXISTS outseq_mid ON outseq (mid);
 """
 
 _OPEN_SQL = ",".join(f"'{s}'" for s in OPEN)
+_INSERT = ("INSERT OR IGNORE INTO messages (mid, sender, seq, outgoing, kind, peer, grp, stream, cls, conv, ts, "
+           "stored, data, body, status, expires, unread, notified, updated) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+#: One message as stored: the 19 columns of :data:`_INSERT` in order, then its outbox seqs (a list).
+Row = list[Any]
+
+
+def make_row(*, mid: str, sender: str, seq: int, outgoing: bool, kind: str, blob: bytes, body: str, ts: float,
+             status: str, peer: str | None, group: str | None, stream: str | None, expires: float | None,
+             notified: bool, now: float, outseqs: Sequence[int], cls: str | None, unread: bool | None) -> Row:
+    """The row :func:`insert_row` stores (plain values: it also goes into the journal, see pending.py)."""
+    conv = conv_key(peer, group, stream, sender, outgoing)
+    unread_flag = int(not outgoing) if unread is None else int(unread)
+    return [mid, sender, seq, int(outgoing), kind, peer, group, stream, cls, conv, ts, now, blob, body, status,
+            expires, unread_flag, int(notified), now, list(outseqs)]
+
+
+def insert_row(db: sqlite3.Connection, row: Row) -> int | None:
+    """Insert one message (in the caller's transaction); its row id, or None for a duplicate ``mid``."""
+    cur = db.execute(_INSERT, row[:19])
+    if cur.rowcount == 0:
+        return None
+    rowid = cur.lastrowid
+    db.execute("INSERT INTO convs VALUES (?,?,?) ON CONFLICT (conv) DO UPDATE SET "
+               "last_id=excluded.last_id, last_ts=excluded.last_ts "
+               "WHERE excluded.last_ts >= convs.last_ts", (row[9], rowid, row[10]))
+    if row[19]:
+        db.executemany("INSERT OR REPLACE INTO outseq (seq, mid, state) VALUES (?,?,0)",
+                       ((s, row[0]) for s in row[19]))
+    return rowid
+
+
+def mark_sent(db: sqlite3.Connection, mids: Sequence[str], now: float) -> None:
+    """The outgoing messages ``mids`` (pending or queued; one outbox seq each) are sent: their seqs are over."""
+    db.executemany("UPDATE messages SET status='sent', reason='', updated=? WHERE mid=? AND "
+                   "status IN ('pending','queued')", ((now, m) for m in mids))
+    db.executemany("DELETE FROM outseq WHERE mid=?", ((m,) for m in mids))
+
+
+def mark_queued(db: sqlite3.Connection, seqs: Sequence[int], mids: Sequence[str], now: float) -> None:
+    """The outbox committed ``seqs``: the pending messages ``mids`` (one seq each) are queued."""
+    db.executemany("UPDATE outseq SET state=1 WHERE seq=? AND state<1", ((s,) for s in seqs))
+    db.executemany("UPDATE messages SET status='queued', updated=? WHERE mid=? AND status='pending'",
+                   ((now, m) for m in mids))
 
 
 class Store:
@@ -106,27 +152,14 @@ class Store:
             expires: float | None = None, notified: bool = True, now: float | None = None,
             outseqs: Sequence[int] = (), cls: str | None = None, unread: bool | None = None) -> int | None:
         """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate)."""
-        now = time.time() if now is None else now
-        conv = conv_key(peer, group, stream, sender, outgoing)
-        unread_flag = int(not outgoing) if unread is None else int(unread)
-        blob = codec.encode(data)
+        row = make_row(mid=mid, sender=sender, seq=seq, outgoing=outgoing, kind=kind, blob=codec.encode(data),
+                       body=body_text(data), ts=ts, status=status, peer=peer, group=group, stream=stream,
+                       expires=expires, notified=notified, now=time.time() if now is None else now,
+                       outseqs=outseqs, cls=cls, unread=unread)
         with self.db.tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO messages (mid, sender, seq, outgoing, kind, peer, grp, stream, cls, conv, ts, "
-                "stored, data, body, status, expires, unread, notified, updated) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (mid, sender, seq, int(outgoing), kind, peer, group, stream, cls, conv, ts, now, blob,
-                 body_text(data), status, expires, unread_flag, int(notified), now))
-            if cur.rowcount == 0:
-                return None
-            rowid = cur.lastrowid
-            db.execute("INSERT INTO convs VALUES (?,?,?) ON CONFLICT (conv) DO UPDATE SET "
-                       "last_id=excluded.last_id, last_ts=excluded.last_ts "
-                       "WHERE excluded.last_ts >= convs.last_ts", (conv, rowid, ts))
-            if outseqs:
-                db.executemany("INSERT OR REPLACE INTO outseq (seq, mid, state) VALUES (?,?,0)",
-                               ((s, mid) for s in outseqs))
-        self._inserts_since_trim += 1
+            rowid = insert_row(db, row)
+        if rowid is not None:
+            self._inserts_since_trim += 1
         return rowid
 
     def set_status(self, mid: str, status: str, reason: str = "", *, now: float | None = None) -> bool:
