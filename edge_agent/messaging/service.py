@@ -119,7 +119,7 @@ class MessagingService:
                                       dev=self.dev, prefix=self.prefix, chunk_size=self.cfg.chunk_size,
                                       receipt=tracker.send_receipt, received=self._dispatcher.wake, seal=auth.extra)
             inbound = Inbound(h, tracker, transfers, auth, dev=self.dev, emit=self._emitter(h),
-                              received=self._dispatcher.wake)
+                              received=self._dispatcher.received, unstored=self._dispatcher.unstored)
             self.host.on_committed(tracker.on_committed)
             self.host.on_dropped(tracker.on_dropped)
             self.host.on_ack(tracker.on_ack)

@@ -21,27 +21,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.host import Accepted, Ack, Host, LinkLost, Outgoing, Refused
 from edge_agent.messaging.history import FINAL, History, HistoryError, Message
 from edge_agent.messaging.recovery import RECEIPT_BATCH, Reconcile
+from edge_agent.messaging.snapshots import NORMAL_PATH, SNAPSHOTS_KEPT, Snapshots
 from edge_agent.transport.topics import receipts_topic
 
 log = logging.getLogger("edge_agent.messaging")
 T = TypeVar("T", str, Message)
 
-NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
 _DONE = ("sent", "delivered", "read", *FINAL)  # the broker has it, or it is over: no seq left to watch
 RECEIPT_LEVEL = {"delivered": 1, "read": 2}
 ACK_CHUNK = 256  # PUBACKs recorded per history transaction at most
-SNAPSHOTS_KEPT = 20000  # pending snapshots kept for the bulk PUBACK path (the rest take the per-message one)
-__all__ = ["ACK_CHUNK", "NORMAL_PATH", "RECEIPT_BATCH", "RECEIPT_LEVEL", "Tracker"]
+STORE_DELAY = 0.02  # seconds history rows wait (at most) for others to join their transaction ...
+STORE_ROWS = 500  # ... unless this many wait
+__all__ = ["ACK_CHUNK", "NORMAL_PATH", "RECEIPT_BATCH", "RECEIPT_LEVEL", "SNAPSHOTS_KEPT", "Tracker"]
 
 
-class Tracker(Reconcile):
+class Tracker(Snapshots, Reconcile):
     """Owns the seq bookkeeping of one messaging service; ``emit(mid)`` reports a status change (as stored),
     ``report(message)`` one whose snapshot is at hand.
 
@@ -63,6 +63,9 @@ class Tracker(Reconcile):
         # (PUBACKs are recorded in bulk from it); any other status change takes a message out
         self._simple: dict[str, Message] = {}
         self._flush_due = False  # history rows wait to be stored (History.add_later)
+        self._flush_at = 0.0  # when the rows queued since _flush_due was set are stored at the latest
+        self._early_acks: dict[int, Ack] = {}  # PUBACKs of seqs put_message() had not recorded yet
+        self._early_commits: set[int] = set()  # outbox commits of such seqs
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
         self._filling: set[str] = set()  # files whose chunks are still being put: no status moves yet
         self._acks: list[tuple[int, Ack]] = []  # PUBACKs waiting for the ack thread (one transaction each batch)
@@ -98,24 +101,37 @@ class Tracker(Reconcile):
         except HistoryError as e:
             log.warning("history rows left in the journal for the next start: %s", e)
 
-    def wake(self) -> None:
-        """History rows were queued to be stored (History.add_later): the thread stores them."""
+    def wake(self, soon: bool = False) -> None:
+        """History rows were queued to be stored (History.add_later): the thread stores them within
+        :data:`STORE_DELAY` (more join that transaction; every read stores them first anyway), or at once
+        when ``soon`` (statuses waiting to be reported)."""
         with self._acks_cond:
-            self._flush_due = True
-            self._acks_cond.notify()
+            at = time.monotonic() + (0.0 if soon else STORE_DELAY)
+            if not self._flush_due or at < self._flush_at:
+                self._flush_due = True
+                self._flush_at = at
+                self._acks_cond.notify()
         if self._thread is None:
             self._store_waiting()
 
     def _run_acks(self) -> None:
         while True:
             with self._acks_cond:
-                while not self._acks and not self._flush_due and not self._stopping:
-                    self._acks_cond.wait()
-                if not self._acks and not self._flush_due:
+                while not (self._acks or self._stopping):
+                    if not self._flush_due:
+                        self._acks_cond.wait()
+                        continue
+                    left = self._flush_at - time.monotonic()
+                    if left <= 0 or self._history.waiting >= STORE_ROWS:
+                        break
+                    self._acks_cond.wait(left)
+                if self._stopping and not (self._acks or self._flush_due):
                     return
-                self._flush_due = False
-            self._store_waiting()
             self._record_acks()
+            if self._flush_due and (self._stopping or time.monotonic() >= self._flush_at
+                                    or self._history.waiting >= STORE_ROWS):
+                self._flush_due = False
+                self._store_waiting()
 
     def _store_waiting(self) -> None:
         """Store the queued history rows: one transaction, without the tracker's lock."""
@@ -151,37 +167,13 @@ class Tracker(Reconcile):
             part = batch[i:i + ACK_CHUNK]
             with self._lock:
                 try:
-                    rest = self._sent_in_bulk(part)
+                    rest = self._sent_in_bulk(self._early(part))
                     if rest:
                         with self._history.batch():
                             for seq, ack in rest:
                                 self._ack_one(seq, ack)
                 except HistoryError as e:
                     log.debug("%d ack(s) not recorded: %s", len(part), e)
-
-    def _sent_in_bulk(self, part: list[tuple[int, Ack]]) -> list[tuple[int, Ack]]:
-        """The PUBACKs of messages whose pending snapshot is at hand (put by put_message, no status change
-        since): their steps to "sent" are reported from that snapshot and stored with the next history
-        transaction (``set_sent``: one statement for the lot; every read comes after it), without reading
-        anything now. Return the other acks."""
-        rest: list[tuple[int, Ack]] = []
-        moved: list[str] = []
-        now = time.time()
-        for seq, ack in part:
-            mid = self._tracked.get(seq)
-            m = self._simple.pop(mid, None) if mid is not None and isinstance(ack, Accepted) else None
-            if m is None or seq in self._receipt_seqs:
-                if m is not None:
-                    self._simple[m.id] = m
-                rest.append((seq, ack))
-                continue
-            moved.append(m.id)
-            self._untrack(seq)
-            for st in NORMAL_PATH[NORMAL_PATH.index(m.status) + 1:NORMAL_PATH.index("sent") + 1]:
-                self._report(replace(m, status=st, updated=now))
-        if moved:
-            self._history.set_sent(moved, now)
-        return rest
 
     # ------------------------------------------------------------------ putting
     def put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], str], *,
@@ -193,16 +185,6 @@ class Tracker(Reconcile):
             if announce:
                 self._emit(mid)  # under the lock: "pending" is reported before any later status
             return mid
-
-    def put_message(self, build: Callable[[float], Outgoing], record: Callable[[int, float], Message]) -> Message:
-        """:meth:`put` for a message of one seq whose ``record`` returns it as stored (nothing read back):
-        "pending" is reported from a copy; its PUBACK is recorded in bulk."""
-        with self._lock:
-            m = self._put(build, record)
-            if len(self._simple) < SNAPSHOTS_KEPT:
-                self._simple[m.id] = m
-            self._report(replace(m, receipts={}))
-            return m
 
     def _put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], T]) -> T:
         ts = time.time()
@@ -295,6 +277,8 @@ class Tracker(Reconcile):
     # ------------------------------------------------------------------ host callbacks
     def on_committed(self, seqs: list[int]) -> None:
         with self._lock:
+            if self._putting:  # a seq put_message() has not recorded yet: looked at once it has
+                self._early_commits.update(s for s in seqs if s not in self._tracked)
             if not self._receipt_seqs and not any(s in self._tracked for s in seqs):
                 return
             try:
@@ -304,24 +288,6 @@ class Tracker(Reconcile):
                         self._committed(seqs, rest)
             except HistoryError as e:
                 log.debug("commit of %d message(s) not recorded: %s", len(seqs), e)
-
-    def _queued_in_bulk(self, hits: list[int]) -> list[int]:
-        """The committed seqs of messages whose snapshot is at hand (see _sent_in_bulk): "queued" reported
-        from it and stored with the next history transaction; return the other seqs."""
-        rest: list[int] = []
-        done: list[int] = []
-        now = time.time()
-        for seq in hits:
-            m = self._simple.get(self._tracked[seq])
-            if m is None:
-                rest.append(seq)
-            elif m.status == "pending":
-                done.append(seq)
-                self._simple[m.id] = m = replace(m, status="queued", updated=now)
-                self._report(replace(m))
-        if done:
-            self._history.set_queued(done, [self._tracked[s] for s in done], now)
-        return rest
 
     def _committed(self, seqs: list[int], hits: list[int]) -> None:
         self._receipts_committed(seqs)

@@ -130,23 +130,26 @@ class History(Store, Delivery, Query):
             self._inserts_since_trim += 1
         return as_stored(row)
 
-    def set_sent(self, mids: Sequence[str], now: float) -> None:
+    def set_sent(self, mids: Sequence[str], now: float, then: Callable[[], None] | None = None) -> None:
         """The messages ``mids`` (one outbox seq each, pending or queued) are sent; their seqs are over. With
-        the next transaction when storing later (every read comes after it), else now."""
-        if self.db.pending is None or self._journal is None:
-            with self.db.tx() as conn:
-                mark_sent(conn, mids, now)
-        else:
-            self._journal.later(lambda conn: mark_sent(conn, mids, now))
+        the next transaction when storing later (every read comes after it), else now; ``then()`` once
+        committed."""
+        self._later(lambda conn: mark_sent(conn, mids, now), then)
 
-    def set_queued(self, seqs: Sequence[int], mids: Sequence[str], now: float) -> None:
-        """The outbox committed ``seqs``, of the pending messages ``mids`` (one seq each): they are queued.
-        As :meth:`set_sent`, with the next transaction when storing later."""
+    def _later(self, fn: Callable[[Any], None], then: Callable[[], None] | None) -> None:
         if self.db.pending is None or self._journal is None:
             with self.db.tx() as conn:
-                mark_queued(conn, seqs, mids, now)
+                fn(conn)
+            if then is not None:
+                then()
         else:
-            self._journal.later(lambda conn: mark_queued(conn, seqs, mids, now))
+            self._journal.later(fn, then)
+
+    def set_queued(self, seqs: Sequence[int], mids: Sequence[str], now: float,
+                   then: Callable[[], None] | None = None) -> None:
+        """The outbox committed ``seqs``, of the pending messages ``mids`` (one seq each): they are queued.
+        As :meth:`set_sent`."""
+        self._later(lambda conn: mark_queued(conn, seqs, mids, now), then)
 
     @property
     def waiting(self) -> int:

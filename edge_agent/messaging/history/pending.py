@@ -31,12 +31,14 @@ from typing import Any
 
 from edge_agent import codec
 from edge_agent.messaging.history.records import HistoryUnavailable
-from edge_agent.messaging.history.store import Row, insert_row
+from edge_agent.messaging.history.store import Row, insert_row, insert_rows
 
 log = logging.getLogger("edge_agent.messaging.history")
 
 _LEN = struct.Struct(">I")
 _ZERO = bytes(_LEN.size)
+QUEUE_LIMIT = 1000  # rows waiting at most before add() waits for the writer ...
+QUEUE_WAIT = 0.2  # ... at most this long (a writer that cannot store, e.g. a full disk, does not stop send())
 _INITIAL = 1 << 20  # bytes mapped per journal file at first (it grows when a batch needs more)
 
 
@@ -121,6 +123,7 @@ class PendingAdds:
         self.files = tuple(Journal(db_path.with_name(f"{db_path.name}.j{i}")) for i in (0, 1))
         self._wake = wake  # called when the first row is queued (the writer thread flushes)
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
         self._rows: list[tuple[int, Any]] = []  # (journal file index, row) or (-1, write), oldest first
         self._cur = 0
         self._order = 0  # the journal records' order across both files
@@ -139,8 +142,12 @@ class PendingAdds:
             j.reset()
 
     def add(self, row: Row) -> None:
-        """Journal ``row`` and queue it; HistoryUnavailable if the journal cannot be written."""
+        """Journal ``row`` and queue it; HistoryUnavailable if the journal cannot be written. With
+        :data:`QUEUE_LIMIT` rows waiting already, first wait (up to :data:`QUEUE_WAIT`) for the writer to
+        take them: the queue stays bounded, and a caller that never blocks cannot starve the other threads."""
         with self._lock:
+            if len(self._rows) >= QUEUE_LIMIT:
+                self._taken.wait(QUEUE_WAIT)
             self._order += 1
             try:
                 self.files[self._cur].append(codec.encode([self._order, row]))
@@ -152,12 +159,12 @@ class PendingAdds:
         if first and self._wake is not None:
             self._wake()
 
-    def later(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+    def later(self, fn: Callable[[sqlite3.Connection], None], then: Callable[[], None] | None = None) -> None:
         """Queue a write (not journaled: a status the tracker can tell again after a crash) to run in order
-        with the rows, in the next transaction."""
+        with the rows, in the next transaction; ``then()`` once that is committed."""
         with self._lock:
             first = not self._rows
-            self._rows.append((-1, fn))
+            self._rows.append((-1, (fn, then)))
         if first and self._wake is not None:
             self._wake()
 
@@ -172,15 +179,27 @@ class PendingAdds:
         with self._lock:
             taken, self._rows = self._rows, []
             self._cur ^= 1
+            self._taken.notify_all()
         return taken
 
     def insert(self, conn: sqlite3.Connection, taken: list[tuple[int, Any]]) -> None:
         """Insert ``taken`` in the caller's open transaction (duplicates of committed rows are ignored)."""
-        for f, row in taken:
+        rows: list[Row] = []  # consecutive plain rows go in together (insert_rows)
+        for f, item in taken:
+            if f >= 0 and item[19] == [item[2]]:
+                rows.append(item)
+                continue
+            self._insert(conn, rows)
+            rows = []
             if f < 0:
-                row(conn)  # type: ignore[operator]
-            elif insert_row(conn, row) is not None:
+                item[0](conn)  # a later write (History.set_sent ...), in its place
+            elif insert_row(conn, item) is not None:
                 self.inserted += 1
+        self._insert(conn, rows)
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
+        if rows:
+            self.inserted += insert_rows(conn, rows)
 
     def done(self, taken: list[tuple[int, Any]], committed: bool) -> None:
         """After the transaction: committed, the journal file no queued row is in is emptied; rolled back,
@@ -192,6 +211,9 @@ class PendingAdds:
             self.files[self._cur ^ 1].reset()  # every row queued since take() is in the current one
             if not self._rows:
                 self.files[self._cur].reset()
+        for f, item in taken:
+            if f < 0 and item[1] is not None:
+                item[1]()  # e.g. report the statuses just stored
 
     def close(self) -> None:
         with self._lock:

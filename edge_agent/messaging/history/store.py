@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from edge_agent import codec
@@ -96,6 +96,9 @@ _INSERT = ("INSERT OR IGNORE INTO messages (mid, sender, seq, outgoing, kind, pe
            "stored, data, body, status, expires, unread, notified, updated) "
            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
+_ROW_MARKS = "(" + ",".join("?" * 19) + ")"
+_PART = 200  # rows per multi-row INSERT (19 parameters each: well under SQLite's 32,766)
+
 #: One message as stored: the 19 columns of :data:`_INSERT` in order, then its outbox seqs (a list).
 Row = list[Any]
 
@@ -125,18 +128,46 @@ def insert_row(db: sqlite3.Connection, row: Row) -> int | None:
     return rowid
 
 
+def insert_rows(db: sqlite3.Connection, rows: Sequence[Row]) -> int:
+    """:func:`insert_row` for many outgoing rows of one outbox seq each (``outseqs == [seq]``), with a few
+    statements per :data:`_PART` rows instead of three per row (every statement lets go of the GIL and
+    takes it back); the same rows, conversation pointers and seqs result. Return how many were new."""
+    n = 0
+    for i in range(0, len(rows), _PART):
+        part = rows[i:i + _PART]
+        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+        db.execute(_INSERT.replace("VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                   "VALUES " + ",".join([_ROW_MARKS] * len(part))),
+                   [v for r in part for v in r[:19]])
+        added = db.execute("SELECT COUNT(*) FROM messages WHERE id > ?", (before,)).fetchone()[0]
+        if not added:
+            continue
+        n += added
+        db.execute("INSERT INTO convs SELECT conv, id, ts FROM messages WHERE id > ? ORDER BY id "
+                   "ON CONFLICT (conv) DO UPDATE SET last_id=excluded.last_id, last_ts=excluded.last_ts "
+                   "WHERE excluded.last_ts >= convs.last_ts", (before,))
+        db.execute("INSERT OR REPLACE INTO outseq (seq, mid, state) SELECT seq, mid, 0 FROM messages "
+                   "WHERE id > ? AND outgoing = 1", (before,))
+    return n
+
+
 def mark_sent(db: sqlite3.Connection, mids: Sequence[str], now: float) -> None:
     """The outgoing messages ``mids`` (pending or queued; one outbox seq each) are sent: their seqs are over."""
-    db.executemany("UPDATE messages SET status='sent', reason='', updated=? WHERE mid=? AND "
-                   "status IN ('pending','queued')", ((now, m) for m in mids))
-    db.executemany("DELETE FROM outseq WHERE mid=?", ((m,) for m in mids))
+    for i in range(0, len(mids), _PART * 10):
+        part = list(mids[i:i + _PART * 10])
+        marks = ",".join("?" * len(part))
+        db.execute(f"UPDATE messages SET status='sent', reason='', updated=? WHERE mid IN ({marks}) AND "
+                   "status IN ('pending','queued')", (now, *part))
+        db.execute(f"DELETE FROM outseq WHERE mid IN ({marks})", part)
 
 
 def mark_queued(db: sqlite3.Connection, seqs: Sequence[int], mids: Sequence[str], now: float) -> None:
     """The outbox committed ``seqs``: the pending messages ``mids`` (one seq each) are queued."""
-    db.executemany("UPDATE outseq SET state=1 WHERE seq=? AND state<1", ((s,) for s in seqs))
-    db.executemany("UPDATE messages SET status='queued', updated=? WHERE mid=? AND status='pending'",
-                   ((now, m) for m in mids))
+    for i in range(0, len(mids), _PART * 10):
+        ps, pm = list(seqs[i:i + _PART * 10]), list(mids[i:i + _PART * 10])
+        db.execute(f"UPDATE outseq SET state=1 WHERE state<1 AND seq IN ({','.join('?' * len(ps))})", ps)
+        db.execute(f"UPDATE messages SET status='queued', updated=? WHERE status='pending' AND "
+                   f"mid IN ({','.join('?' * len(pm))})", (now, *pm))
 
 
 class Store:
@@ -150,13 +181,20 @@ class Store:
     def add(self, *, mid: str, sender: str, seq: int, outgoing: bool, kind: str, data: Any, ts: float,
             status: str, peer: str | None = None, group: str | None = None, stream: str | None = None,
             expires: float | None = None, notified: bool = True, now: float | None = None,
-            outseqs: Sequence[int] = (), cls: str | None = None, unread: bool | None = None) -> int | None:
-        """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate)."""
+            outseqs: Sequence[int] = (), cls: str | None = None, unread: bool | None = None,
+            stored: Callable[[int], None] | None = None) -> int | None:
+        """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate).
+        ``stored(rowid)`` is called for a new message once that is known, before it is inserted and
+        committed (either may still fail)."""
         row = make_row(mid=mid, sender=sender, seq=seq, outgoing=outgoing, kind=kind, blob=codec.encode(data),
                        body=body_text(data), ts=ts, status=status, peer=peer, group=group, stream=stream,
                        expires=expires, notified=notified, now=time.time() if now is None else now,
                        outseqs=outseqs, cls=cls, unread=unread)
         with self.db.tx() as db:
+            if stored is not None:
+                if db.execute("SELECT 1 FROM messages WHERE mid=?", (mid,)).fetchone() is not None:
+                    return None
+                stored(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages").fetchone()[0])  # its row id
             rowid = insert_row(db, row)
         if rowid is not None:
             self._inserts_since_trim += 1
