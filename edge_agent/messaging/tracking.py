@@ -64,6 +64,8 @@ class Tracker(Snapshots, Reconcile):
         self._simple: dict[str, Message] = {}
         self._flush_due = False  # history rows wait to be stored (History.add_later)
         self._flush_at = 0.0  # when the rows queued since _flush_due was set are stored at the latest
+        self._polling = False  # the thread looks for rows every STORE_DELAY (until _busy_until) ...
+        self._busy_until = 0.0  # ... for a second after it last stored some
         self._early_acks: dict[int, Ack] = {}  # PUBACKs of seqs put_message() had not recorded yet
         self._early_commits: set[int] = set()  # outbox commits of such seqs
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
@@ -110,7 +112,8 @@ class Tracker(Snapshots, Reconcile):
             if not self._flush_due or at < self._flush_at:
                 self._flush_due = True
                 self._flush_at = at
-                self._acks_cond.notify()
+                if soon or not self._polling:  # a polling thread finds it within STORE_DELAY anyway
+                    self._acks_cond.notify()
         if self._thread is None:
             self._store_waiting()
 
@@ -119,7 +122,9 @@ class Tracker(Snapshots, Reconcile):
             with self._acks_cond:
                 while not (self._acks or self._stopping):
                     if not self._flush_due:
-                        self._acks_cond.wait()
+                        # rows came lately: look again in STORE_DELAY rather than be woken by each send()
+                        self._polling = time.monotonic() < self._busy_until
+                        self._acks_cond.wait(STORE_DELAY if self._polling else None)
                         continue
                     left = self._flush_at - time.monotonic()
                     if left <= 0 or self._history.waiting >= STORE_ROWS:
@@ -131,6 +136,7 @@ class Tracker(Snapshots, Reconcile):
             if self._flush_due and (self._stopping or time.monotonic() >= self._flush_at
                                     or self._history.waiting >= STORE_ROWS):
                 self._flush_due = False
+                self._busy_until = time.monotonic() + 1.0
                 self._store_waiting()
 
     def _store_waiting(self) -> None:
