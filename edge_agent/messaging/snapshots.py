@@ -1,6 +1,8 @@
 """The fast path of the tracker for plain messages (one outbox seq each, put by ``send()``/``publish()``).
 
-``put_message`` puts the envelope into the outbox *outside* the tracker's lock (signing and encoding are
+``put_message`` first waits (briefly, online only) while :data:`SEND_WINDOW` messages wait for their PUBACK,
+so a sender in a tight loop cannot run ahead of the broker and starve the threads that talk to it; then it
+puts the envelope into the outbox *outside* the tracker's lock (signing and encoding are
 most of send()'s time; the acks thread must not wait behind them), then, under the lock, stores the row
 (History.add_later), starts tracking the seq and reports "pending" from the row as stored. A PUBACK or an
 outbox commit of that seq that comes before this (the forwarder may publish at once) is kept aside
@@ -25,6 +27,8 @@ from edge_agent.messaging.history import History, Message
 
 NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
 SNAPSHOTS_KEPT = 20000  # pending snapshots kept for the bulk path (beyond: the per-message path)
+SEND_WINDOW = 2000  # online, with this many messages put and not yet acknowledged, put_message waits ...
+WINDOW_WAIT = 0.05  # ... at most this long for PUBACKs (never offline: there the outbox keeps them)
 
 
 class Snapshots:
@@ -40,6 +44,7 @@ class Snapshots:
     _early_acks: dict[int, Ack]
     _early_commits: set[int]
     _putting: int
+    _room: threading.Condition  # notified when PUBACKs were recorded
 
     def _track(self, seq: int, mid: str) -> None: ...
     def _untrack(self, seq: int) -> None: ...
@@ -50,6 +55,9 @@ class Snapshots:
     def put_message(self, build: Callable[[float], Outgoing], record: Callable[[int, float], Message]) -> Message:
         """Put ``build(ts)`` into the outbox, then ``record(seq, ts)`` it in the history (returning it as stored,
         nothing read back) and report "pending" from a copy (see the module docstring)."""
+        if len(self._simple) >= SEND_WINDOW and self._host.connection().state == "online":
+            with self._room:  # the broker is behind: give its PUBACKs a moment (the other threads the GIL)
+                self._room.wait(WINDOW_WAIT)
         ts = time.time()
         with self._lock:
             self._putting += 1  # until the seq is tracked: a PUBACK or commit before that is kept aside
@@ -122,6 +130,9 @@ class Snapshots:
             self._untrack(seq)
             steps += [replace(m, status=st, updated=now)
                       for st in NORMAL_PATH[NORMAL_PATH.index(m.status) + 1:NORMAL_PATH.index("sent") + 1]]
+        if moved:
+            with self._room:
+                self._room.notify_all()
         if moved:  # reported once stored: a status the app saw is never taken back by a crash
             self._history.set_sent(moved, now, then=lambda: [self._report(m) for m in steps])
             self.wake(soon=True)

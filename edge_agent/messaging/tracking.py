@@ -66,6 +66,7 @@ class Tracker(Snapshots, Reconcile):
         self._flush_at = 0.0  # when the rows queued since _flush_due was set are stored at the latest
         self._polling = False  # the thread looks for rows every STORE_DELAY (until _busy_until) ...
         self._busy_until = 0.0  # ... for a second after it last stored some
+        self._room = threading.Condition(threading.Lock())
         self._early_acks: dict[int, Ack] = {}  # PUBACKs of seqs put_message() had not recorded yet
         self._early_commits: set[int] = set()  # outbox commits of such seqs
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)

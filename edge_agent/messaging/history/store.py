@@ -308,7 +308,18 @@ class Store:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at a checkpoint
 
     def maybe_trim(self, every: int = 1000) -> int:
-        return self.trim() if self._inserts_since_trim >= every else 0
+        """After ``every`` inserts: the size limit only (cheap while under it). The age limit needs a scan of
+        the whole table (``stored`` has no index: one more per insert would cost more), so it is left to the
+        full :meth:`trim` the service runs every few minutes."""
+        if self._inserts_since_trim < every:
+            return 0
+        with self.db:
+            self._inserts_since_trim = 0
+            removed = self._trim_to_size()
+            if removed:
+                self._tidy_after_trim()
+                log.info("history retention: removed %d message(s) over the size limit", removed)
+        return removed
 
     def size_bytes(self) -> int:
         with self.db as conn:
