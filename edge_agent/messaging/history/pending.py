@@ -19,6 +19,7 @@ not store later at all). A record's length is written last: one cut short by a k
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -62,7 +63,12 @@ class Journal:
         return left
 
     def _map_size(self, size: int) -> None:
-        os.posix_fallocate(self._fd, 0, size)  # blocks now: a full disk is an error here, not a SIGBUS later
+        try:  # blocks now: a full disk is an error here, not a SIGBUS later
+            os.posix_fallocate(self._fd, 0, size)
+        except (AttributeError, OSError) as e:  # no fallocate here (macOS, some file systems)
+            if isinstance(e, OSError) and e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            os.ftruncate(self._fd, max(size, os.fstat(self._fd).st_size))
         if self._map is not None:
             self._map.close()
         self._map = mmap.mmap(self._fd, size)
