@@ -186,16 +186,17 @@ class Store:
         """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate).
         ``stored(rowid)`` is called for a new message once that is known, before it is inserted and
         committed (either may still fail)."""
-        row = make_row(mid=mid, sender=sender, seq=seq, outgoing=outgoing, kind=kind, blob=codec.encode(data),
-                       body=body_text(data), ts=ts, status=status, peer=peer, group=group, stream=stream,
-                       expires=expires, notified=notified, now=time.time() if now is None else now,
-                       outseqs=outseqs, cls=cls, unread=unread)
         with self.db.tx() as db:
-            if stored is not None:
-                if db.execute("SELECT 1 FROM messages WHERE mid=?", (mid,)).fetchone() is not None:
+            if stored is not None:  # one statement: is it new, and the row id it will get
+                dup, nxt = db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE mid=?), "
+                                      "(SELECT COALESCE(MAX(id), 0) + 1 FROM messages)", (mid,)).fetchone()
+                if dup:
                     return None
-                stored(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages").fetchone()[0])  # its row id
-            rowid = insert_row(db, row)
+                stored(nxt)
+            rowid = insert_row(db, make_row(
+                mid=mid, sender=sender, seq=seq, outgoing=outgoing, kind=kind, blob=codec.encode(data),
+                body=body_text(data), ts=ts, status=status, peer=peer, group=group, stream=stream, expires=expires,
+                notified=notified, now=time.time() if now is None else now, outseqs=outseqs, cls=cls, unread=unread))
         if rowid is not None:
             self._inserts_since_trim += 1
         return rowid
