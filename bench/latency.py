@@ -178,8 +178,52 @@ def messaging(port: int, n: int, rate: float, tmp: Path) -> None:
           f"p99 {p99:6.2f} ms (n={k})   ratio p50 {p50 / rp50:5.2f}x p99 {p99 / rp99:5.2f}x")
 
 
+def raw_throughput(port: int, n: int, window: int) -> tuple[float, float]:
+    """Child process: n QoS 1 publishes of an envelope-sized payload as fast as paho takes them, at most
+    ``window`` without a PUBACK (0: no limit, paho queues the rest); (publish() rate, rate to the last PUBACK)."""
+    acked = [0]
+    done = threading.Event()
+    free = threading.Semaphore(window) if window else None
+
+    def on_publish(*_a: object) -> None:
+        acked[0] += 1
+        if free is not None:
+            free.release()
+        if acked[0] >= n:
+            done.set()
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.max_inflight_messages_set(window or 65535)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    time.sleep(0.3)
+    topic = "raw/tp/inbox"
+    t0 = time.perf_counter()
+    for i in range(n):
+        if free is not None:
+            free.acquire()
+        c.publish(topic, codec.encode({"v": 1, "dev": "tp-raw", "seq": i + 1, "ts": time.time(), "stream": "msg",
+                                       "data": {"i": i, "text": "hello"}, "cls": "event", "to": "tp-b",
+                                       "kind": "msg", "sig": bytes(64)}), qos=1)
+    t_put = time.perf_counter() - t0
+    done.wait(n / 100 + 60)
+    took = time.perf_counter() - t0
+    c.loop_stop()
+    c.disconnect()
+    return n / t_put, acked[0] / took
+
+
+def run_raw_throughput(port: int, n: int, window: int) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, __file__, "--raw-throughput", str(port), str(n), str(window)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
 def send_throughput(port: int, n: int, tmp: Path) -> None:
-    """send() as fast as it returns, n messages: the send() rate per tenth and the rate to "sent"."""
+    """send() as fast as it returns, n messages: the send() rate per tenth and the rate to "sent"; then raw
+    paho QoS 1 to the same broker: paced (a window of 20 un-acked, the agent's mqtt.max_inflight) and
+    unpaced (paho queues everything), each in a child process."""
     from edge_agent import Agent
 
     sent = threading.Event()
@@ -207,10 +251,19 @@ def send_throughput(port: int, n: int, tmp: Path) -> None:
                 now = time.perf_counter()
                 rates.append(block / (now - tb))
                 tb = now
+        t_put = time.perf_counter() - t0
         sent.wait(n / 50 + 60)
         took = time.perf_counter() - t0
-    print(f"messaging send() -> sent: {count[0]} of {n} sent in {took:.1f} s = {count[0] / took:.0f}/s; send() rate "
-          f"per tenth: {', '.join(f'{r:.0f}' for r in rates)} /s (last/first {rates[-1] / rates[0]:.2f})")
+    agent = count[0] / took
+    print(f"messaging send() -> sent: {count[0]} of {n} sent in {took:.1f} s = {agent:.0f}/s (send() loop "
+          f"{n / t_put:.0f}/s); send() rate per tenth: {', '.join(f'{r:.0f}' for r in rates)} /s "
+          f"(last/first {rates[-1] / rates[0]:.2f})", flush=True)
+    for window, k, name in ((20, n, "paced, window 20"),
+                            (0, min(n, 20000), f"unpaced (paho queues all; {min(n, 20000)} messages: its queue "
+                                               "handling is O(queued) per PUBACK)")):
+        put, acked = run_raw_throughput(port, k, window)
+        print(f"raw paho QoS 1 {name}: publish() {put:.0f}/s, to the last PUBACK {acked:.0f}/s; "
+              f"agent/raw {agent / acked:.2f}x", flush=True)
 
 
 def raw_messaging(port: int, n: int, rate: float) -> tuple[float, float, int]:
@@ -232,6 +285,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--raw-publisher":
         raw_publisher(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--raw-throughput":
+        print(*raw_throughput(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--recipient":
         recipient(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
         return
@@ -242,8 +298,10 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--msg-rate", type=float, default=200.0)
     ap.add_argument("--skip-messaging", action="store_true")
+    ap.add_argument("--skip-telemetry", action="store_true")
     ap.add_argument("--send-throughput", type=int, default=0, metavar="N",
-                    help="only: N send()s as fast as possible, rate to 'sent' and send() rate per tenth")
+                    help="only: N send()s as fast as possible, rate to 'sent' and send() rate per tenth, and raw paho "
+                         "QoS 1 (paced and unpaced) to the same broker")
     ap.add_argument("--broker-conf", default="set_tcp_nodelay true",
                     help="extra mosquitto.conf lines (\\n separated); default: no Nagle on the broker side")
     args = ap.parse_args()
@@ -254,7 +312,8 @@ def main() -> None:
             if args.send_throughput:
                 send_throughput(broker.port, args.send_throughput, tmp)
                 return
-            telemetry(broker.port, [float(r) for r in args.rates.split(",")], args.seconds, args.mode, tmp)
+            if not args.skip_telemetry:
+                telemetry(broker.port, [float(r) for r in args.rates.split(",")], args.seconds, args.mode, tmp)
             if not args.skip_messaging:
                 messaging(broker.port, args.messages, args.msg_rate, tmp)
         finally:

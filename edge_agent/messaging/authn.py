@@ -26,17 +26,19 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from edge_agent.commands.signing import Signer, sorted_maps
+from edge_agent.config.schema import MessagingConfig
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fsutil import atomic_write
+from edge_agent.messaging import sodium
+from edge_agent.messaging.sodium import Sign
 from edge_agent.roster import RosterBook
 
 log = logging.getLogger("edge_agent.messaging")
@@ -56,7 +58,19 @@ class DeviceKeyError(EdgeAgentError, ValueError):
 def canonical(topic: str, env: dict[str, Any]) -> bytes:
     """The bytes a message signature covers (see the module docstring)."""
     body = {k: v for k, v in env.items() if k != SIG}
-    return msgpack.packb([DOMAIN, topic, sorted_maps(body)], use_bin_type=True, use_single_float=False)
+    return msgpack.packb([DOMAIN, topic, _sorted(body)], use_bin_type=True, use_single_float=False)
+
+
+def _sorted(obj: Any) -> Any:
+    """:func:`edge_agent.commands.signing.sorted_maps`, the same result, faster when a map's keys are all
+    strings (sorting by (type name, key) is then sorting by key)."""
+    if isinstance(obj, dict):
+        if all(type(k) is str for k in obj):
+            return {k: _sorted(obj[k]) for k in sorted(obj)}
+        return sorted_maps(obj)
+    if isinstance(obj, list | tuple):
+        return [_sorted(v) for v in obj]
+    return obj
 
 
 def load_or_create_key(path: Path) -> SigningKey:
@@ -93,15 +107,16 @@ class Seal:
     """``Seal(key, topic)(envelope) -> signature``: handed to the outbox as ``extra["sig"]``;
     ``record(mid, sig)`` is told of each signature made."""
 
-    __slots__ = ("_key", "_record", "topic")
+    __slots__ = ("_record", "_sign", "topic")
 
-    def __init__(self, key: SigningKey, topic: str, record: Callable[[str, bytes], None] | None = None) -> None:
-        self._key = key
+    def __init__(self, key: SigningKey, topic: str, record: Callable[[str, bytes], None] | None = None, *,
+                 sign: Sign | None = None) -> None:
+        self._sign: Sign = sign or (lambda m: key.sign(m).signature)
         self._record = record
         self.topic = topic
 
     def __call__(self, env: dict[str, Any]) -> bytes:
-        sig = self._key.sign(canonical(self.topic, env)).signature
+        sig = self._sign(canonical(self.topic, env))
         if self._record is not None:
             self._record(message_id(env), sig)
         return sig
@@ -112,11 +127,7 @@ def verify(topic: str, env: dict[str, Any], public_key: bytes) -> bool:
     sig = env.get(SIG)
     if not isinstance(sig, bytes) or len(sig) != 64:
         return False
-    try:
-        VerifyKey(public_key).verify(canonical(topic, env), sig)
-    except BadSignatureError:
-        return False
-    return True
+    return sodium.verify(public_key, canonical(topic, env), sig)
 
 
 class Authenticator:
@@ -129,6 +140,7 @@ class Authenticator:
 
     def __init__(self, key: SigningKey | None, book: RosterBook | None, *, mode: str, max_age: float) -> None:
         self._key = key
+        self._sign = sodium.signer(key) if key is not None else None
         self.book = book
         self.mode = mode
         self._max_age = max_age
@@ -143,7 +155,7 @@ class Authenticator:
 
     def extra(self, topic: str) -> dict[str, Any]:
         """What to add to an outgoing envelope's extra: the seal (nothing when signing is off)."""
-        return {SIG: Seal(self._key, topic, self._remember)} if self._key is not None else {}
+        return {SIG: Seal(self._key, topic, self._remember, sign=self._sign)} if self._key is not None else {}
 
     def _remember(self, mid: str, sig: bytes) -> None:
         with self._lock:
@@ -224,3 +236,15 @@ class Authenticator:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self.refused)
+
+
+def make_authenticator(cfg: MessagingConfig, keys: Sequence[Any], prefix: str, state_dir: Path) -> Authenticator:
+    """The messaging service's authenticator: the device key (read, or made at the first start) and the
+    roster (stored and pinned; only with operator ``keys`` to verify it)."""
+    if cfg.signatures == "off":
+        return Authenticator(None, None, mode="off", max_age=cfg.history_max_age)
+    key = load_or_create_key(Path(cfg.key) if cfg.key else state_dir / KEY_FILE)
+    book = RosterBook(keys, prefix, state_dir / ROSTER_FILE) if keys else None
+    if book is not None:
+        book.open(cfg.roster or None)
+    return Authenticator(key, book, mode=cfg.signatures, max_age=cfg.history_max_age)

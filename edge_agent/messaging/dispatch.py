@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ log = logging.getLogger("edge_agent.messaging")
 Listener = Callable[[Any], None]
 KINDS = ("message", "status", "connection", "presence")
 _BATCH = 100
+_SEEN = 1000  # ids of messages handed to on_message kept, to hand none over twice
 
 
 class Dispatcher:
@@ -31,11 +33,18 @@ class Dispatcher:
         self._listeners: dict[str, list[Listener]] = {k: [] for k in KINDS}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._wake = threading.Event()
+        self._fresh: deque[tuple[int, Message]] = deque()  # received messages handed over as they are stored
+        self._fresh_lock = threading.Lock()
+        self._query = True  # unnotified messages may be in the history that are not in _fresh
+        self._last = 0  # the highest row id handed to on_message
+        self._seen: OrderedDict[str, None] = OrderedDict()  # ids handed to on_message lately
 
     def add(self, kind: str, fn: Listener) -> None:
         if kind not in self._listeners:
             raise MessagingError(f"unknown listener kind {kind!r} ({', '.join(KINDS)})")
         self._listeners[kind].append(fn)
+        if kind == "message":
+            self._query = True
         self._wake.set()
 
     def status(self, m: Message | None) -> None:
@@ -54,7 +63,25 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New received messages are in the history."""
+        self._query = True
         self._wake.set()
+
+    def received(self, rowid: int, m: Message | None) -> None:
+        """``m`` is being stored as row ``rowid`` (not notified): on_message gets it without a read of the
+        history, maybe before the commit (``None``: read it from there). If storing fails, :meth:`unstored`."""
+        if m is None:
+            self.wake()
+            return
+        with self._fresh_lock:
+            self._fresh.append((rowid, m))
+        self._wake.set()
+
+    def unstored(self, mid: str) -> None:
+        """Storing ``mid`` failed after :meth:`received`: not to on_message now (if it is not too late: then
+        the app has seen it, and it is not handed over again when it is stored)."""
+        with self._fresh_lock:
+            for x in [x for x in self._fresh if x[1].id == mid]:
+                self._fresh.remove(x)
 
     def run(self, history: History, stop: threading.Event) -> None:
         """The thread's loop: until ``stop`` is set (``wake()`` after setting it for a prompt exit). Status
@@ -65,7 +92,10 @@ class Dispatcher:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 self._drain_events()
-                if self._listeners["message"] and not history.closed and not self._deliver(history, stop):
+                if not self._listeners["message"]:
+                    self._fresh.clear()  # they stay unnotified in the history, for a listener added later
+                    self._query = True
+                elif not history.closed and not self._deliver(history, stop):
                     return
         finally:
             self._drain_events()
@@ -79,20 +109,39 @@ class Dispatcher:
             self._call(kind, item)
 
     def _deliver(self, history: History, stop: threading.Event) -> bool:
-        """Hand the next batch of received messages to on_message; False once the history is gone."""
-        try:
-            batch = history.unnotified(_BATCH)
-        except HistoryError:
-            return True
-        for m in batch:
+        """Hand received messages to on_message, oldest first: those the history holds unnotified (after a
+        restart, or stored while no listener was there), then those handed over as stored. False once the
+        history is gone."""
+        if self._query:
+            self._query = False
+            try:
+                batch = history.unnotified_rows(_BATCH)
+            except HistoryError:
+                return True
+            if len(batch) == _BATCH:
+                self._query = True
+        else:
+            batch = []
+            with self._fresh_lock:
+                while self._fresh:
+                    batch.append(self._fresh.popleft())
+            if any(rowid <= self._last for rowid, _ in batch):  # out of order, or read from the history already
+                self._query = True
+                batch = [x for x in batch if x[0] > self._last]
+        for rowid, m in batch:
             if stop.is_set():
                 return False
-            self._call("message", m)
+            if m.id not in self._seen:  # else a store that failed after the app saw it, and now succeeded
+                self._call("message", m)
+                self._seen[m.id] = None
+                if len(self._seen) > _SEEN:
+                    self._seen.popitem(last=False)
+            self._last = max(self._last, rowid)
             try:
                 history.set_notified([m.id])
             except HistoryError:  # closed by a stop() from inside the callback
                 return False
-        if len(batch) == _BATCH:
+        if self._query or self._fresh:
             self._wake.set()
         return True
 

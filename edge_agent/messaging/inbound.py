@@ -3,8 +3,9 @@
 ::
 
     <prefix>/<me>/inbox, <prefix>/group/<g>/msg  --> dedupe by "<dev>:<seq>" in history.db (committed)
+        --> dispatcher thread --> on_message (as it is stored: once per message unless the app dies
+            before the commit or mid-callback)
         --> receipt "delivered" through the outbox --> Disposition.ACK --> the router PUBACKs
-        --> dispatcher thread --> on_message (once per message unless the app dies mid-callback)
     <prefix>/<me>/receipts                        --> delivered | read | missing chunks | failed
     subscribe()d filters                          --> stream messages in the history
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 from edge_agent.host import ConnectionStatus, Disposition, InMessage
 from edge_agent.messaging.authn import Authenticator, message_id
 from edge_agent.messaging.envelope import decode_envelope, expired
-from edge_agent.messaging.history import History, HistoryError, HistoryUnavailable
+from edge_agent.messaging.history import History, HistoryError, HistoryUnavailable, Message
 from edge_agent.messaging.tracking import Tracker
 from edge_agent.messaging.transfers import FileTransfers
 from edge_agent.transfer import TransferError
@@ -53,14 +55,16 @@ class Inbound:
     """The inbound handlers of one messaging service (see the module docstring)."""
 
     def __init__(self, history: History, tracker: Tracker, transfers: FileTransfers, auth: Authenticator, *,
-                 dev: str, emit: Callable[[str], None], received: Callable[[], None]) -> None:
+                 dev: str, emit: Callable[[str], None], received: Callable[[int, Message | None], None],
+                 unstored: Callable[[str], None] = lambda mid: None) -> None:
         self._history = history
         self._auth = auth
         self._tracker = tracker
         self._transfers = transfers
         self._dev = dev
         self._emit = emit  # a status changed without a step (a new group receipt)
-        self._received = received  # new messages are in the history
+        self._received = received  # (rowid, message as stored) is in the history (Dispatcher.received)
+        self._unstored = unstored  # ... or storing it failed after all (Dispatcher.unstored)
         self._lock = threading.Lock()
         self._deferred: deque[tuple[InMessage, Route, dict[str, Any]]] = deque()
 
@@ -164,13 +168,27 @@ class Inbound:
         if expired(env):
             log.info("message %s arrived after its time-to-live; dropped", mid)
             return
-        rowid = self._history.add(mid=mid, sender=dev, seq=seq, outgoing=False, kind="msg", data=env.get("data"),
-                                  ts=float(env["ts"]), status="received", peer=None if group else dev, group=group,
-                                  notified=False, cls=env.get("cls"))
+        now = time.time()
+        data, ts, peer = env.get("data"), float(env["ts"]), None if group else dev
+
+        def stored(rowid: int) -> None:
+            """To on_message as stored (nothing read back) while it is inserted and committed: the PUBACK
+            still waits for the commit; if that fails, the message waits (DEFER) and is not handed over
+            again once stored (a crash before the commit: the broker sends it again, on_message sees it
+            twice)."""
+            self._received(rowid, Message(id=mid, sender=dev, seq=seq, outgoing=False, kind="msg", data=data, ts=ts,
+                                          status="received", to=peer, group=group, unread=True, stored=now,
+                                          updated=now, cls=env.get("cls")))
+
+        try:
+            self._history.add(mid=mid, sender=dev, seq=seq, outgoing=False, kind="msg", data=data, ts=ts,
+                              status="received", peer=peer, group=group, notified=False, cls=env.get("cls"), now=now,
+                              stored=stored)
+        except BaseException:
+            self._unstored(mid)
+            raise
         # also for a duplicate: the first receipt may have been lost with a crash
         self._tracker.send_receipt(dev, [mid], "delivered")
-        if rowid is not None:
-            self._received()
 
     def _stream(self, env: dict[str, Any]) -> None:
         dev, seq = env["dev"], env["seq"]
@@ -178,8 +196,8 @@ class Inbound:
         rowid = self._history.add(mid=f"{dev}:{seq}", sender=dev, seq=seq, outgoing=mine, kind="stream",
                                   data=env.get("data"), ts=float(env["ts"]), status="received", stream=env["stream"],
                                   notified=mine, cls=env.get("cls") or "telemetry", unread=False)
-        if rowid is not None:
-            self._received()
+        if rowid is not None and not mine:
+            self._received(0, None)  # read from the history by the dispatcher
 
     def _receipt(self, env: dict[str, Any]) -> None:
         by, d = env["dev"], env.get("data")

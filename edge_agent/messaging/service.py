@@ -27,12 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge_agent.host import ConnectionStatus, Disposition, Host, InMessage, Outgoing
 from edge_agent.message import MESSAGE_CLASSES
-from edge_agent.messaging.authn import KEY_FILE, ROSTER_FILE, Authenticator, load_or_create_key
+from edge_agent.messaging.authn import Authenticator, make_authenticator
 from edge_agent.messaging.dispatch import Dispatcher, Listener
 from edge_agent.messaging.envelope import (
     DATA_MAX,
@@ -49,7 +48,7 @@ from edge_agent.messaging.inbound import Inbound
 from edge_agent.messaging.presence import PresenceBook
 from edge_agent.messaging.tracking import RECEIPT_BATCH, Tracker
 from edge_agent.messaging.transfers import TRANSFERS_DIR, FileTransfers, Ttl
-from edge_agent.roster import RosterBook, RosterError, roster_topic
+from edge_agent.roster import RosterError, roster_topic
 from edge_agent.transfer import ChunkAssembler
 from edge_agent.transport.topics import group_msg_topic, inbox_topic, receipts_topic, stream_topic, valid_level
 
@@ -108,28 +107,19 @@ class MessagingService:
                 self._parts = self._make_parts()
                 self._state = "open"
 
-    def _make_auth(self) -> Authenticator:
-        """The device key (read, or made at the first start) and the roster (stored and pinned)."""
-        if self.cfg.signatures == "off":
-            return Authenticator(None, None, mode="off", max_age=self.cfg.history_max_age)
-        key = load_or_create_key(Path(self.cfg.key) if self.cfg.key else self.host.state_dir / KEY_FILE)
-        keys = self.host.config.commands.keys
-        book = RosterBook(keys, self.prefix, self.host.state_dir / ROSTER_FILE) if keys else None
-        if book is not None:
-            book.open(self.cfg.roster or None)
-        return Authenticator(key, book, mode=self.cfg.signatures, max_age=self.cfg.history_max_age)
-
     def _make_parts(self) -> _Parts:
-        auth = self._make_auth()
+        auth = make_authenticator(self.cfg, self.host.config.commands.keys, self.prefix, self.host.state_dir)
         h = History(self.host.state_dir / HISTORY_FILE, max_age=self.cfg.history_max_age,
                     max_bytes=self.cfg.history_max_bytes, sync=self._sync)
         try:
-            tracker = Tracker(self.host, h, prefix=self.prefix, emit=self._emitter(h), seal=auth.extra)
+            tracker = Tracker(self.host, h, prefix=self.prefix, emit=self._emitter(h), seal=auth.extra,
+                              report=self._dispatcher.status)
+            h.open_journal(tracker.wake)  # rows a killed process journaled: stored before reconcile()
             transfers = FileTransfers(self.host, h, tracker, ChunkAssembler(self.host.state_dir / TRANSFERS_DIR),
                                       dev=self.dev, prefix=self.prefix, chunk_size=self.cfg.chunk_size,
                                       receipt=tracker.send_receipt, received=self._dispatcher.wake, seal=auth.extra)
             inbound = Inbound(h, tracker, transfers, auth, dev=self.dev, emit=self._emitter(h),
-                              received=self._dispatcher.wake)
+                              received=self._dispatcher.received, unstored=self._dispatcher.unstored)
             self.host.on_committed(tracker.on_committed)
             self.host.on_dropped(tracker.on_dropped)
             self.host.on_ack(tracker.on_ack)
@@ -315,14 +305,14 @@ class MessagingService:
             return Outgoing(topic=topic, stream=stream, data=data, cls=cls, ts=ts, ttl=t.seconds, props=t.props(),
                             extra=extra or None)
 
-        def record(seq: int, ts: float) -> str:
+        def record(seq: int, ts: float) -> Message:
             mid = f"{self.dev}:{seq}"
-            p.history.add(mid=mid, sender=self.dev, seq=seq, outgoing=True, kind=kind, data=data, ts=ts,
-                          status="pending", peer=peer, group=group, stream=stream if kind == "stream" else None,
-                          expires=ts + t.seconds, outseqs=[seq], cls=cls)
-            return mid
+            return p.history.add_later(mid=mid, sender=self.dev, seq=seq, kind=kind, data=data, ts=ts,
+                                       status="pending", peer=peer, group=group,
+                                       stream=stream if kind == "stream" else None, expires=ts + t.seconds,
+                                       outseqs=[seq], cls=cls)
 
-        return self._message(p.tracker.put(build, record))
+        return p.tracker.put_message(build, record)
 
     def _message(self, mid: str) -> Message:
         m = self.history.get(mid)

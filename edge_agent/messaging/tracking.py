@@ -21,34 +21,54 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.host import Accepted, Ack, Host, LinkLost, Outgoing, Refused
-from edge_agent.messaging.history import FINAL, History, HistoryError
+from edge_agent.messaging.history import FINAL, History, HistoryError, Message
+from edge_agent.messaging.recovery import RECEIPT_BATCH, Reconcile
+from edge_agent.messaging.snapshots import NORMAL_PATH, SNAPSHOTS_KEPT, Snapshots
 from edge_agent.transport.topics import receipts_topic
 
 log = logging.getLogger("edge_agent.messaging")
+T = TypeVar("T", str, Message)
 
-NORMAL_PATH = ("pending", "queued", "sent", "delivered", "read")
 _DONE = ("sent", "delivered", "read", *FINAL)  # the broker has it, or it is over: no seq left to watch
 RECEIPT_LEVEL = {"delivered": 1, "read": 2}
-RECEIPT_BATCH = 500
-ACK_CHUNK = 64  # PUBACKs recorded per history transaction at most
+ACK_CHUNK = 256  # PUBACKs recorded per history transaction at most
+STORE_DELAY = 0.02  # seconds history rows wait (at most) for others to join their transaction ...
+STORE_ROWS = 500  # ... unless this many wait
+__all__ = ["ACK_CHUNK", "NORMAL_PATH", "RECEIPT_BATCH", "RECEIPT_LEVEL", "SNAPSHOTS_KEPT", "Tracker"]
 
 
-class Tracker:
-    """Owns the seq bookkeeping of one messaging service; ``emit(mid)`` reports a status change."""
+class Tracker(Snapshots, Reconcile):
+    """Owns the seq bookkeeping of one messaging service; ``emit(mid)`` reports a status change (as stored),
+    ``report(message)`` one whose snapshot is at hand.
+
+    Its thread also stores the history rows :meth:`History.add_later` queued (before the PUBACKs it
+    records, and without holding the tracker's lock, so send() never waits for that transaction)."""
 
     def __init__(self, host: Host, history: History, *, prefix: str, emit: Callable[[str], None],
-                 seal: Callable[[str], dict[str, Any]]) -> None:
+                 seal: Callable[[str], dict[str, Any]], report: Callable[[Message], None] | None = None) -> None:
         self._host = host
         self._seal = seal  # topic -> the envelope extra that signs it (authn.Authenticator.extra)
         self._history = history
         self._prefix = prefix
         self._emit = emit
+        self._report = report or (lambda m: emit(m.id))
         self._lock = threading.RLock()
         self._tracked: dict[int, str] = {}
+        self._seqs: dict[str, set[int]] = {}  # mid -> its tracked seqs (the reverse of _tracked)
+        # messages of one seq put by put_message() whose status has not moved since: their "pending" snapshot
+        # (PUBACKs are recorded in bulk from it); any other status change takes a message out
+        self._simple: dict[str, Message] = {}
+        self._flush_due = False  # history rows wait to be stored (History.add_later)
+        self._flush_at = 0.0  # when the rows queued since _flush_due was set are stored at the latest
+        self._polling = False  # the thread looks for rows every STORE_DELAY (until _busy_until) ...
+        self._busy_until = 0.0  # ... for a second after it last stored some
+        self._room = threading.Condition(threading.Lock())
+        self._early_acks: dict[int, Ack] = {}  # PUBACKs of seqs put_message() had not recorded yet
+        self._early_commits: set[int] = set()  # outbox commits of such seqs
         self._receipt_seqs: dict[int, tuple[list[str], int]] = {}  # seq of a receipt -> (mids, level)
         self._filling: set[str] = set()  # files whose chunks are still being put: no status moves yet
         self._acks: list[tuple[int, Ack]] = []  # PUBACKs waiting for the ack thread (one transaction each batch)
@@ -66,6 +86,7 @@ class Tracker:
             self._stopping = False
             self._thread = threading.Thread(target=self._run_acks, name="messaging-acks", daemon=True)
             self._thread.start()
+            self._history.store_later(True)  # send() journals its row; this thread stores it
 
     def stop(self, timeout: float = 5.0) -> None:
         """Record what is queued, then stop the ack thread."""
@@ -78,20 +99,60 @@ class Tracker:
         if t is not threading.current_thread():
             t.join(timeout)
         self._thread = None
+        try:
+            self._history.store_later(False)
+        except HistoryError as e:
+            log.warning("history rows left in the journal for the next start: %s", e)
+
+    def wake(self, soon: bool = False) -> None:
+        """History rows were queued to be stored (History.add_later): the thread stores them within
+        :data:`STORE_DELAY` (more join that transaction; every read stores them first anyway), or at once
+        when ``soon`` (statuses waiting to be reported)."""
+        with self._acks_cond:
+            at = time.monotonic() + (0.0 if soon else STORE_DELAY)
+            if not self._flush_due or at < self._flush_at:
+                self._flush_due = True
+                self._flush_at = at
+                if soon or not self._polling:  # a polling thread finds it within STORE_DELAY anyway
+                    self._acks_cond.notify()
+        if self._thread is None:
+            self._store_waiting()
 
     def _run_acks(self) -> None:
         while True:
             with self._acks_cond:
-                while not self._acks and not self._stopping:
-                    self._acks_cond.wait()
-                if not self._acks:
+                while not (self._acks or self._stopping):
+                    if not self._flush_due:
+                        # rows came lately: look again in STORE_DELAY rather than be woken by each send()
+                        self._polling = time.monotonic() < self._busy_until
+                        self._acks_cond.wait(STORE_DELAY if self._polling else None)
+                        continue
+                    left = self._flush_at - time.monotonic()
+                    if left <= 0 or self._history.waiting >= STORE_ROWS:
+                        break
+                    self._acks_cond.wait(left)
+                if self._stopping and not (self._acks or self._flush_due):
                     return
             self._record_acks()
+            if self._flush_due and (self._stopping or time.monotonic() >= self._flush_at
+                                    or self._history.waiting >= STORE_ROWS):
+                self._flush_due = False
+                self._busy_until = time.monotonic() + 1.0
+                self._store_waiting()
+
+    def _store_waiting(self) -> None:
+        """Store the queued history rows: one transaction, without the tracker's lock."""
+        if self._history.waiting:
+            try:
+                with self._history.batch():
+                    pass
+            except HistoryError as e:
+                log.warning("history rows not stored yet (kept in the journal): %s", e)
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until the PUBACKs received so far are recorded in the history; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._acks or self._busy:
+        while self._acks or self._busy or self._flush_due or self._history.waiting:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
@@ -113,9 +174,11 @@ class Tracker:
             part = batch[i:i + ACK_CHUNK]
             with self._lock:
                 try:
-                    with self._history.batch():
-                        for seq, ack in part:
-                            self._ack_one(seq, ack)
+                    rest = self._sent_in_bulk(self._early(part))
+                    if rest:
+                        with self._history.batch():
+                            for seq, ack in rest:
+                                self._ack_one(seq, ack)
                 except HistoryError as e:
                     log.debug("%d ack(s) not recorded: %s", len(part), e)
 
@@ -125,17 +188,34 @@ class Tracker:
         """Put ``build(ts)`` into the outbox and let ``record(seq, ts)`` store it in the history (returning
         the id of the message it belongs to), all under the lock; report "pending" if ``announce``."""
         with self._lock:
-            ts = time.time()
-            self._putting += 1  # until the seq is recorded (see on_ack)
-            try:
-                seq = self._host.put(build(ts))
-                mid = record(seq, ts)
-                self._tracked[seq] = mid
-            finally:
-                self._putting -= 1
+            mid = self._put(build, record)
             if announce:
                 self._emit(mid)  # under the lock: "pending" is reported before any later status
             return mid
+
+    def _put(self, build: Callable[[float], Outgoing], record: Callable[[int, float], T]) -> T:
+        ts = time.time()
+        self._putting += 1  # until the seq is recorded (see on_ack)
+        try:
+            seq = self._host.put(build(ts))
+            r = record(seq, ts)
+            self._track(seq, r if isinstance(r, str) else r.id)  # type: ignore[attr-defined]
+        finally:
+            self._putting -= 1
+        return r
+
+    def _track(self, seq: int, mid: str) -> None:
+        self._tracked[seq] = mid
+        self._seqs.setdefault(mid, set()).add(seq)
+
+    def _untrack(self, seq: int) -> None:
+        mid = self._tracked.pop(seq, None)
+        seqs = self._seqs.get(mid) if mid is not None else None
+        if seqs is not None:
+            seqs.discard(seq)
+            if not seqs:
+                del self._seqs[mid]  # type: ignore[arg-type]
+                self._simple.pop(mid, None)  # type: ignore[arg-type]
 
     def begin_fill(self, mid: str) -> None:
         """A file's chunks are being put: its status waits for :meth:`end_fill`."""
@@ -178,6 +258,7 @@ class Tracker:
         with self._lock:
             if mid in self._filling:
                 return False
+            self._simple.pop(mid, None)  # its status moves here: no longer the snapshot's
             m = self._history.get(mid)
             if m is None or not m.outgoing:
                 return False
@@ -197,23 +278,26 @@ class Tracker:
     def forget(self, mid: str) -> None:
         """Stop watching the seqs of ``mid`` (it is over, e.g. expired)."""
         with self._lock:
-            for seq in [s for s, x in self._tracked.items() if x == mid]:
-                del self._tracked[seq]
+            for seq in list(self._seqs.get(mid, ())):
+                self._untrack(seq)
 
     # ------------------------------------------------------------------ host callbacks
     def on_committed(self, seqs: list[int]) -> None:
         with self._lock:
+            if self._putting:  # a seq put_message() has not recorded yet: looked at once it has
+                self._early_commits.update(s for s in seqs if s not in self._tracked)
             if not self._receipt_seqs and not any(s in self._tracked for s in seqs):
                 return
             try:
-                with self._history.batch():  # one transaction for the whole commit's worth
-                    self._committed(seqs)
+                rest = self._queued_in_bulk([s for s in seqs if s in self._tracked])
+                if rest or self._receipt_seqs:
+                    with self._history.batch():  # one transaction for the whole commit's worth
+                        self._committed(seqs, rest)
             except HistoryError as e:
                 log.debug("commit of %d message(s) not recorded: %s", len(seqs), e)
 
-    def _committed(self, seqs: list[int]) -> None:
+    def _committed(self, seqs: list[int], hits: list[int]) -> None:
         self._receipts_committed(seqs)
-        hits = [s for s in seqs if s in self._tracked]
         if not hits:
             return
         states = self._history.mark_outseqs(hits, 1)
@@ -260,7 +344,7 @@ class Tracker:
 
     def _accepted(self, seq: int, mid: str) -> None:
         states = self._history.mark_outseqs([seq], 2)
-        self._tracked.pop(seq, None)
+        self._untrack(seq)
         st = states.get(mid)
         if st is not None and st >= 2:
             self.advance(mid, "sent")
@@ -281,75 +365,3 @@ class Tracker:
                         self.advance(mid, "failed", f"the outbox dropped it: {reason}")
                 except HistoryError as e:
                     log.debug("drop of %s not recorded: %s", mid, e)
-
-    # ------------------------------------------------------------------ start
-    def reconcile(self) -> None:
-        """At start: a seq we recorded but the outbox never committed was lost with the process, so its
-        message failed (reported to on_message_status) and the outbox skips that seq for good (an id is
-        never reused); committed ones are queued; receipts lost with the process (the history commit is
-        synchronous, the outbox's group commit is not) are sent again (the sender ignores what it already
-        knows)."""
-        with self._lock:
-            self._reconcile_seqs(self._host.last_seq(), self._host.unclean())
-            self._reconcile_open()
-        self._resend_owed_receipts()
-
-    def _reconcile_seqs(self, last: int, unclean: tuple[int, int] | None) -> None:
-        h = self._history
-        lost: dict[str, list[int]] = {}
-        ended: set[str] = set()
-        for seq, (mid, state) in sorted(h.tracked_seqs().items()):
-            if mid in ended:
-                continue
-            if unclean is not None and unclean[0] <= seq <= unclean[1] and state < 2:
-                ended.add(mid)
-                # write-behind: it may have reached the broker or not; the outbox no longer has it
-                log.warning("message %s was lost or not confirmed when the agent stopped; marked failed", mid)
-                h.set_status(mid, "failed", "lost: the agent stopped before the broker acknowledged it "
-                                            "(it may have been delivered)")
-                h.forget_mid(mid)
-                self.forget(mid)  # a file's other chunks
-                self._emit(mid)
-                continue
-            if seq > last:
-                lost.setdefault(mid, []).append(seq)
-                continue
-            self._tracked[seq] = mid
-            if state == 0:
-                h.mark_outseqs([seq], 1)
-        if not lost:
-            return
-        skipped = self._host.skip_seqs(max(max(v) for v in lost.values()), "crash")
-        log.warning("%d message(s) lost before the outbox stored them (the agent stopped); marked failed, "
-                    "%d seq(s) skipped so their ids are never reused", len(lost), len(skipped))
-        for mid in lost:
-            h.set_status(mid, "failed", "lost: the agent stopped before the outbox stored it; send it again")
-            h.forget_mid(mid)
-            self.forget(mid)  # a file's chunks that were stored
-            self._emit(mid)
-
-    def _reconcile_open(self) -> None:
-        h = self._history
-        for mid, status, _seq in h.open_outgoing():
-            m = h.get(mid)
-            if m is not None and m.kind == "file" and isinstance(m.data, dict):
-                have = h.outseq_count(mid)
-                if have < int(m.data.get("chunks", 0)):
-                    log.warning("file %s was interrupted while being queued (%d of %s chunks); marked failed",
-                                mid, have, m.data.get("chunks"))
-                    h.set_status(mid, "failed", "interrupted while being queued: send it again")
-                    h.forget_mid(mid)
-                    self.forget(mid)
-                    self._emit(mid)
-                    continue
-            if status == "pending" and (h.min_outseq_state(mid) or 0) >= 1:
-                h.set_status(mid, "queued")
-
-    def _resend_owed_receipts(self) -> None:
-        owed: dict[tuple[str, str], list[str]] = {}
-        for mid, sender, status in self._history.receipts_owed():
-            owed.setdefault((sender, status), []).append(mid)
-        for (sender, status), mids in owed.items():
-            log.info("re-sending %d %s receipt(s) to %s lost at the last stop", len(mids), status, sender)
-            for i in range(0, len(mids), RECEIPT_BATCH):
-                self.send_receipt(sender, mids[i:i + RECEIPT_BATCH], status)

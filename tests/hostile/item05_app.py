@@ -2,7 +2,8 @@
 
 Modes: ``send`` puts messages and says their ids at once (before the outbox's group commit, which is made
 slow here: commit_interval 5 s); ``file`` sends a file and says QUEUED when its status says so; ``check``
-registers the callbacks before start, sends one new message and reports every status it sees."""
+registers the callbacks before start, says the statuses the history holds, sends one new message and reports
+every status it sees."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main() -> int:
         agent.wait_status(m, "queued", timeout=60)
         say(f"QUEUED {m.id}")
     else:
+        say("HAVE " + " ".join(f"{m.id}={m.status}" for m in agent.history()))  # e.g. sent before the kill
         say(f"NEW {agent.send('peer-5', {'n': 'new'}).id}")
     threading.Event().wait()  # until killed
     return 0

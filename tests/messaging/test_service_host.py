@@ -485,3 +485,25 @@ def test_restart_after_a_crash_fails_what_the_outbox_reported_lost(make: Make, t
     svc2.start()
     got = svc2.history.get(m.id)
     assert got is not None and got.status == "failed" and "may have been delivered" in got.reason
+
+
+def test_send_waits_briefly_for_pubacks_only_when_online_and_far_ahead(make: Make, monkeypatch: Any) -> None:
+    from edge_agent.messaging import snapshots
+
+    monkeypatch.setattr(snapshots, "SEND_WINDOW", 50)
+    host, svc = make()
+    sent = [svc.send("bob", {"i": i}) for i in range(50)]  # none acknowledged: 50 waiting
+    t = time.monotonic()
+    svc.send("bob", {"i": 50})
+    assert time.monotonic() - t >= snapshots.WINDOW_WAIT * 0.9  # waited for PUBACKs that did not come
+    host.connection_status = ConnectionStatus("offline")
+    t = time.monotonic()
+    svc.send("bob", {"i": 51})
+    assert time.monotonic() - t < snapshots.WINDOW_WAIT / 2  # offline: the outbox keeps them, no wait
+    host.connection_status = ConnectionStatus("online")
+    for m in sent:
+        host.ack(m.seq)
+    assert svc.settle()
+    t = time.monotonic()
+    svc.send("bob", {"i": 52})
+    assert time.monotonic() - t < snapshots.WINDOW_WAIT / 2  # acknowledged: room again

@@ -15,10 +15,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from edge_agent.messaging.history.records import HistoryError, HistoryUnavailable
 
 log = logging.getLogger("edge_agent.messaging.history")
+
+
+class Pending(Protocol):
+    """What :class:`Database` needs of :class:`~edge_agent.messaging.history.pending.PendingAdds`."""
+
+    def __bool__(self) -> bool: ...
+    def take(self) -> list[Any]: ...
+    def insert(self, conn: sqlite3.Connection, taken: list[Any]) -> None: ...
+    def done(self, taken: list[Any], committed: bool) -> None: ...
 
 
 class Database:
@@ -28,9 +38,11 @@ class Database:
                  readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.sync = sync
         self._lock = threading.RLock()
         self._depth = 0  # nested tx() blocks join the outermost transaction
         self._closed = False
+        self.pending: Pending | None = None  # rows stored later (pending.py): in before anything else
         try:
             self._conn = self._open_ro() if readonly else self._open_rw(schema, sync)
         except sqlite3.DatabaseError as e:
@@ -59,6 +71,16 @@ class Database:
 
     # ------------------------------------------------------------------ access
     def __enter__(self) -> sqlite3.Connection:
+        conn = self._acquire()
+        if self.pending and not self._depth:  # rows stored later go in first: every read sees them
+            try:
+                with self.tx():
+                    pass
+            except HistoryError as e:
+                log.warning("%s: rows waiting to be stored are not yet: %s", self.path, e)
+        return conn
+
+    def _acquire(self) -> sqlite3.Connection:
         self._lock.acquire()
         if self._closed:
             self._lock.release()
@@ -71,8 +93,10 @@ class Database:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: committed when the block ends, rolled back if it raises. A tx()
-        inside another (same thread: the lock is held) joins it: many writes, one commit."""
-        with self as conn:
+        inside another (same thread: the lock is held) joins it: many writes, one commit. Rows stored
+        later (``pending``) are inserted first, in the same transaction."""
+        conn = self._acquire()
+        try:
             if self._depth:
                 self._depth += 1
                 try:
@@ -80,19 +104,32 @@ class Database:
                 finally:
                     self._depth -= 1
                 return
-            self._depth = 1
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except sqlite3.DatabaseError as e:
-                self._rollback(conn)
-                raise HistoryUnavailable(f"{self.path}: cannot write the history: {e}") from e
-            except BaseException:
-                self._rollback(conn)
-                raise
-            finally:
-                self._depth = 0
+            yield from self._outermost(conn)
+        finally:
+            self._lock.release()
+
+    def _outermost(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        self._depth = 1
+        taken: list[Any] = []
+        ok = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if self.pending:
+                taken = self.pending.take()
+                self.pending.insert(conn, taken)
+            yield conn
+            conn.execute("COMMIT")
+            ok = True
+        except sqlite3.DatabaseError as e:
+            self._rollback(conn)
+            raise HistoryUnavailable(f"{self.path}: cannot write the history: {e}") from e
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._depth = 0
+            if taken and self.pending is not None:
+                self.pending.done(taken, ok)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -107,6 +144,13 @@ class Database:
         with self._lock:
             if self._closed:
                 return
+            if self.pending:
+                try:
+                    with self.tx():
+                        pass
+                except HistoryError as e:
+                    log.warning("%s: rows waiting to be stored are left in the journal for the next start: %s",
+                                self.path, e)
             self._closed = True
             if not self.readonly:
                 try:

@@ -118,6 +118,12 @@ class Delivery:
             rows = db.execute(f"SELECT {COLS} FROM messages WHERE notified=0 ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [message_from_row(r) for r in rows]
 
+    def unnotified_rows(self, limit: int = 100) -> list[tuple[int, Message]]:
+        """(row id, message) of received messages on_message has not seen, oldest first."""
+        with self.db as db:
+            rows = db.execute(f"SELECT {COLS} FROM messages WHERE notified=0 ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(r[0], message_from_row(r)) for r in rows]
+
     def set_notified(self, mids: Iterable[str]) -> None:
         with self.db.tx() as db:
             db.executemany("UPDATE messages SET notified=1 WHERE mid=?", ((m,) for m in mids))

@@ -28,7 +28,7 @@ KINDS = ("msg", "file", "stream")  # direct/group message, file, telemetry-style
 COLS = ("id, mid, sender, seq, outgoing, kind, peer, grp, stream, conv, ts, stored, data, status, reason, "
         "expires, unread, updated, cls")
 TS_COL = 10  # index of ts in COLS (the keyset cursor of a paged query)
-_DATA_LIMITS = {"max_bytes": 64 * 1024 * 1024, "max_str": 16 * 1024 * 1024, "max_bin": 16 * 1024 * 1024}
+DATA_LIMITS = {"max_bytes": 64 * 1024 * 1024, "max_str": 16 * 1024 * 1024, "max_bin": 16 * 1024 * 1024}
 
 
 class HistoryError(EdgeAgentError, ValueError):
@@ -107,7 +107,7 @@ def message_from_row(r: Sequence[Any], receipts: dict[str, str] | None = None) -
     (_rowid, mid, sender, seq, outgoing, kind, peer, grp, stream, _conv, ts, stored, data, status, reason,
      expires, unread, updated, cls) = r
     try:
-        obj = codec.decode(data, **_DATA_LIMITS) if data is not None else None
+        obj = codec.decode(data, **DATA_LIMITS) if data is not None else None
     except Exception as e:
         obj = None
         log.warning("history: message %s has undecodable data: %s", mid, e)

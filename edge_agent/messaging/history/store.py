@@ -18,8 +18,9 @@ lets the file shrink without a blocking VACUUM.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from edge_agent import codec
@@ -91,6 +92,82 @@ CREATE INDEX IF NOT EXISTS outseq_mid ON outseq (mid);
 """
 
 _OPEN_SQL = ",".join(f"'{s}'" for s in OPEN)
+_INSERT = ("INSERT OR IGNORE INTO messages (mid, sender, seq, outgoing, kind, peer, grp, stream, cls, conv, ts, "
+           "stored, data, body, status, expires, unread, notified, updated) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+_ROW_MARKS = "(" + ",".join("?" * 19) + ")"
+_PART = 200  # rows per multi-row INSERT (19 parameters each: well under SQLite's 32,766)
+
+#: One message as stored: the 19 columns of :data:`_INSERT` in order, then its outbox seqs (a list).
+Row = list[Any]
+
+
+def make_row(*, mid: str, sender: str, seq: int, outgoing: bool, kind: str, blob: bytes, body: str, ts: float,
+             status: str, peer: str | None, group: str | None, stream: str | None, expires: float | None,
+             notified: bool, now: float, outseqs: Sequence[int], cls: str | None, unread: bool | None) -> Row:
+    """The row :func:`insert_row` stores (plain values: it also goes into the journal, see pending.py)."""
+    conv = conv_key(peer, group, stream, sender, outgoing)
+    unread_flag = int(not outgoing) if unread is None else int(unread)
+    return [mid, sender, seq, int(outgoing), kind, peer, group, stream, cls, conv, ts, now, blob, body, status,
+            expires, unread_flag, int(notified), now, list(outseqs)]
+
+
+def insert_row(db: sqlite3.Connection, row: Row) -> int | None:
+    """Insert one message (in the caller's transaction); its row id, or None for a duplicate ``mid``."""
+    cur = db.execute(_INSERT, row[:19])
+    if cur.rowcount == 0:
+        return None
+    rowid = cur.lastrowid
+    db.execute("INSERT INTO convs VALUES (?,?,?) ON CONFLICT (conv) DO UPDATE SET "
+               "last_id=excluded.last_id, last_ts=excluded.last_ts "
+               "WHERE excluded.last_ts >= convs.last_ts", (row[9], rowid, row[10]))
+    if row[19]:
+        db.executemany("INSERT OR REPLACE INTO outseq (seq, mid, state) VALUES (?,?,0)",
+                       ((s, row[0]) for s in row[19]))
+    return rowid
+
+
+def insert_rows(db: sqlite3.Connection, rows: Sequence[Row]) -> int:
+    """:func:`insert_row` for many outgoing rows of one outbox seq each (``outseqs == [seq]``), with a few
+    statements per :data:`_PART` rows instead of three per row (every statement lets go of the GIL and
+    takes it back); the same rows, conversation pointers and seqs result. Return how many were new."""
+    n = 0
+    for i in range(0, len(rows), _PART):
+        part = rows[i:i + _PART]
+        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+        db.execute(_INSERT.replace("VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                   "VALUES " + ",".join([_ROW_MARKS] * len(part))),
+                   [v for r in part for v in r[:19]])
+        added = db.execute("SELECT COUNT(*) FROM messages WHERE id > ?", (before,)).fetchone()[0]
+        if not added:
+            continue
+        n += added
+        db.execute("INSERT INTO convs SELECT conv, id, ts FROM messages WHERE id > ? ORDER BY id "
+                   "ON CONFLICT (conv) DO UPDATE SET last_id=excluded.last_id, last_ts=excluded.last_ts "
+                   "WHERE excluded.last_ts >= convs.last_ts", (before,))
+        db.execute("INSERT OR REPLACE INTO outseq (seq, mid, state) SELECT seq, mid, 0 FROM messages "
+                   "WHERE id > ? AND outgoing = 1", (before,))
+    return n
+
+
+def mark_sent(db: sqlite3.Connection, mids: Sequence[str], now: float) -> None:
+    """The outgoing messages ``mids`` (pending or queued; one outbox seq each) are sent: their seqs are over."""
+    for i in range(0, len(mids), _PART * 10):
+        part = list(mids[i:i + _PART * 10])
+        marks = ",".join("?" * len(part))
+        db.execute(f"UPDATE messages SET status='sent', reason='', updated=? WHERE mid IN ({marks}) AND "
+                   "status IN ('pending','queued')", (now, *part))
+        db.execute(f"DELETE FROM outseq WHERE mid IN ({marks})", part)
+
+
+def mark_queued(db: sqlite3.Connection, seqs: Sequence[int], mids: Sequence[str], now: float) -> None:
+    """The outbox committed ``seqs``: the pending messages ``mids`` (one seq each) are queued."""
+    for i in range(0, len(mids), _PART * 10):
+        ps, pm = list(seqs[i:i + _PART * 10]), list(mids[i:i + _PART * 10])
+        db.execute(f"UPDATE outseq SET state=1 WHERE state<1 AND seq IN ({','.join('?' * len(ps))})", ps)
+        db.execute(f"UPDATE messages SET status='queued', updated=? WHERE status='pending' AND "
+                   f"mid IN ({','.join('?' * len(pm))})", (now, *pm))
 
 
 class Store:
@@ -104,29 +181,24 @@ class Store:
     def add(self, *, mid: str, sender: str, seq: int, outgoing: bool, kind: str, data: Any, ts: float,
             status: str, peer: str | None = None, group: str | None = None, stream: str | None = None,
             expires: float | None = None, notified: bool = True, now: float | None = None,
-            outseqs: Sequence[int] = (), cls: str | None = None, unread: bool | None = None) -> int | None:
-        """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate)."""
-        now = time.time() if now is None else now
-        conv = conv_key(peer, group, stream, sender, outgoing)
-        unread_flag = int(not outgoing) if unread is None else int(unread)
-        blob = codec.encode(data)
+            outseqs: Sequence[int] = (), cls: str | None = None, unread: bool | None = None,
+            stored: Callable[[int], None] | None = None) -> int | None:
+        """Insert one message; return its row id, or None if ``mid`` is already there (a duplicate).
+        ``stored(rowid)`` is called for a new message once that is known, before it is inserted and
+        committed (either may still fail)."""
         with self.db.tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO messages (mid, sender, seq, outgoing, kind, peer, grp, stream, cls, conv, ts, "
-                "stored, data, body, status, expires, unread, notified, updated) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (mid, sender, seq, int(outgoing), kind, peer, group, stream, cls, conv, ts, now, blob,
-                 body_text(data), status, expires, unread_flag, int(notified), now))
-            if cur.rowcount == 0:
-                return None
-            rowid = cur.lastrowid
-            db.execute("INSERT INTO convs VALUES (?,?,?) ON CONFLICT (conv) DO UPDATE SET "
-                       "last_id=excluded.last_id, last_ts=excluded.last_ts "
-                       "WHERE excluded.last_ts >= convs.last_ts", (conv, rowid, ts))
-            if outseqs:
-                db.executemany("INSERT OR REPLACE INTO outseq (seq, mid, state) VALUES (?,?,0)",
-                               ((s, mid) for s in outseqs))
-        self._inserts_since_trim += 1
+            if stored is not None:  # one statement: is it new, and the row id it will get
+                dup, nxt = db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE mid=?), "
+                                      "(SELECT COALESCE(MAX(id), 0) + 1 FROM messages)", (mid,)).fetchone()
+                if dup:
+                    return None
+                stored(nxt)
+            rowid = insert_row(db, make_row(
+                mid=mid, sender=sender, seq=seq, outgoing=outgoing, kind=kind, blob=codec.encode(data),
+                body=body_text(data), ts=ts, status=status, peer=peer, group=group, stream=stream, expires=expires,
+                notified=notified, now=time.time() if now is None else now, outseqs=outseqs, cls=cls, unread=unread))
+        if rowid is not None:
+            self._inserts_since_trim += 1
         return rowid
 
     def set_status(self, mid: str, status: str, reason: str = "", *, now: float | None = None) -> bool:
@@ -237,7 +309,18 @@ class Store:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at a checkpoint
 
     def maybe_trim(self, every: int = 1000) -> int:
-        return self.trim() if self._inserts_since_trim >= every else 0
+        """After ``every`` inserts: the size limit only (cheap while under it). The age limit needs a scan of
+        the whole table (``stored`` has no index: one more per insert would cost more), so it is left to the
+        full :meth:`trim` the service runs every few minutes."""
+        if self._inserts_since_trim < every:
+            return 0
+        with self.db:
+            self._inserts_since_trim = 0
+            removed = self._trim_to_size()
+            if removed:
+                self._tidy_after_trim()
+                log.info("history retention: removed %d message(s) over the size limit", removed)
+        return removed
 
     def size_bytes(self) -> int:
         with self.db as conn:
