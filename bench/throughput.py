@@ -34,6 +34,7 @@ import paho.mqtt.client as paho  # a baseline may use paho directly; agent code 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_agent import codec
+from edge_agent.config.schema import INTERVAL_MIN
 from edge_agent.devbroker import DevBroker
 from tests.helpers import write_config
 
@@ -110,7 +111,9 @@ def baseline_chained(port: int, n: int, window: int, payload: bytes) -> float:
 
 def agent(port: int, n: int, tmp: Path, rate: float) -> tuple[float, int]:
     state = tmp / f"state-{time.monotonic_ns()}"
-    sensors = f"[[sensors]]\nname = \"s1\"\ntype = \"simulated\"\ninterval = {1.0 / rate:.8f}\ncount = {n}\n"
+    # the sensor runs flat out (its interval is below what one sample takes); INTERVAL_MIN is the floor
+    interval = max(1.0 / rate, INTERVAL_MIN)
+    sensors = f"[[sensors]]\nname = \"s1\"\ntype = \"simulated\"\ninterval = {interval:.8f}\ncount = {n}\n"
     cfg = write_config(tmp / "agent.toml", port, state, prefix="bench", sensors=sensors,
                        extra="[logging]\nlevel = \"warning\"\n" + EXTRA)
     if MODE:

@@ -3,7 +3,7 @@
 A config file is TOML. :func:`load` returns a :class:`Config` (frozen dataclasses all the way down,
 sequences as tuples) or raises :class:`ConfigError` carrying *every* problem found, each with its key::
 
-    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 0.0001, got -1
+    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 1e-06, got -1
     /etc/edge-agent/config.toml: mqtt.prot: unknown key (did you mean 'port'?)
 
 :mod:`.schema` declares the sections (field metadata: ``doc``, bounds, ``choices``, ``pattern``, ``ident``),

@@ -3,7 +3,7 @@
 Every problem is gathered (not just the first) with its key path and why, then raised together as one
 :class:`~edge_agent.errors.ConfigError` naming the file::
 
-    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 0.0001, got -1
+    /etc/edge-agent/config.toml: sensors[1].interval: must be >= 1e-06, got -1
     /etc/edge-agent/config.toml: mqtt.prot: unknown key (did you mean 'port'?)
 
 Driven by the dataclasses' field metadata (see :mod:`edge_agent.config.schema`); plugin ``Options``

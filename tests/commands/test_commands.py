@@ -274,8 +274,8 @@ def test_unknown_command_and_bad_args(make_app, requester: Requester, signer: Si
     app = make_app(keys=key_snippet(signer))
     rep = requester.request(T + "rm-rf", sign(signer, "rm-rf"))
     assert rep["error"]["code"] == "unknown_command"
-    for args, fragment in (({"sensor": "s1", "interval": -1}, "'interval': must be >= 0.0001"),
-                           ({"sensor": "s1", "interval": 1e-300}, "'interval': must be >= 0.0001"),
+    for args, fragment in (({"sensor": "s1", "interval": -1}, "'interval': must be >= 1e-06"),
+                           ({"sensor": "s1", "interval": 1e-300}, "'interval': must be >= 1e-06"),
                            ({"sensor": "s1", "interval": "fast"}, "must be float"),
                            ({"sensor": "s1"}, "'interval': required"),
                            ({"sensor": "s1", "interval": 1, "extra": 1}, "'extra': unknown argument"),

@@ -76,7 +76,7 @@ interval = -1
     assert "device.id: must be string, got int 5" in errs
     assert "mqtt.prot: unknown key (did you mean 'port'?)" in errs
     assert "mqtt.keepalive: must be >= 2, got 0" in errs
-    assert "sensors[1].interval: must be >= 0.0001, got -1" in errs
+    assert "sensors[1].interval: must be >= 1e-06, got -1" in errs
     assert len(errs) == 4
     assert ei.value.source == "/etc/x.toml"
 
