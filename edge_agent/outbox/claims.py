@@ -38,7 +38,7 @@ class Claims:
         self._acked = NONE_ACKED
         self._ready = threading.Event()
         self.damage: str | None = None  # why the reader could not read the file (guarded by _lock)
-        self._held: Callable[[int, int, int | None], list[Row]] | None = None  # write-behind rows
+        self._held: Callable[[int, int, int | None, int | None], list[Row]] | None = None  # write-behind rows
 
     def attach(self, path: Path) -> None:
         """Open the reader connection (read-only)."""
@@ -62,8 +62,8 @@ class Claims:
                 self._rdb = rdb
                 self._ready.set()
 
-    def hold_from(self, fn: Callable[[int, int, int | None], list[Row]]) -> None:
-        """Also hand out the held rows ``fn(prio, after, upto)`` returns (write-behind), merged by seq."""
+    def hold_from(self, fn: Callable[[int, int, int | None, int | None], list[Row]]) -> None:
+        """Also hand out the held rows ``fn(prio, after, upto, limit)`` returns (write-behind), merged by seq."""
         self._held = fn
 
     def close(self) -> None:
@@ -121,7 +121,10 @@ class Claims:
                f"{where} AND seq > ?{' AND seq <= ?' if ceil is not None else ''} ORDER BY seq LIMIT ?")
         rdb = self._rdb
         assert rdb is not None, "begin() before open()"
-        held = self._held(p, cur, ceil) if self._held is not None else []
+        # enough held rows for ``need`` after _fetch skips the claimed and acked ones, so no held row beyond
+        # the list can come before a stored row _fetch still takes (it stops after ``need``)
+        skippable = len(self._claimed) + self._acked.rows
+        held = self._held(p, cur, ceil, need + skippable + 1) if self._held is not None else []
         hi = 0
         names = self._names
         while True:

@@ -25,6 +25,9 @@ class Hold:
         self.flush_after = flush_after
         self.limit = limit
         self.by_prio: list[dict[int, Row]] = [{} for _ in MESSAGE_CLASSES]  # prio -> {seq: row}, seq order
+        # prio -> every seq added, ascending (gone ones removed lazily): rows() bisects it instead of
+        # listing the whole dict per begin() (that made a full hold cost O(held) per forwarder fetch)
+        self.keys: list[list[int]] = [[] for _ in MESSAGE_CLASSES]
         self.prio: dict[int, int] = {}  # every held seq -> its prio
         self.order: deque[tuple[float, int]] = deque()  # (put time, seq) of unspilled rows, seq order
         self.spilled: set[int] = set()  # handed to the writer, still visible until committed
@@ -33,6 +36,11 @@ class Hold:
         seq, p = row[0], row[1]
         self.by_prio[p][seq] = row
         self.prio[seq] = p
+        keys = self.keys[p]
+        if keys and keys[-1] > seq:  # not expected (seqs grow), but keep the list sorted
+            bisect.insort(keys, seq)
+        else:
+            keys.append(seq)
         self.order.append((now, seq))
 
     def unspilled(self) -> int:
@@ -88,12 +96,23 @@ class Hold:
                 self.by_prio[p].pop(seq, None)
                 self.spilled.discard(seq)
 
-    def rows(self, p: int, after: int, upto: int | None) -> list[Row]:
-        """Held rows of prio ``p`` with ``after < seq <= upto``, in seq order."""
+    def rows(self, p: int, after: int, upto: int | None, limit: int | None = None) -> list[Row]:
+        """Held rows of prio ``p`` with ``after < seq <= upto``, in seq order, at most ``limit``."""
         d = self.by_prio[p]
+        keys = self.keys[p]
         if not d:
+            keys.clear()
             return []
-        keys = list(d)
-        i = bisect.bisect_right(keys, after)
-        j = len(keys) if upto is None else bisect.bisect_right(keys, upto)
-        return [d[k] for k in keys[i:j]]
+        if len(keys) > 2 * len(d) + 64:  # drop the seqs that are gone (amortised: rarely)
+            keys[:] = [k for k in keys if k in d]
+        out: list[Row] = []
+        for i in range(bisect.bisect_right(keys, after), len(keys)):
+            k = keys[i]
+            if upto is not None and k > upto:
+                break
+            row = d.get(k)
+            if row is not None:
+                out.append(row)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out

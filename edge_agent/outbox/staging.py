@@ -120,9 +120,9 @@ class Staging:
         return gone
 
     # ------------------------------------------------------------------ write-behind
-    def held_rows(self, p: int, after: int, upto: int | None) -> list[Row]:
+    def held_rows(self, p: int, after: int, upto: int | None, limit: int | None = None) -> list[Row]:
         with self.cond:
-            return [] if self.hold is None else self.hold.rows(p, after, upto)
+            return [] if self.hold is None else self.hold.rows(p, after, upto, limit)
 
     def set_reserved(self, reserved: int, renew_margin: int) -> None:
         with self.cond:
