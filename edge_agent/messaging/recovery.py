@@ -56,11 +56,8 @@ class Reconcile:
                 ended.add(mid)
                 # write-behind: it may have reached the broker or not; the outbox no longer has it
                 log.warning("message %s was lost or not confirmed when the agent stopped; marked failed", mid)
-                h.set_status(mid, "failed", "lost: the agent stopped before the broker acknowledged it "
-                                            "(it may have been delivered)")
-                h.forget_mid(mid)
-                self.forget(mid)  # a file's other chunks
-                self._emit(mid)
+                self._fail(mid, "lost: the agent stopped before the broker acknowledged it (it may have been "
+                                "delivered)")
                 continue
             if seq > last:
                 lost.setdefault(mid, []).append(seq)
@@ -74,10 +71,14 @@ class Reconcile:
         log.warning("%d message(s) lost before the outbox stored them (the agent stopped); marked failed, "
                     "%d seq(s) skipped so their ids are never reused", len(lost), len(skipped))
         for mid in lost:
-            h.set_status(mid, "failed", "lost: the agent stopped before the outbox stored it; send it again")
-            h.forget_mid(mid)
-            self.forget(mid)  # a file's chunks that were stored
-            self._emit(mid)
+            self._fail(mid, "lost: the agent stopped before the outbox stored it; send it again")
+
+    def _fail(self, mid: str, reason: str) -> None:
+        """End ``mid`` failed with ``reason``, stop watching its seqs (a file's other chunks) and report it."""
+        self._history.set_status(mid, "failed", reason)
+        self._history.forget_mid(mid)
+        self.forget(mid)
+        self._emit(mid)
 
     def _reconcile_open(self) -> None:
         h = self._history
@@ -88,10 +89,7 @@ class Reconcile:
                 if have < int(m.data.get("chunks", 0)):
                     log.warning("file %s was interrupted while being queued (%d of %s chunks); marked failed",
                                 mid, have, m.data.get("chunks"))
-                    h.set_status(mid, "failed", "interrupted while being queued: send it again")
-                    h.forget_mid(mid)
-                    self.forget(mid)
-                    self._emit(mid)
+                    self._fail(mid, "interrupted while being queued: send it again")
                     continue
             if status == "pending" and (h.min_outseq_state(mid) or 0) >= 1:
                 h.set_status(mid, "queued")
