@@ -128,6 +128,44 @@ def test_the_journal_is_replayed_once_and_emptied_on_commit(tmp_path: Path) -> N
     assert History(killed / "h.db").open_journal() == 0  # emptied once stored
 
 
+def test_a_damaged_or_foreign_journal_is_refused_where_it_goes_bad_and_the_history_opens(tmp_path: Path) -> None:
+    """Hostile files: a journal whose second record is garbage keeps the first (replay stops at the damage,
+    the history still opens); one that is not a journal at all (random bytes, a length past the end of
+    the file) stores nothing and does not stop the history from opening."""
+    import struct
+
+    from edge_agent import codec
+
+    h = _later(tmp_path)
+    _add(h, 1)
+    _add(h, 2)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for f in tmp_path.glob("h.db*"):
+        shutil.copy(f, killed / f.name)
+    h.close()
+    journal = next(f for f in killed.glob("h.db.j*") if f.stat().st_size and f.read_bytes()[:4] != bytes(4))
+    buf = bytearray(journal.read_bytes())
+    (n,) = struct.unpack_from(">I", buf, 0)
+    buf[4 + n + 4:4 + n + 12] = b"\xc1" * 8  # the second record's msgpack: a byte msgpack never uses
+    journal.write_bytes(bytes(buf))
+    damaged = History(killed / "h.db")
+    assert damaged.open_journal() == 1
+    assert [m.seq for m in damaged.query()] == [1]
+    damaged.close()
+
+    for junk in (os.urandom(4096), struct.pack(">I", 1 << 30) + codec.encode([1, 2])):
+        d = tmp_path / f"junk{len(junk)}"
+        d.mkdir()
+        (d / "h.db.j0").write_bytes(junk)
+        foreign = History(d / "h.db")
+        assert foreign.open_journal() == 0
+        assert list(foreign.query()) == []
+        _add(foreign, 7)
+        assert [m.seq for m in foreign.query()] == [7]
+        foreign.close()
+
+
 _CHILD = """
 import os, signal, sys
 from edge_agent import Agent
