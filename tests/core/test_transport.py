@@ -174,3 +174,35 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
             assert not col.seqs("forbidden")
     finally:
         b.close()
+
+
+def test_wait_online_means_listening_not_only_connected(broker: DevBroker) -> None:
+    """``wait_online`` returned at the CONNACK, before the broker had the subscriptions: a message sent
+    to the device right after it was dropped by the broker (no subscriber yet) and acknowledged to its
+    sender. A throttled link holds the SUBSCRIBE back ~2 s after the CONNACK, so the gap is wide."""
+    from edge_agent.config import MqttConfig
+    from edge_agent.transport.mqtt import MqttTransport
+    from edge_agent.transport.types import InMessage
+    from tests.faultkit import FaultProxy
+
+    topic = unique("online/") + "/inbox"
+    got: list[bytes] = []
+    with FaultProxy(broker.port) as proxy:
+        proxy.throttle(20)  # bytes/s: the CONNECT passes, then each direction sleeps ~2 s
+        dev = MqttTransport(MqttConfig(host="127.0.0.1", port=proxy.port, session_expiry=0, keepalive=60),
+                            client_id=unique("dev-"), persistent_session=False,
+                            on_message=lambda m: got.append(m.payload) if isinstance(m, InMessage) else None)
+        dev.subscribe(topic, qos=1)
+        pub = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port, session_expiry=0),
+                            client_id=unique("pub-"), persistent_session=False)
+        dev.start()
+        pub.start()
+        try:
+            assert pub.wait_online(10)
+            assert dev.wait_online(30), dev.status
+            proxy.throttle(None)
+            pub.publish(topic, b"right after online", qos=1)
+            wait_for(lambda: got == [b"right after online"], 10, msg="a message sent right after wait_online")
+        finally:
+            pub.stop(timeout=2.0)
+            dev.stop(timeout=2.0)

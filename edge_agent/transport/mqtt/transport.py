@@ -62,6 +62,8 @@ class MqttTransport:
         self._ack_counts = AckCounts()
         self._subs_sent_gen = -1  # the connection generation whose CONNACK re-sent every subscription
         self._online = threading.Event()
+        self._subscribed = threading.Event()  # this connection's SUBACK for the subscriptions it re-sent
+        self._sub_mid = -1
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,7 +113,9 @@ class MqttTransport:
         self._thread.start()
 
     def wait_online(self, timeout: float) -> bool:
-        return self._online.wait(timeout)
+        """Wait for the CONNACK and then the SUBACK of the subscriptions: online *and* listening."""
+        end = time.monotonic() + timeout
+        return self._online.wait(timeout) and self._subscribed.wait(max(0.0, end - time.monotonic()))
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if online) and after every reconnect."""
@@ -197,10 +201,8 @@ class MqttTransport:
         log.warning("dropping MQTT connection: %s", reason)
         sock = client.socket()
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._lost.set()
 
     # ------------------------------------------------------------------ internals
@@ -242,6 +244,8 @@ class MqttTransport:
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
         c.on_publish = functools.partial(self._handle_publish, gen)  # no lambda frame per PUBACK
         c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
+        c.on_subscribe = lambda cl, ud, mid, codes, props: (
+            self._subscribed.set() if gen == self._gen and mid == self._sub_mid else None)
         c.on_socket_open = _no_delay
         return c
 
@@ -262,7 +266,9 @@ class MqttTransport:
             subs = list(self._subs.items())
             self._subs_sent_gen = gen
         if subs:
-            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])
+            self._sub_mid = client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])[1]
+        else:
+            self._subscribed.set()
         session_present = bool(getattr(flags, "session_present", False))
         self._online.set()
         self._set_status(ConnectionStatus("online", f"connected to {self.cfg.host}:{self.cfg.port}",
@@ -285,10 +291,7 @@ class MqttTransport:
                 return
             entry = self._inflight.acked(mid, code)
         if entry is not None:
-            try:
-                self._on_ack(entry[0], ACCEPTED if code == 0 else Accepted(code) if code < 0x80 else Refused(code))
-            except Exception:
-                log.exception("on_ack callback failed")
+            self._deliver_ack(entry[0], code)
 
     def _handle_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         p = msg.properties
@@ -337,12 +340,11 @@ class MqttTransport:
                 self._watch(client, started)
                 client.loop_stop()
                 self._online.clear()
+                self._subscribed.clear()
                 sock = client.socket()
                 if sock is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.close()
-                    except OSError:
-                        pass
                 was_online = self.status.state == "online"
                 if was_online:
                     self.reconnects += 1
@@ -390,7 +392,6 @@ class MqttTransport:
                 self._on_ack(tok, LINK_LOST)
             except Exception:
                 log.exception("on_ack callback failed")
-
 
 
 def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
