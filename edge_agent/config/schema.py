@@ -90,6 +90,9 @@ class MqttConfig(_Frozen):
     reconnect_max: float = _f(60.0, "Longest reconnect delay ceiling in seconds.", ge=0.01, le=86400)
     fast_ack: bool = _f(True, "Decode plain PUBACKs without paho's per-ack objects (about 20% less CPU at "
                               "full rate). Set false to use paho's own path, e.g. after a paho upgrade.")
+    fast_publish: bool = _f(True, "Build plain QoS 1 PUBLISH packets without paho's per-message objects "
+                                  "(about a sixth less CPU at full rate). Set false to use paho's own "
+                                  "path, e.g. after a paho upgrade.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from edge_agent.devbroker import DevBroker
 from edge_agent.errors import PublishRefused, WindowFull
 from edge_agent.transport.backoff import backoff_delay
 from edge_agent.transport.inflight import Inflight
+from edge_agent.transport.mqtt.client import FastAckClient
 from edge_agent.transport.types import ACCEPTED, Accepted, Ack, Refused
 from tests.helpers import Collector, missing, unique, wait_for, write_config
 
@@ -74,37 +75,58 @@ def test_inflight_parks_an_ack_that_beats_publish_returning() -> None:
     assert inf.acked(8, 0x87)[0] == "token-8" and inf.reserved == 0 and inf.peak == 2
 
 
+def with_fast_publish(cfg: config.Config, on: bool) -> config.Config:
+    return dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, fast_publish=on))
+
+
+@pytest.mark.parametrize("fast_publish", [False, True])
 def test_ack_before_publish_returns_is_not_lost(tmp_path: Path, broker: DevBroker,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """paho #482: on_publish may run before publish() returns. Force it through paho's public surface:
-    every QoS 1 publish() calls the client's on_publish callback (the transport's) before returning, and
-    the real PUBACK later finds no callback."""
+                                                monkeypatch: pytest.MonkeyPatch, fast_publish: bool) -> None:
+    """paho #482: on_publish may run before publish() returns. Force it through paho's public surface
+    (and the transport's fast path, ``mqtt.fast_publish``): every QoS 1 publish calls the client's
+    on_publish callback (the transport's) before returning, and the real PUBACK later finds no callback."""
     real_publish = paho.Client.publish
+    real_fast = FastAckClient.fast_publish
     early: weakref.WeakKeyDictionary[paho.Client, Any] = weakref.WeakKeyDictionary()
+    calls = [0]
+
+    def overtake(self: paho.Client, mid: int) -> None:
+        calls[0] += 1
+        if self not in early:
+            early[self] = self.on_publish
+            self.on_publish = None  # the real PUBACK then finds nothing to do
+        early[self](self, self.user_data_get(), mid, 0, None)  # the ack overtakes the return
 
     def publish(self: paho.Client, *a: Any, **kw: Any) -> paho.MQTTMessageInfo:
         info = real_publish(self, *a, **kw)
         if kw.get("qos", 1) and info.rc == paho.MQTT_ERR_SUCCESS:
-            if self not in early:
-                early[self] = self.on_publish
-                self.on_publish = None  # the real PUBACK then finds nothing to do
-            early[self](self, self.user_data_get(), info.mid, 0, None)  # the ack overtakes the return
+            overtake(self, info.mid)
         return info
 
+    def fast(self: FastAckClient, topic: str, payload: bytes) -> tuple[int, int]:
+        rc, mid = real_fast(self, topic, payload)
+        if rc == paho.MQTT_ERR_SUCCESS:
+            overtake(self, mid)
+        return rc, mid
+
     monkeypatch.setattr(paho.Client, "publish", publish)
+    monkeypatch.setattr(FastAckClient, "fast_publish", fast)
     cfg = config.load(write_config(tmp_path / "c.toml", broker.port, tmp_path / "s", prefix=unique("ea")))
-    app = App(cfg, with_sensors=False)
+    app = App(with_fast_publish(cfg, fast_publish), with_sensors=False)
     fill(app, 500)
     app.start()
     try:
         wait_for(lambda: app.outbox.pending == 0, 30, msg="all acked although every ack came early")
         assert app.transport.inflight() == 0
+        assert calls[0] >= 500  # the path under test was the one taken
     finally:
         app.stop()
 
 
+@pytest.mark.parametrize("fast_publish", [False, True])
 def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, broker: DevBroker,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             fast_publish: bool) -> None:
     """paho #856: a full paho queue returns MQTT_ERR_QUEUE_SIZE without raising; rows go back and retry."""
     real = paho.Client.max_queued_messages_set
     # whatever queue the transport asks paho for, paho gets 3: far below the window of 20, refusals guaranteed
@@ -120,7 +142,7 @@ def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, bro
 
     monkeypatch.setattr(PublishRefused, "__init__", spy)
     with Collector(broker.port, f"{prefix}/#") as col:
-        app = App(cfg, with_sensors=False)
+        app = App(with_fast_publish(cfg, fast_publish), with_sensors=False)
         fill(app, 1000)
         app.start()
         try:
@@ -206,3 +228,37 @@ def test_wait_online_means_listening_not_only_connected(broker: DevBroker) -> No
         finally:
             pub.stop(timeout=2.0)
             dev.stop(timeout=2.0)
+
+
+def test_fast_publish_packets_are_what_paho_would_send(broker: DevBroker) -> None:
+    """The fast path builds PUBLISH packets itself: payloads at every remaining-length boundary and a
+    non-ASCII topic arrive byte for byte (decoded by paho's own receive path in a real subscriber);
+    a wildcard topic is refused like paho's ``publish`` refuses it."""
+    from edge_agent.config import MqttConfig
+    from edge_agent.transport.mqtt import MqttTransport
+
+    prefix = unique("fp")
+    topic = f"{prefix}/temp\u00e9rature/\u6e29\u5ea6"
+    head = 2 + len(topic.encode()) + 2 + 1  # the remaining length before the payload
+    sizes = sorted({0, 1, 127 - head, 128 - head, 16383 - head, 16384 - head, 300_000})
+    payloads = [bytes(range(256)) * (n // 256) + bytes(n % 256) for n in sizes]
+    with Collector(broker.port, f"{prefix}/#").start() as col:
+        t = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port, session_expiry=0),
+                          client_id=unique("fast-"), persistent_session=False)
+        acks: list[Any] = []
+        t.set_ack_handler(lambda tok, ack: acks.append((tok, ack)))
+        t.start()
+        try:
+            assert t.wait_online(10)
+            for i, p in enumerate(payloads):
+                t.publish(topic, p, qos=1, token=i)
+            wait_for(lambda: len(col.messages) == len(payloads), 10, msg="every size arrives")
+            with pytest.raises(ValueError):
+                t.publish(f"{prefix}/+/x", b"wild", qos=1)
+            wait_for(lambda: len(acks) == len(payloads), 10)
+            assert t.fast_publishes >= len(payloads)  # the fast path was the one taken
+        finally:
+            t.stop(timeout=2.0)
+        assert [(m.topic, m.payload, m.qos) for m in col.messages] == [(topic, p, 1) for p in payloads]
+        assert sorted(tok for tok, _ in acks) == list(range(len(payloads)))
+        assert all(ack is ACCEPTED for _, ack in acks)

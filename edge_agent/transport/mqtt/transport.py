@@ -22,7 +22,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.errors import NotConnected, PublishRefused
 from edge_agent.transport.backoff import backoff_delay
 from edge_agent.transport.inflight import Inflight
-from edge_agent.transport.mqtt.client import AckCounts, FastAckClient, publish_props
+from edge_agent.transport.mqtt.client import AckCounts, make_client, publish_props
 from edge_agent.transport.types import ACCEPTED, LINK_LOST, Accepted, Ack, ConnectionStatus, InMessage, Refused, Will
 
 log = logging.getLogger("edge_agent.transport")
@@ -103,6 +103,11 @@ class MqttTransport:
         """PUBACKs decoded by the fast path (``mqtt.fast_ack``), all connections together."""
         return self._ack_counts.fast
 
+    @property
+    def fast_publishes(self) -> int:
+        """PUBLISHes built by the fast path (``mqtt.fast_publish``), all connections together."""
+        return self._ack_counts.published
+
     def set_ack_handler(self, fn: AckCallback) -> None:
         """Where acks go: ``fn(token, ack)`` on the network thread, ``ack`` an :data:`Ack`."""
         self._on_ack = fn
@@ -149,24 +154,28 @@ class MqttTransport:
             if qos > 0:
                 self._inflight.reserve(self.window)
         try:
-            info = client.publish(topic, payload, qos=qos, retain=retain, properties=publish_props(props))
+            if client.fast_pub and qos == 1 and not retain and not props:
+                rc, mid = client.fast_publish(topic, payload)
+            else:
+                info = client.publish(topic, payload, qos=qos, retain=retain, properties=publish_props(props))
+                rc, mid = info.rc, info.mid
         except BaseException:
             self._unreserve(gen, qos)
             raise
-        if info.rc != paho.MQTT_ERR_SUCCESS:
+        if rc != paho.MQTT_ERR_SUCCESS:
             self._unreserve(gen, qos)
-            if info.rc == paho.MQTT_ERR_NO_CONN:
+            if rc == paho.MQTT_ERR_NO_CONN:
                 raise NotConnected("connection lost while publishing")
-            raise PublishRefused(f"paho refused publish to {topic}: {paho.error_string(info.rc)}")
+            raise PublishRefused(f"paho refused publish to {topic}: {paho.error_string(rc)}")
         if qos == 0:
             self._on_ack(token, ACCEPTED)
             return
         with self._lock:
             if gen != self._gen:
                 raise NotConnected("connection replaced while publishing")
-            rc = self._inflight.sent(info.mid, token)
-        if rc is not None:
-            self._deliver_ack(token, rc)
+            code = self._inflight.sent(mid, token)
+        if code is not None:
+            self._deliver_ack(token, code)
 
     def _unreserve(self, gen: int, qos: int) -> None:
         if qos > 0:
@@ -221,24 +230,7 @@ class MqttTransport:
             log.exception("on_ack callback failed")
 
     def _make_client(self) -> paho.Client:
-        c = FastAckClient(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                    protocol=paho.MQTTv5, reconnect_on_failure=False, manual_ack=self.manual_ack)
-        c.fast_ack = self.cfg.fast_ack and c.fast_ack_supported()
-        c.counts = self._ack_counts
-        # 0 = no paho limit: publish() enforces the window itself and refuses with WindowFull, so paho
-        # never queues (its queue would re-send on its own terms and scan all messages on every ack)
-        c.max_inflight_messages_set(0)
-        c.max_queued_messages_set(0)
-        c.connect_timeout = self.cfg.connect_timeout
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, self.cfg.password or None)
-        if self.cfg.tls is not None:
-            ctx = ssl.create_default_context(cafile=self.cfg.tls.ca or None)
-            if self.cfg.tls.cert:
-                ctx.load_cert_chain(self.cfg.tls.cert, self.cfg.tls.key or None)
-            c.tls_set_context(ctx)
-        if self.will is not None:
-            c.will_set(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
+        c = make_client(self.cfg, self.client_id, self.will, self.manual_ack, self._ack_counts)
         gen = self._gen
         c.on_connect = lambda cl, ud, flags, rc, props: self._handle_connect(gen, cl, flags, rc, props)
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._handle_disconnect(gen, rc)
@@ -246,7 +238,6 @@ class MqttTransport:
         c.on_message = lambda cl, ud, msg: self._handle_message(cl, msg)
         c.on_subscribe = lambda cl, ud, mid, codes, props: (
             self._subscribed.set() if gen == self._gen and mid == self._sub_mid else None)
-        c.on_socket_open = _no_delay
         return c
 
     def _handle_connect(self, gen: int, client: paho.Client, flags: Any, rc: Any, props: Any) -> None:
@@ -393,8 +384,3 @@ class MqttTransport:
             except Exception:
                 log.exception("on_ack callback failed")
 
-
-def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
-    """TCP_NODELAY: Nagle held a PUBLISH behind a small PUBACK (send() -> on_message 26 ms, not 0.8 ms)."""
-    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
