@@ -83,6 +83,9 @@ class Forwarder:
         self._ack_listeners: list[AckListener] = []
         self._down = False  # the loss of the link was reported to the outbox
         self._starved = False  # waiting with an empty buffer: a new row must wake the loop
+        # messages in flight when the link was lost: the next this many go one at a time (see _room)
+        self._probe = 0
+        self._lost_now = 0  # messages whose ack was "link lost" since the last connect
         outbox.on_ready(self._data_ready)  # write-behind: a new row is sendable at once
 
     def _data_ready(self) -> None:
@@ -109,7 +112,10 @@ class Forwarder:
             self._refused(seq, ack)
         else:
             lost = True
+            self._lost_now += 1
             self.outbox.release((seq,))
+        if self._probe and not lost:
+            self._probe -= 1
         for fn in self._ack_listeners:
             try:
                 fn(seq, ack)
@@ -135,6 +141,13 @@ class Forwarder:
         self.outbox.accept((seq,))
 
     def on_connected(self, session_present: bool) -> None:
+        # Mosquitto answers a refused publish (e.g. ACL-denied) with PUBACK 0x87 and then resets the
+        # connection; packets of ours still unread on its side turn its close into a RST, and the RST makes
+        # our kernel discard the PUBACK unread: the refused message comes back after the reconnect, with a
+        # full window behind it again, and again (6 resets in a row seen). So the messages that were in
+        # flight at the loss go one at a time after the reconnect, like TCP's slow start after a loss.
+        self._probe = max(self._probe, self._lost_now)
+        self._lost_now = 0
         self._down = False
         self._online_since = time.time()
         self._boundary = self.outbox.last_assigned
@@ -192,7 +205,7 @@ class Forwarder:
     def _room(self) -> int:
         # the transport counts every publisher's unacked messages (status too): the broker's
         # Receive Maximum is a hard limit
-        return self.transport.window - self.transport.inflight()
+        return (1 if self._probe else self.transport.window) - self.transport.inflight()
 
     def _run(self) -> None:
         while not self._stop.is_set():

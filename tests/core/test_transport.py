@@ -262,3 +262,30 @@ def test_fast_publish_packets_are_what_paho_would_send(broker: DevBroker) -> Non
         assert [(m.topic, m.payload, m.qos) for m in col.messages] == [(topic, p, 1) for p in payloads]
         assert sorted(tok for tok, _ in acks) == list(range(len(payloads)))
         assert all(ack is ACCEPTED for _, ack in acks)
+
+
+def test_a_paho_without_the_fast_paths_internals_gets_paho_own_path(broker: DevBroker,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a paho upgrade that renames an internal the fast paths use, the client says so and the
+    transport publishes through paho's ``publish()``: messages still arrive, none by the fast path."""
+    from edge_agent.config import MqttConfig
+    from edge_agent.transport.mqtt import MqttTransport
+
+    c = FastAckClient(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    assert c.fast_publish_supported() and c.fast_ack_supported()
+    del c._out_packet  # as if renamed
+    assert not c.fast_publish_supported()
+    monkeypatch.setattr(FastAckClient, "fast_publish_supported", lambda self: False)
+    prefix = unique("nofast")
+    with Collector(broker.port, f"{prefix}/#").start() as col:
+        t = MqttTransport(MqttConfig(host="127.0.0.1", port=broker.port, session_expiry=0),
+                          client_id=unique("nofast-"), persistent_session=False)
+        t.start()
+        try:
+            assert t.wait_online(10)
+            for i in range(5):
+                t.publish(f"{prefix}/x", b"%d" % i, qos=1)
+            wait_for(lambda: len(col.messages) == 5, 10, msg="messages through paho's publish()")
+            assert t.fast_publishes == 0
+        finally:
+            t.stop(timeout=2.0)

@@ -7,12 +7,14 @@ criterion as everywhere: every seq 1..last_seq reached the subscriber or is cove
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from edge_agent import config
 from edge_agent.app import App
@@ -21,7 +23,7 @@ from edge_agent.host import Disposition
 from edge_agent.transport.mqtt import ConnectionStatus
 from tests.faultkit import FaultProxy
 from tests.faults.common import final_check
-from tests.helpers import Collector, sensors, unique, wait_for, write_config
+from tests.helpers import Collector, missing, sensors, unique, wait_for, write_config
 
 KEEPALIVE = 4
 
@@ -157,3 +159,48 @@ def test_broker_restart_without_persistence_resubscribes_and_replays(tmp_path: P
         acc = final_check(col, tmp_path / "state")
         print(f"backlog at restart {backlog}; {acc.summary()}")
         assert backlog > 20
+
+
+def test_after_a_loss_the_messages_in_flight_go_again_one_at_a_time(tmp_path: Path, broker: DevBroker) -> None:
+    """Messages in flight when the link was lost are sent again one at a time, then the window opens
+    (Mosquitto resets the connection after a refused publish; with a full window behind the refused
+    message, the reset discarded the refusal's PUBACK and the cycle repeated). A stalled proxy keeps
+    20 messages unacknowledged, a cut loses them; after the reconnect the next 20 publishes each find
+    nothing of the forwarder's in flight, and later ones fill the window again."""
+    prefix = unique("ss")
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{prefix}/dev-1/#") as col:
+        cfg = config.load(write_config(tmp_path / "c.toml", proxy.port, tmp_path / "state", prefix=prefix,
+                                       keepalive=KEEPALIVE))
+        cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, max_inflight=20))
+        app = App(cfg, with_sensors=False)
+        app.start()
+        try:
+            assert app.transport.wait_online(10)
+            seen: list[int] = []  # the forwarder's messages in flight at each of its publishes
+            real = app.transport.publish
+
+            def publish(topic: str, payload: bytes, *a: Any, token: Any = None, **kw: Any) -> None:
+                if isinstance(token, int):
+                    seen.append(app.forwarder.inflight())
+                real(topic, payload, *a, token=token, **kw)
+
+            app.transport.publish = publish  # type: ignore[method-assign]
+            proxy.set_mode("stall")
+            for i in range(20):
+                app.pipeline.publish("bulk/x", {"i": i})
+            wait_for(lambda: app.forwarder.inflight() >= 20, 10, msg="a full window in flight behind the stall")
+            lost = len(seen)  # the window less the status message: nothing of these is acknowledged
+            assert lost >= 15, seen
+            proxy.cut()
+            proxy.set_mode("pass")
+            assert app.transport.wait_online(20)
+            wait_for(lambda: len(seen) >= 2 * lost, 10, msg="the lost messages sent again")
+            again = seen[lost:2 * lost]
+            for i in range(20, 200):
+                app.pipeline.publish("bulk/x", {"i": i})
+            wait_for(lambda: app.outbox.pending == 0, 20)
+            assert max(again) <= 1, again  # the status message may be the one in flight
+            assert max(seen[2 * lost:]) > 1, "the window opened again after them"
+        finally:
+            app.stop()
+        wait_for(lambda: not missing(col.seqs("bulk"), 200), 20)

@@ -114,7 +114,7 @@ class FastAckClient(paho.Client):
         self._heads = {}
         return all(hasattr(self, a) for a in (
             "_sock", "_mid_generate", "_raise_for_invalid_topic", "_out_messages", "_out_message_mutex",
-            "_inflight_messages", "_max_queued_messages", "_out_packet", "_sockpairW"))
+            "_inflight_messages", "_max_queued_messages", "_out_packet", "_sockpairW", "_thread"))
 
     def fast_ack_supported(self) -> bool:
         """Whether this paho has every internal the fast path uses (on the instance: some are set in
