@@ -102,11 +102,12 @@ class FastAckClient(paho.Client):
         self.counts.published += 1
         self._out_packet.append({"command": paho.PUBLISH, "mid": mid, "qos": 1, "pos": 0,
                                  "to_process": len(packet), "packet": packet, "info": None})
-        if self._thread is not threading.current_thread() and self._sockpairW is not None:
+        wake = self._sockpairW  # read once: paho sets it to None when it closes the pair
+        if wake is not None and self._thread is not threading.current_thread():
             try:  # wake paho's select(); its own thread writes the packet on its next pass anyway
-                self._sockpairW.send(b"0")
-            except BlockingIOError:
-                pass
+                wake.send(b"0")
+            except OSError:  # full (a wake-up is pending anyway), or closed with the connection: the
+                pass         # transport then reports the message lost and it is sent again
         return paho.MQTT_ERR_SUCCESS, mid
 
     def fast_publish_supported(self) -> bool:
