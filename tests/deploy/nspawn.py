@@ -198,7 +198,13 @@ class Fleet:
         r = subprocess.run(["ssh", *self.ssh_args(), f"root@{self.hosts[name]}", command], capture_output=True,
                            text=True, timeout=timeout)
         if check and r.returncode != 0:
-            raise RuntimeError(f"{name}: {command!r} -> {r.returncode}: {r.stderr or r.stdout}")
+            why = f"{name}: {command!r} -> {r.returncode}: {r.stderr or r.stdout}"
+            if "systemctl" in command:  # a unit that failed: its own last words say why
+                j = subprocess.run(["ssh", *self.ssh_args(), f"root@{self.hosts[name]}",
+                                    "journalctl -u edge-agent --no-pager -o cat -n 40"], capture_output=True,
+                                   text=True, timeout=timeout)
+                why += "\n--- journalctl -u edge-agent (last 40 lines):\n" + j.stdout
+            raise RuntimeError(why)
         return r
 
     def console(self, name: str) -> str:
