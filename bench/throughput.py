@@ -95,48 +95,24 @@ def baseline(port: int, n: int, window: int, payload: bytes) -> float:
     return rate
 
 
-def baseline_chained(port: int, n: int, window: int, payload: bytes) -> float:
+def baseline_chained(port: int, n: int, window: int, payload: bytes, fast: bool = False) -> float:
     """For reference only (not the issue's baseline): raw paho publishing the next message from its own
-    on_publish callback, the trick the agent's forwarder uses, so no thread hand-off per message."""
-    sub = Sub(port, "chain/#", n)
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-chain-{time.monotonic_ns()}",
-                    protocol=paho.MQTTv5)
-    c.max_inflight_messages_set(window)
-    left = [n]
-    lock = threading.Lock()
-
-    def send() -> None:
-        with lock:
-            if left[0] <= 0:
-                return
-            left[0] -= 1
-        info = c.publish("chain/x", payload, qos=1)
-        assert info.rc == 0, info.rc
-
-    c.on_publish = lambda *a: send()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    time.sleep(0.2)
-    for _ in range(window):
-        send()
-    rate, _ = sub.rate()
-    c.disconnect()
-    c.loop_stop()
-    return rate
-
-
-def baseline_chained_fast(port: int, n: int, window: int, payload: bytes) -> float:
-    """For reference: the chained line with the agent's own paho paths (``FastAckClient``: PUBLISH packets
-    built without paho's per-message objects, plain PUBACKs decoded without its per-ack objects). The
-    agent's rate over this line is what everything but the transport costs."""
+    on_publish callback, the trick the agent's forwarder uses, so no thread hand-off per message.
+    ``fast``: the same chain through the agent's own paho paths (``FastAckClient``: PUBLISH packets built
+    without paho's per-message objects, plain PUBACKs decoded without its per-ack objects); the agent's
+    rate over that line is what everything but the transport costs."""
     from edge_agent.transport.mqtt.client import AckCounts, FastAckClient
 
-    sub = Sub(port, "fast/#", n)
-    c = FastAckClient(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-fast-{time.monotonic_ns()}",
-                      protocol=paho.MQTTv5)
-    c.counts = AckCounts()
-    c.fast_ack, c.fast_pub = c.fast_ack_supported(), c.fast_publish_supported()
-    assert c.fast_ack and c.fast_pub
+    name = "fast" if fast else "chain"
+    sub = Sub(port, f"{name}/#", n)
+    c = (FastAckClient if fast else paho.Client)(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                                 client_id=f"bench-{name}-{time.monotonic_ns()}")
+    if isinstance(c, FastAckClient):
+        c.counts = AckCounts()
+        c.fast_ack, c.fast_pub = c.fast_ack_supported(), c.fast_publish_supported()
+        assert c.fast_ack and c.fast_pub
+    else:
+        c.max_inflight_messages_set(window)
     left = [n]
     lock = threading.Lock()
 
@@ -145,7 +121,10 @@ def baseline_chained_fast(port: int, n: int, window: int, payload: bytes) -> flo
             if left[0] <= 0:
                 return
             left[0] -= 1
-        rc, _ = c.fast_publish("fast/x", payload)
+        if isinstance(c, FastAckClient):
+            rc, _ = c.fast_publish(f"{name}/x", payload)
+        else:
+            rc = c.publish(f"{name}/x", payload, qos=1).rc
         assert rc == 0, rc
 
     c.on_publish = lambda *a: send()
@@ -204,7 +183,7 @@ def main() -> None:
             ags.append(r)
             rss = max(rss, peak)
             chains.append(baseline_chained(b.port, a.n, a.window, payload))
-            fasts.append(baseline_chained_fast(b.port, a.n, a.window, payload))
+            fasts.append(baseline_chained(b.port, a.n, a.window, payload, fast=True))
     raw, ag, chain, fast = max(raws), max(ags), max(chains), max(fasts)
     print(f"messages: {a.n}, payload {len(payload)} B, QoS 1, window {a.window}, cpus {os.cpu_count()}, "
           f"agent sensor offered at {a.offered:g}x the baseline rate, best of {a.rounds}")

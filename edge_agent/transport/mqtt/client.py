@@ -48,7 +48,10 @@ class FastAckClient(paho.Client):
     fast_ack = False
     fast_pub = False
     counts: AckCounts
-    _heads: dict[str, bytes]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heads: dict[str, bytes] = {}  # topic -> its encoded length-prefixed header (fast_publish)
 
     def _handle_pubackcomp(self, cmd: Any) -> Any:
         if self.fast_ack and cmd == "PUBACK":
@@ -97,7 +100,7 @@ class FastAckClient(paho.Client):
             held = self._out_messages
             if mid in held or 0 < self._max_queued_messages <= len(held):  # as paho's publish() refuses
                 return paho.MQTT_ERR_QUEUE_SIZE, mid
-            self._out_messages[mid] = _PLACEHOLDER  # paho's PUBACK paths look the mid up here
+            held[mid] = _PLACEHOLDER  # paho's PUBACK paths look the mid up here
             self._inflight_messages += 1
         self.counts.published += 1
         self._out_packet.append({"command": paho.PUBLISH, "mid": mid, "qos": 1, "pos": 0,
@@ -112,7 +115,6 @@ class FastAckClient(paho.Client):
 
     def fast_publish_supported(self) -> bool:
         """Whether this paho has every internal :meth:`fast_publish` uses (on the instance)."""
-        self._heads = {}
         return all(hasattr(self, a) for a in (
             "_sock", "_mid_generate", "_raise_for_invalid_topic", "_out_messages", "_out_message_mutex",
             "_inflight_messages", "_max_queued_messages", "_out_packet", "_sockpairW", "_thread"))
