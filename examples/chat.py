@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                   port=args.port, state_dir=state,
                   settings={"mqtt": {"reconnect_min": 0.2, "reconnect_max": 5.0}, "agent": {"stop_timeout": 2.0}})
 
+    printing = threading.Lock()
+
     def out(line: str) -> None:
-        print(line, flush=True)
+        # callbacks run on the agent's threads: one write per line, one writer at a time, so a status
+        # never lands in the middle of another line
+        with printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     @agent.on_connection_status
     def connection(st):  # type: ignore[no-untyped-def]
