@@ -27,7 +27,7 @@ from edge_agent.errors import NotConnected, PublishRefused
 from edge_agent.message import Pending
 from edge_agent.ratelimit import TokenBucket
 from edge_agent.transport.mqtt import MqttTransport
-from edge_agent.transport.types import ACCEPTED, Accepted, Ack, LinkLost, Refused
+from edge_agent.transport.types import ACCEPTED, Accepted, Ack, LinkLost, Refused, StateToken
 
 log = logging.getLogger("edge_agent.forwarder")
 
@@ -101,6 +101,11 @@ class Forwarder:
     # called by the transport (network thread)
     def on_ack(self, token: Any, ack: Ack) -> None:
         if not isinstance(token, int):  # not an outbox row (e.g. the retained status message)
+            if isinstance(ack, Refused) and isinstance(token, StateToken):
+                try:
+                    token.refused(token.topic, ack)
+                except Exception:
+                    log.exception("reporting a refused retained message failed")
             if self._waiting or (not self._throttled and not isinstance(ack, LinkLost) and not self._pump()):
                 self._wake.set()
             return

@@ -25,6 +25,7 @@ from edge_agent.health import Health
 from edge_agent.outbox import Outbox
 from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.transport.topics import status_topic
+from edge_agent.transport.types import Refused, StateToken
 from edge_agent.version import __version__
 
 #: status.json: owner read/write, group read (the unit's RuntimeDirectoryMode=0750 guards the directory)
@@ -53,6 +54,7 @@ class StatusReporter:
         self._due = False  # the last publish failed (e.g. window full): retried at the next tick
         self._retained: dict[str, bytes] = {}  # retained state (e.g. group membership) not yet handed to the link
         self._retained_lock = threading.Lock()
+        self._refusals: set[tuple[str, int]] = set()  # (topic, reason code) already logged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -101,11 +103,22 @@ class StatusReporter:
 
     def _send(self, topic: str, payload: bytes) -> bool:
         try:
-            self.transport.publish(topic, payload, qos=1, retain=True, token=None)
+            self.transport.publish(topic, payload, qos=1, retain=True, token=StateToken(topic, self._refused))
         except Exception as e:
             log.debug("retained %s not published: %s", topic, e)
             return False
         return True
+
+    def _refused(self, topic: str, ack: Refused) -> None:
+        """The broker refused a retained state message (network thread): one error per topic and reason,
+        since it is sent again per change and the status every interval. Not retried: a refusal would
+        only repeat (and Mosquitto closes the connection after each, see docs/commands.md)."""
+        with self._retained_lock:
+            if (topic, ack.code) in self._refusals:
+                return
+            self._refusals.add((topic, ack.code))
+        hint = ": the broker's ACL does not let this device write that topic" if ack.code == 0x87 else ""
+        log.error("broker refused the retained message on %s (%s)%s; not retried", topic, ack, hint)
 
     def start(self) -> None:
         self.started_at = time.time()

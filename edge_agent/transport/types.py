@@ -18,11 +18,31 @@ class Accepted:
     code: int = 0
 
 
+# MQTT 5 PUBACK reason codes >= 0x80 (spec 3.4.2.1), for log lines
+REFUSAL_REASONS = {0x80: "unspecified error", 0x83: "implementation specific error", 0x87: "not authorized",
+                   0x90: "topic name invalid", 0x91: "packet identifier in use", 0x97: "quota exceeded",
+                   0x99: "payload format invalid"}
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """The broker refused the message (PUBACK reason code >= 0x80, e.g. 0x87 not authorised)."""
 
     code: int
+
+    def __str__(self) -> str:
+        """``0x87 not authorized``."""
+        name = REFUSAL_REASONS.get(self.code)
+        return f"0x{self.code:02x} {name}" if name else f"0x{self.code:02x}"
+
+
+@dataclass(frozen=True, slots=True)
+class StateToken:
+    """The token of a retained state message (status, group membership): not an outbox row, sent once
+    per change; its ack is only looked at to report a refusal, through ``refused(topic, ack)``."""
+
+    topic: str
+    refused: Callable[[str, Refused], None]
 
 
 @dataclass(frozen=True, slots=True)

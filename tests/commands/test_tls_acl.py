@@ -198,3 +198,35 @@ def test_wildcard_username_gets_no_pattern_access(tmp_path: Path) -> None:
         for c in clients:
             c.stop()
         b.close()
+
+
+def test_a_refused_group_membership_is_logged_once_and_not_retried(tls_broker, tmp_path: Path, caplog) -> None:
+    """dev-a is configured in group ``lab`` but the ACL has no ``lab`` block for it: the broker refuses its
+    retained membership (PUBACK 0x87, then Mosquitto closes the connection). The agent says so once, naming
+    the topic and the ACL, reconnects, does not send it again (no reconnect loop), and stays online."""
+    _broker, port, pki = tls_broker
+    tls = _tls(pki, "dev-a")
+    path = agent_config(tmp_path / "a.toml", port, tmp_path / "state-a", device="dev-a", sensors=False,
+                        extra=f'[mqtt.tls]\nca = "{tls.ca}"\ncert = "{tls.cert}"\nkey = "{tls.key}"\n')
+    app = App(config_mod.load(path))
+    topic = "edge/group/lab/members/dev-a"
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "broker refused the retained message" in r.getMessage()]
+
+    with caplog.at_level("INFO", logger="edge_agent"):
+        app.start()
+        try:
+            wait_for(lambda: refusals(), 15, msg=f"a logged refusal:\n{caplog.text}")
+            assert app.transport.wait_online(10), app.transport.status
+            time.sleep(2.0)  # a retry (or a reconnect loop) would show by now
+            assert app.transport.wait_online(1), app.transport.status
+            logged = refusals()
+            assert logged == [f"broker refused the retained message on {topic} (0x87 not authorized): the broker's "
+                              "ACL does not let this device write that topic; not retried"], logged
+            lost = [r for r in caplog.records if r.getMessage().startswith("mqtt offline")]
+            assert len(lost) <= 1, caplog.text  # the one close after the refusal, no loop
+            # the status (which the ACL allows) was not refused
+            assert not any("dev-a/status" in m for m in logged)
+        finally:
+            app.stop()
