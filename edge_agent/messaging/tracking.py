@@ -223,15 +223,21 @@ class Tracker(Snapshots, Reconcile):
             self._filling.add(mid)
 
     def end_fill(self, mid: str, *, failure: str | None = None) -> None:
-        """All chunks are put (the status catches up now), or putting them failed with ``failure``."""
+        """All chunks are put (the status catches up now), or putting them failed with ``failure``.
+
+        Every chunk may already be stored and acknowledged by now (a fast broker, a slow putter): their
+        states wait in the history for this call (see :meth:`_accepted`), which moves the status."""
         with self._lock:
             self._filling.discard(mid)
-        if failure is not None:
-            self.advance(mid, "failed", failure)
-            return
-        state = self._history.min_outseq_state(mid)
-        if state is not None and state >= 1:
-            self.advance(mid, "sent" if state >= 2 else "queued")
+            if failure is not None:
+                self.advance(mid, "failed", failure)
+                return
+            state = self._history.min_outseq_state(mid)
+            if state is not None and state >= 2:
+                self.advance(mid, "sent")
+                self._history.forget_mid(mid)
+            elif state is not None and state >= 1:
+                self.advance(mid, "queued")
 
     def send_receipt(self, to: str, mids: list[str], status: str, **more: Any) -> None:
         """Put a receipt for ``mids`` (received from ``to``); errors are logged, never raised."""
@@ -347,6 +353,8 @@ class Tracker(Snapshots, Reconcile):
         self._untrack(seq)
         st = states.get(mid)
         if st is not None and st >= 2:
+            if mid in self._filling:  # every chunk put so far is acknowledged, more may follow: the
+                return                # states stay for end_fill(), which moves the status
             self.advance(mid, "sent")
             self._history.forget_mid(mid)
         elif st is not None and st >= 1:  # a file with chunks still on their way, every one stored
