@@ -232,12 +232,7 @@ class Tracker(Snapshots, Reconcile):
             if failure is not None:
                 self.advance(mid, "failed", failure)
                 return
-            state = self._history.min_outseq_state(mid)
-            if state is not None and state >= 2:
-                self.advance(mid, "sent")
-                self._history.forget_mid(mid)
-            elif state is not None and state >= 1:
-                self.advance(mid, "queued")
+            self._follow_outseqs(mid, self._history.min_outseq_state(mid))
 
     def send_receipt(self, to: str, mids: list[str], status: str, **more: Any) -> None:
         """Put a receipt for ``mids`` (received from ``to``); errors are logged, never raised."""
@@ -351,13 +346,19 @@ class Tracker(Snapshots, Reconcile):
     def _accepted(self, seq: int, mid: str) -> None:
         states = self._history.mark_outseqs([seq], 2)
         self._untrack(seq)
-        st = states.get(mid)
-        if st is not None and st >= 2:
+        self._follow_outseqs(mid, states.get(mid))
+
+    def _follow_outseqs(self, mid: str, st: int | None) -> None:
+        """Move ``mid`` to what the lowest state of its seqs says (None: none tracked): 2 sent (then its
+        seqs are forgotten), 1 queued (a file with chunks still on their way, every one stored)."""
+        if st is None:
+            return
+        if st >= 2:
             if mid in self._filling:  # every chunk put so far is acknowledged, more may follow: the
                 return                # states stay for end_fill(), which moves the status
             self.advance(mid, "sent")
             self._history.forget_mid(mid)
-        elif st is not None and st >= 1:  # a file with chunks still on their way, every one stored
+        elif st >= 1:
             self.advance(mid, "queued")
 
     def on_dropped(self, seqs: Iterable[int], reason: str) -> None:
