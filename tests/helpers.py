@@ -61,8 +61,34 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0, interval: float = 
     raise AssertionError(f"timed out after {timeout} s waiting for {msg or pred}")
 
 
+def wait_progress(pred: Callable[[], bool], progress: Callable[[], int], stall: float = 30.0,
+                  limit: float = 600.0, interval: float = 0.2, msg: str = "") -> None:
+    """Until ``pred()`` holds, for as long as ``progress()`` (a count that only grows) keeps growing.
+
+    Fails when the count has not grown for ``stall`` seconds, or after ``limit`` in all. For waits on
+    a subscriber that is still working through a backlog: on a slow machine it may need minutes, and a
+    fixed timeout then fails a run that loses nothing; a real loss still fails, ``stall`` after the
+    last message.
+    """
+    start = last_change = time.monotonic()
+    seen = progress()
+    while not pred():
+        now = time.monotonic()
+        n = progress()
+        if n != seen:
+            seen, last_change = n, now
+        if now - last_change > stall or now - start > limit:
+            raise AssertionError(f"gave up waiting for {msg or pred} after {now - start:.1f} s: no progress "
+                                 f"for {now - last_change:.1f} s (count {n})")
+        time.sleep(interval)
+
+
 class Collector:
-    """A real MQTT subscriber that decodes envelopes and keeps them (thread-safe)."""
+    """A real MQTT subscriber that decodes envelopes and keeps them (thread-safe).
+
+    ``persistent=True`` keeps its session at the broker: if its own link drops (paho's client-side
+    keepalive does close it on a machine starved of CPU), what was published meanwhile still arrives.
+    """
 
     def __init__(self, port: int, topic: str, client_id: str | None = None, persistent: bool = False,
                  host: str = "127.0.0.1") -> None:
@@ -74,6 +100,7 @@ class Collector:
         self.t = MqttTransport(self.cfg, client_id=client_id or unique("collector-"), on_message=self._on,
                                persistent_session=persistent)
         self.t.subscribe(topic, qos=1)
+        self._seqs: set[int] = set()
 
     def _on(self, m: InMessage) -> None:
         with self.lock:
@@ -84,7 +111,22 @@ class Collector:
                 env = None
             if isinstance(env, dict):
                 env["_topic"] = m.topic
+                self._stamp(env)
                 self.envelopes.append(env)
+                if isinstance(env.get("seq"), int):
+                    self._seqs.add(env["seq"])
+
+    def _stamp(self, env: dict[str, Any]) -> None:
+        """Subclasses add what they record per envelope."""
+
+    def distinct(self) -> int:
+        """How many different seqs arrived (cheap: kept as they come)."""
+        with self.lock:
+            return len(self._seqs)
+
+    def wait_distinct(self, n: int, stall: float = 30.0) -> None:
+        """Until ``n`` different seqs arrived; fails only when nothing new comes for ``stall`` s."""
+        wait_progress(lambda: self.distinct() >= n, self.count, stall, msg=f"{n} distinct seqs")
 
     def start(self, timeout: float = 10.0) -> Collector:
         self.t.start()
