@@ -142,7 +142,7 @@ class Forwarder:
         cannot help. It is removed and accounted, never silently dropped."""
         self.rejected += 1
         self.outbox.count("rejected")
-        log.error("broker rejected message seq=%d with reason code 0x%02x; removed", seq, ack.code)
+        log.error("broker rejected message seq=%d (%s); removed", seq, ack)
         self.outbox.accept((seq,))
 
     def on_connected(self, session_present: bool) -> None:

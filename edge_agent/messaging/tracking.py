@@ -338,8 +338,8 @@ class Tracker(Snapshots, Reconcile):
             match ack:
                 case Accepted():
                     self._accepted(seq, mid)
-                case Refused(code=code):
-                    self.advance(mid, "failed", f"the broker refused the message (reason code 0x{code:02x})")
+                case Refused():
+                    self.advance(mid, "failed", f"the broker refused the message ({ack})")
         except HistoryError as e:
             log.debug("ack for %s not recorded: %s", mid, e)
 

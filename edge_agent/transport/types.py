@@ -18,22 +18,20 @@ class Accepted:
     code: int = 0
 
 
-# MQTT 5 PUBACK reason codes >= 0x80 (spec 3.4.2.1), for log lines
-REFUSAL_REASONS = {0x80: "unspecified error", 0x83: "implementation specific error", 0x87: "not authorized",
-                   0x90: "topic name invalid", 0x91: "packet identifier in use", 0x97: "quota exceeded",
-                   0x99: "payload format invalid"}
-
-
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The broker refused the message (PUBACK reason code >= 0x80, e.g. 0x87 not authorised)."""
+    """The broker refused the message (PUBACK reason code >= 0x80, e.g. 0x87 not authorised).
+
+    ``name`` is the reason's name from the MQTT 5 table, filled in by the transport (the one module that
+    knows the protocol's tables); it does not take part in equality.
+    """
 
     code: int
+    name: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         """``0x87 not authorized``."""
-        name = REFUSAL_REASONS.get(self.code)
-        return f"0x{self.code:02x} {name}" if name else f"0x{self.code:02x}"
+        return f"0x{self.code:02x} {self.name}" if self.name else f"0x{self.code:02x}"
 
 
 @dataclass(frozen=True, slots=True)

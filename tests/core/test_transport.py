@@ -18,6 +18,7 @@ from edge_agent.errors import PublishRefused, WindowFull
 from edge_agent.transport.backoff import backoff_delay
 from edge_agent.transport.inflight import Inflight
 from edge_agent.transport.mqtt.client import FastAckClient
+from edge_agent.transport.mqtt.transport import refusal
 from edge_agent.transport.types import ACCEPTED, Accepted, Ack, Refused
 from tests.helpers import Collector, missing, unique, wait_for, write_config
 
@@ -154,7 +155,8 @@ def test_publish_refused_with_queue_size_is_retried_not_lost(tmp_path: Path, bro
 
 
 @pytest.mark.parametrize("fast_ack", [True, False])
-def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ack: bool) -> None:
+def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ack: bool,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A PUBACK carrying a failure reason code (0x87 not authorized, from Mosquitto's ACL) removes the
     message (seq 27 here) and counts it as rejected, on both the fast PUBACK decoder and paho's own path; the
     messages around it still arrive. Ack listeners see it as Refused(0x87), the others as Accepted; the
@@ -181,6 +183,8 @@ def test_broker_refusal_in_puback_is_removed_and_counted(tmp_path: Path, fast_ac
                 assert app.forwarder.rejected == 1
                 assert app.outbox.counters["rejected"] == 1
                 assert acks[27] == Refused(0x87)
+                assert str(acks[27]) == "0x87 not authorized"  # named at the transport boundary
+                assert "broker rejected message seq=27 (0x87 not authorized); removed" in caplog.text
                 assert all(isinstance(a, Accepted) for s, a in acks.items() if s != 27)
                 assert any(a is ACCEPTED for a in acks.values())  # the hot path's singleton
                 if fast_ack:
@@ -289,3 +293,11 @@ def test_a_paho_without_the_fast_paths_internals_gets_paho_own_path(broker: DevB
             assert t.fast_publishes == 0
         finally:
             t.stop(timeout=2.0)
+
+
+def test_a_refusal_is_named_from_the_mqtt5_table_and_an_unknown_code_keeps_its_number() -> None:
+    assert str(refusal(0x97)) == "0x97 quota exceeded"
+    assert str(refusal(0x80)) == "0x80 unspecified error"
+    assert refusal(0x87) == Refused(0x87)  # the name does not take part in equality
+    # not a PUBACK code in MQTT 5 (a broker's own or a broken one): the number alone, no exception
+    assert str(refusal(0xA0)) == "0xa0"

@@ -156,10 +156,11 @@ def test_an_ack_that_beats_the_history_record_still_counts(make: Make) -> None:
 def test_refused_ack_turns_the_message_failed_with_the_reason_code(make: Make) -> None:
     host, svc = make()
     m = svc.send("bob", "not allowed")
-    host.ack(host.sent[-1][0], Refused(0x87))
+    host.ack(host.sent[-1][0], Refused(0x87, "not authorized"))  # as the MQTT transport names it
     assert svc.settle(5.0)
     got = svc.history.get(m.id)
-    assert got is not None and got.status == "failed" and "0x87" in got.reason
+    assert got is not None and got.status == "failed"
+    assert got.reason == "the broker refused the message (0x87 not authorized)"
 
 
 def test_link_lost_leaves_it_pending_and_a_later_ack_still_counts(make: Make) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
@@ -31,6 +32,17 @@ log = logging.getLogger("edge_agent.transport")
 AckCallback = Callable[[Any, Ack], None]  # (token, typed ack)
 
 _AUTH_CODES = {134, 135, 138, 140}  # bad user/password, not authorized, banned, bad auth method
+
+
+@functools.lru_cache(maxsize=64)
+def refusal(code: int) -> Refused:
+    """A PUBACK reason code >= 0x80 as :class:`Refused`, named from paho's MQTT 5 table (``0x87 not
+    authorized``); a code outside the table (a broker's own) keeps only its number."""
+    try:
+        name = ReasonCode(PacketTypes.PUBACK, identifier=code).getName().lower()
+    except ValueError:
+        name = ""
+    return Refused(code, name)
 
 
 class MqttTransport:
@@ -223,7 +235,7 @@ class MqttTransport:
             log.exception("on_status callback failed")
 
     def _deliver_ack(self, token: Any, rc: int) -> None:
-        ack = ACCEPTED if rc == 0 else Accepted(rc) if rc < 0x80 else Refused(rc)
+        ack = ACCEPTED if rc == 0 else Accepted(rc) if rc < 0x80 else refusal(rc)
         try:
             self._on_ack(token, ack)
         except Exception:
