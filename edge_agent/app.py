@@ -105,7 +105,8 @@ class App:
                         max_bytes=cfg.storage.max_bytes, commit_interval=cfg.storage.commit_interval,
                         sync=cfg.storage.sync, memory_buffer=cfg.storage.memory_buffer,
                         topic_prefix=prefix, min_free=cfg.storage.min_free, mode=cfg.storage.mode,
-                        flush_after=cfg.storage.flush_after, hold_limit=cfg.storage.hold_limit).open()
+                        flush_after=cfg.storage.flush_after, hold_limit=cfg.storage.hold_limit,
+                        quarantine_keep=cfg.storage.quarantine_keep).open()
         outbox.heartbeat = self.health.beat_fn("outbox")
         pipeline = Pipeline(outbox, prefix, cfg.device.id, {s.name: s.batch for s in cfg.sensors})
         transport = MqttTransport(cfg.mqtt, will=offline_will(cfg), on_status=self._on_status,

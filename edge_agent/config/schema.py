@@ -121,6 +121,10 @@ class StorageConfig(_Frozen):
     min_free: int = _f(16 * 1024 * 1024, "Free disk space (bytes) the outbox leaves to others: when less is "
                                          "free it evicts like at max_bytes (reason 'disk_full').", ge=0,
                        le=2**50)
+    quarantine_keep: int = _f(5, "Sets of set-aside outbox files (damaged, foreign or replaced; each with its "
+                                 "-wal/-shm) kept in quarantine/ beside the database for inspection: the "
+                                 "newest this many; older ones are deleted at start and after each new one.",
+                              ge=1, le=1000)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.outbox")
 
 QUARANTINE_DIR = "quarantine"
+QUARANTINE_KEEP = 5  # storage.quarantine_keep's default
 WAL_LIMIT = 8 * 1024 * 1024  # PRAGMA journal_size_limit (schema.open_db)
 
 
@@ -52,22 +54,72 @@ def meta_str(db: sqlite3.Connection, key: str) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
-def quarantine(path: Path, suffixes: tuple[str, ...]) -> Path:
-    """Move ``path + suffix`` (those that exist) to ``quarantine/<name><suffix>.<UTC stamp>``; the base."""
+def _set_pattern(path: Path, stamp: str = r"\d{8}T\d{6}Z") -> re.Pattern[str]:
+    """The names :func:`quarantine` gives: ``<name>.[corrupt-]<stamp>[.n][-wal|-shm]``."""
+    return re.compile(rf"^{re.escape(path.name)}\.(?:corrupt-)?({stamp})(?:\.(\d+))?(?:-wal|-shm)?$")
+
+
+def quarantine(path: Path, suffixes: tuple[str, ...], tag: str = "") -> Path:
+    """Move ``path + suffix`` (those that exist) to ``quarantine/<name>.<tag><UTC stamp>[.n]<suffix>``;
+    the base. ``tag`` is ``"corrupt-"`` for a damaged database, empty for a foreign or replaced one.
+    Within one second ``n`` counts up past every set of that second still there, so a newer set never
+    sorts below an older one (:func:`prune_quarantine` relies on it)."""
     qdir = path.parent / QUARANTINE_DIR
     qdir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = qdir / f"{path.name}.{stamp}"
-    n = 1
-    while any(Path(f"{base}{s}").exists() for s in suffixes):
-        n += 1
-        base = qdir / f"{path.name}.{stamp}.{n}"
+    same = _set_pattern(path, stamp)
+    taken = [int(m.group(2) or 1) for f in qdir.iterdir() if (m := same.match(f.name))]
+    n = max(taken) + 1 if taken else 1
+    base = qdir / (f"{path.name}.{tag}{stamp}" if n == 1 else f"{path.name}.{tag}{stamp}.{n}")
     for suffix in suffixes:
         src = Path(f"{path}{suffix}")
         if src.exists():
             os.replace(src, f"{base}{suffix}")
             log.error("outbox: quarantined %s as %s%s", src, base, suffix)
     return base
+
+
+def prune_quarantine(path: Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` sets in ``quarantine/`` (a set: one base with its -wal/-shm;
+    newest by the UTC stamp in the name), so that repeated damage cannot fill the disk; the files
+    removed. ``protect`` (the set just made) is kept whatever its stamp says: a Pi without a real-time
+    clock may stamp it in 1970. Also takes in the ``<name>.corrupt-*`` sets that earlier builds left
+    beside the database. Files whose names the outbox did not make are never touched."""
+    pattern = _set_pattern(path)
+    sets: dict[tuple[str, int], list[Path]] = {}
+    qdir = path.parent / QUARANTINE_DIR
+    try:
+        candidates = list(qdir.iterdir()) if qdir.is_dir() else []
+        candidates += path.parent.glob(f"{path.name}.corrupt-*")
+    except OSError as e:  # never a reason not to start
+        log.warning("outbox: cannot list %s to prune it: %s", qdir, e)
+        return []
+    kept: tuple[str, int] | None = None
+    for f in candidates:
+        m = pattern.match(f.name)
+        if m and f.is_file():
+            key = (m.group(1), int(m.group(2) or 1))
+            sets.setdefault(key, []).append(f)
+            if protect is not None and f.parent == protect.parent and \
+                    f.name in (protect.name, f"{protect.name}-wal", f"{protect.name}-shm"):
+                kept = key
+    order = sorted(sets, reverse=True)
+    if kept is not None:
+        order.remove(kept)
+        order.insert(0, kept)
+    removed: list[Path] = []
+    for key in order[max(keep, 1):]:
+        for f in sets[key]:
+            try:
+                f.unlink()
+            except OSError as e:
+                log.warning("outbox: cannot remove the old quarantined file %s: %s", f, e)
+            else:
+                removed.append(f)
+    if removed:
+        log.warning("outbox: quarantine keeps the newest %d set(s) (storage.quarantine_keep); removed %s",
+                    keep, ", ".join(str(f) for f in removed))
+    return removed
 
 
 def wal_state(path: Path) -> str:

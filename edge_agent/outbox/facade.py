@@ -22,6 +22,7 @@ from edge_agent.errors import OutboxError
 from edge_agent.message import Outgoing, Pending
 from edge_agent.outbox.ageclock import AgeClock, boottime, read_boot_id
 from edge_agent.outbox.claims import Claims
+from edge_agent.outbox.continuity import QUARANTINE_KEEP, prune_quarantine
 from edge_agent.outbox.hold import Hold
 from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
@@ -53,7 +54,8 @@ class Outbox:
                  reserve_bytes: int | None = None, ack_interval: float = 0.25,
                  maintenance_interval: float = 1.0, check_timeout: float = 30.0,
                  boot_clock: Callable[[], float] | None = None, boot_id: Callable[[], str] | None = None,
-                 mode: str = "write_behind", flush_after: float = 0.5, hold_limit: int = 20000) -> None:
+                 mode: str = "write_behind", flush_after: float = 0.5, hold_limit: int = 20000,
+                 quarantine_keep: int = QUARANTINE_KEEP) -> None:
         if mode not in MODES:
             raise ValueError(f"outbox mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.path = Path(path)
@@ -67,6 +69,7 @@ class Outbox:
             max(256 * 1024, min(4 * 1024 * 1024, max_bytes // 16))
         self.timing = Timing(commit_interval, max(ack_interval, commit_interval), maintenance_interval)
         self.check_timeout = check_timeout
+        self.quarantine_keep = quarantine_keep
         self.sync = sync
         self.memory_buffer = memory_buffer
         self._clock = clock
@@ -104,6 +107,7 @@ class Outbox:
         sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
         db, rec = Opener(self.path, sync=self.sync, check_timeout=self.check_timeout, reserve=reserve,
                          sidecar=sidecar).open()
+        prune_quarantine(self.path, self.quarantine_keep, protect=Path(rec.file) if rec is not None else None)
         run = RunState(self.path.with_name(self.path.name + ".run"))
         self.unclean = run.previous(max(meta_int(db, "last_seq"), rec.last_seq if rec else 0), sidecar.reserved)
         writer = self._make_writer(db, reserve, sidecar, rec)
@@ -122,7 +126,7 @@ class Outbox:
         run.running()
         self._run = run
         writer.heartbeat = self._heartbeat
-        writer.reopener = Reopener(self.path, self.sync, sidecar)
+        writer.reopener = Reopener(self.path, self.sync, sidecar, self.quarantine_keep)
         writer.on_reopened = self._report_lost
         self._writer = writer
         writer.start()

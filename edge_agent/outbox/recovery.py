@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -268,18 +267,8 @@ class Opener:
         return None if msgs == ["ok"] else "quick_check: " + "; ".join(msgs)
 
     def _quarantine(self) -> Path:
-        """Rename the database (and its -wal/-shm) to ``<name>.corrupt-<UTC stamp>[.n]``; the new base."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while base.exists():
-            n += 1
-            base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                os.replace(src, f"{base}{suffix}")
-        return base
+        """Move the database (and its -wal/-shm) to ``quarantine/<name>.corrupt-<UTC stamp>[.n]``."""
+        return continuity.quarantine(self.path, ("", "-wal", "-shm"), tag="corrupt-")
 
     def _salvage(self, old: Path) -> Salvage:
         """Every still-readable, un-acked row of a quarantined database (within ``check_timeout``)."""

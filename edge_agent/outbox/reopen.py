@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.outbox.continuity import FileWatch, ensure_identity, quarantine
+from edge_agent.outbox.continuity import QUARANTINE_KEEP, FileWatch, ensure_identity, prune_quarantine, quarantine
 from edge_agent.outbox.recovery import Salvage, SeqSidecar, copy_into, read_salvage
 from edge_agent.outbox.schema import open_db
 
@@ -57,8 +57,10 @@ class Upkeep:
 
 
 class Reopener:
-    def __init__(self, path: Path, sync: str, sidecar: SeqSidecar) -> None:
+    def __init__(self, path: Path, sync: str, sidecar: SeqSidecar,
+                 quarantine_keep: int = QUARANTINE_KEEP) -> None:
         self.path = path
+        self.quarantine_keep = quarantine_keep
         self.sync = sync
         self.sidecar = sidecar
         self.watch = FileWatch(path)
@@ -81,7 +83,7 @@ class Reopener:
         of the old file): it is moved to quarantine first, never written to or applied."""
         there = tuple(s for s in ("", "-wal", "-shm") if Path(f"{self.path}{s}").exists())
         if there:
-            quarantine(self.path, there)
+            prune_quarantine(self.path, self.quarantine_keep, protect=quarantine(self.path, there))
         new = open_db(self.path, self.sync)
         seqs = copy_into(new, rows)
         ensure_identity(new, self.sidecar)

@@ -17,6 +17,7 @@ from edge_agent import codec
 from edge_agent.errors import OutboxError
 from edge_agent.message import Outgoing
 from edge_agent.outbox import Outbox, integrity_check, precheck, ranges, read_stats
+from edge_agent.outbox.continuity import prune_quarantine
 from tests.faultkit import disk_free, fill_disk, loop_ext4, loop_mount_unavailable
 
 TOPIC = "edge/d1/telemetry/s"
@@ -214,8 +215,9 @@ def test_corruption_quarantined_salvaged_reported(tmp_path: Path, kind: str) -> 
     ob = Outbox(db, "d1").open()
     assert time.monotonic() - t0 < 10
     assert ob.recovered is not None, "damage must be detected"
-    quarantined = list(db.parent.glob("o.db.corrupt-*"))
+    quarantined = list((db.parent / "quarantine").glob("o.db.corrupt-*"))
     assert quarantined and all(p.exists() for p in quarantined)
+    assert not list(db.parent.glob("o.db.corrupt-*")), "set aside in quarantine/, not beside the database"
     assert ob.counters["corrupt_recovered"] == 1
     nxt = ob.put(Outgoing(topic="t", stream="s", data=1))
     assert nxt > 200, "seqs are never reused across a corruption recovery"
@@ -333,7 +335,7 @@ def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> N
         filler = fill_disk(mnt)
         # a restart while the disk is full: SQLite needs room for -wal/-shm; the reserve gives it
         ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=256 * 1024).open()
-        assert ob.recovered is None and not list(state.glob("o.db.corrupt-*"))
+        assert ob.recovered is None and not list(state.rglob("o.db.corrupt-*"))
         assert ob.pending == 300
         put_n(ob, 2000, size=200)  # cannot all be stored: kept in memory, never an exception
         ob.flush(3.0)
@@ -345,7 +347,7 @@ def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> N
             Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).open().close(2.0)
         except OutboxError as e:
             assert "disk full" in str(e)
-        assert not list(state.glob("o.db.corrupt-*"))
+        assert not list(state.rglob("o.db.corrupt-*"))
         filler.unlink()
         filler2.unlink(missing_ok=True)
         ob = Outbox(state / "o.db", "d1", min_free=0, reserve_bytes=0).open()
@@ -357,3 +359,44 @@ def test_open_on_a_full_disk_is_not_mistaken_for_corruption(tmp_path: Path) -> N
         assert integrity_check(state / "o.db") == "ok"
     finally:
         cm.__exit__(None, None, None)
+
+
+def test_quarantine_keeps_the_newest_sets_and_never_touches_other_files(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    q = tmp_path / "quarantine"
+    q.mkdir()
+    for day in range(1, 8):  # seven sets of a foreign WAL with its -shm
+        for suffix in ("-wal", "-shm"):
+            (q / f"o.db.202601{day:02d}T000000Z{suffix}").write_bytes(b"w")
+    (q / "o.db.corrupt-20260110T000000Z").write_bytes(b"x")  # two damaged databases in one second
+    (q / "o.db.corrupt-20260110T000000Z.2").write_bytes(b"y")
+    (tmp_path / "o.db.corrupt-20251231T000000Z").write_bytes(b"z")  # where earlier builds put it
+    (q / "notes.txt").write_text("the operator's")
+    (q / "other.db.20200101T000000Z").write_bytes(b"another database's")
+    removed = prune_quarantine(db, keep=3)
+    assert sorted(p.name for p in q.iterdir()) == sorted([
+        "o.db.corrupt-20260110T000000Z.2", "o.db.corrupt-20260110T000000Z",
+        "o.db.20260107T000000Z-wal", "o.db.20260107T000000Z-shm", "notes.txt", "other.db.20200101T000000Z"])
+    assert not (tmp_path / "o.db.corrupt-20251231T000000Z").exists()
+    assert len(removed) == 6 * 2 + 1
+    assert prune_quarantine(db, keep=3) == []  # nothing more to do
+    # the set just made is kept even when a Pi without a real-time clock stamped it in 1970
+    (q / "o.db.19700101T000001Z-wal").write_bytes(b"new")
+    removed = prune_quarantine(db, keep=2, protect=q / "o.db.19700101T000001Z")
+    assert (q / "o.db.19700101T000001Z-wal").exists() and (q / "o.db.corrupt-20260110T000000Z.2").exists()
+    assert sorted(p.name for p in removed) == ["o.db.20260107T000000Z-shm", "o.db.20260107T000000Z-wal",
+                                               "o.db.corrupt-20260110T000000Z"]
+
+
+def test_repeated_damage_cannot_fill_the_disk_with_quarantined_files(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    db = _kill_copy(tmp_path)
+    for _ in range(4):
+        _corrupt_notadb(db)
+        ob = Outbox(db, "d1", quarantine_keep=2).open()
+        assert ob.recovered is not None and "/quarantine/o.db.corrupt-" in ob.recovered["file"]
+        ob.close()
+    left = sorted(p.name for p in (db.parent / "quarantine").iterdir())
+    assert len(left) == 2 and all(n.startswith("o.db.corrupt-") for n in left), left
+    assert Path(ob.recovered["file"]).name in left, "the newest (the one just salvaged) is kept"
+    assert "quarantine keeps the newest 2 set(s)" in caplog.text

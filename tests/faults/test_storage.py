@@ -194,7 +194,7 @@ def test_corrupt_database_at_start(tmp_path: Path, broker: DevBroker, kind: str)
         time.sleep(0.5)
     alarms = [e for e in envs if e["stream"] == "events/outbox_corrupt"]
     assert len(alarms) == 1 and alarms[0]["cls"] == "alarm"
-    assert list(state.glob("outbox.db.corrupt-*")), "the damaged file is kept aside"
+    assert list((state / "quarantine").glob("outbox.db.corrupt-*")), "the damaged file is kept aside"
     st = read_stats(db)
     assert st.counters["corrupt_recovered"] == 1
     new_seqs = [e["seq"] for e in envs if e["stream"] == "telemetry/s1"]
