@@ -94,17 +94,13 @@ def prune_quarantine(path: Path, keep: int, protect: Path | None = None) -> list
     except OSError as e:  # never a reason not to start
         log.warning("outbox: cannot list %s to prune it: %s", qdir, e)
         return []
-    kept: tuple[str, int] | None = None
     for f in candidates:
         m = pattern.match(f.name)
         if m and f.is_file():
-            key = (m.group(1), int(m.group(2) or 1))
-            sets.setdefault(key, []).append(f)
-            if protect is not None and f.parent == protect.parent and \
-                    f.name in (protect.name, f"{protect.name}-wal", f"{protect.name}-shm"):
-                kept = key
+            sets.setdefault((m.group(1), int(m.group(2) or 1)), []).append(f)
     order = sorted(sets, reverse=True)
-    if kept is not None:
+    m = pattern.match(protect.name) if protect is not None else None
+    if m and (kept := (m.group(1), int(m.group(2) or 1))) in sets:
         order.remove(kept)
         order.insert(0, kept)
     removed: list[Path] = []
