@@ -103,6 +103,7 @@ class Collector:
         self._seqs: set[int] = set()
 
     def _on(self, m: InMessage) -> None:
+        rx = time.time()
         with self.lock:
             self.messages.append(m)
             try:
@@ -111,13 +112,13 @@ class Collector:
                 env = None
             if isinstance(env, dict):
                 env["_topic"] = m.topic
-                self._stamp(env)
+                self._stamp(env, rx)
                 self.envelopes.append(env)
                 if isinstance(env.get("seq"), int):
                     self._seqs.add(env["seq"])
 
-    def _stamp(self, env: dict[str, Any]) -> None:
-        """Subclasses add what they record per envelope."""
+    def _stamp(self, env: dict[str, Any], rx: float) -> None:
+        """Subclasses add what they record per envelope (``rx``: arrival, epoch seconds)."""
 
     def distinct(self) -> int:
         """How many different seqs arrived (cheap: kept as they come)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ class StampCollector(Collector):
                  host: str = "127.0.0.1") -> None:
         super().__init__(port, topic, client_id, persistent, host)
 
-    def _stamp(self, env: dict[str, Any]) -> None:
-        env["_rx"] = time.time()
+    def _stamp(self, env: dict[str, Any], rx: float) -> None:
+        env["_rx"] = rx
 
     def envs(self) -> list[dict[str, Any]]:
         with self.lock:
