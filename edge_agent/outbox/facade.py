@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -34,6 +35,8 @@ from edge_agent.outbox.schema import COUNTERS, Topics, meta_int
 from edge_agent.outbox.staging import Staging
 from edge_agent.outbox.stats import OutboxStats
 from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing, Writer, purge_stored_acks
+
+log = logging.getLogger("edge_agent.outbox")
 
 CORRUPT_STREAM = "events/outbox_corrupt"
 LOST_STREAM = "events/outbox_lost"  # alarm: the database or its WAL was lost, emptied, rewound or foreign
@@ -186,8 +189,15 @@ class Outbox:
             return
         writer.join(timeout)
         self._claims.close()
-        # a clean stop: nothing held or waiting for a commit, the last seq recorded
-        if not writer.alive() and self._staging.unstored() == 0 and writer.finish(self.last_assigned):
+        if not writer.release(lambda: self._stop(writer)):
+            log.warning("outbox: %s: the writer did not finish within %.1f s; it completes the stop when "
+                        "its commit is done, and the next start accounts for what it did not store",
+                        self.path, timeout)
+
+    def _stop(self, writer: Writer) -> None:
+        """The end of close(), once the writer's loop has returned (on its thread, if close() gave up
+        waiting): a clean stop records the last seq when nothing is held or waiting for a commit."""
+        if self._staging.unstored() == 0 and writer.finish(self.last_assigned):
             writer.close_db()
             if self._run is not None:
                 self._run.stopped()

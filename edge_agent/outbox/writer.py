@@ -104,6 +104,9 @@ class Writer:
         self._carry: tuple[Salvage, str | None] | None = None  # rows read from a vanished file, not yet stored
         self.on_reopened: Callable[[dict[str, Any]], None] = lambda info: None
         self.upkeep = Upkeep()  # periodic checkpoint, commit time for ``outbox stats``
+        self._exit_lock = threading.Lock()
+        self._ended = False  # the loop has returned: the connection is free to close
+        self._final: Callable[[], None] | None = None  # close() gave up waiting: the thread runs the stop
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -116,10 +119,21 @@ class Writer:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def release(self, final: Callable[[], None]) -> bool:
+        """Run ``final`` (the stop: record the last seq, close the connection) now if the thread has
+        ended; else hand it to the thread, which runs it when its loop returns. Closing the connection
+        under a running commit would crash the sqlite3 module or lose the commit. True when run here."""
+        with self._exit_lock:
+            if not self._ended and self._thread.is_alive():
+                self._final = final
+                return False
+        final()
+        return True
+
     def close_db(self) -> None:
         """Checkpoint everything into the database file and close. After a complete stop the clean
         marker is left first: a later start tells a lost WAL from one a clean stop removed."""
-        if not self.alive() and self.reopener is not None:
+        if (self._ended or not self.alive()) and self.reopener is not None:  # no commit can follow
             CleanMarker(self.reopener.path).set(self.last_seq)
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -163,6 +177,16 @@ class Writer:
         self.heartbeat()  # looked up on each beat: the owner may set it after the thread started
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._exit_lock:
+                self._ended = True
+                final = self._final
+            if final is not None:
+                final()
+
+    def _loop(self) -> None:
         t = self.timing
         while True:
             closing, flush_target = self.staging.next_cycle(

@@ -143,3 +143,40 @@ def test_constructor_does_no_io_open_does(tmp_path: Path) -> None:
     ob.close()
     with pytest.raises(OutboxClosed, match="closed"):
         ob.put(Outgoing(topic="edge/d1/telemetry/s", stream="telemetry/s", data={}))
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "outbox-writer"]
+
+
+def test_close_that_times_out_never_closes_the_database_under_a_running_commit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stop on a slow or full card: close(timeout) gives up waiting, but the writer is inside a
+    commit. Closing its connection from here would pull SQLite out from under that commit (a crash in
+    the sqlite3 module, or the rows lost); the writer closes it itself when the commit is done."""
+    before = set(_writer_threads())
+    ob = Outbox(tmp_path / "o.db", "d1", mode="durable").open()
+    put_n(ob, 10)
+    assert ob.flush()
+    (writer,) = set(_writer_threads()) - before
+    blocker = sqlite3.connect(tmp_path / "o.db", isolation_level=None, timeout=10)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock (busy timeout)
+    try:
+        put_n(ob, 50)
+        caplog.set_level("WARNING", logger="edge_agent.outbox")
+        ob.close(0.3)
+        assert writer.is_alive(), "the commit should still be waiting for the lock"
+        assert "did not finish within 0.3 s" in caplog.text
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    writer.join(15)
+    assert not writer.is_alive()
+    ob2 = Outbox(tmp_path / "o.db", "d1").open()
+    try:
+        # the commit that was running at close() went through: all 60 are stored, none skipped
+        assert ob2.pending == 60 and ob2.last_seq == 60
+        assert [r.seq for r in ob2.begin(100)] == list(range(1, 61))
+    finally:
+        ob2.close()
+    assert integrity_check(tmp_path / "o.db") == "ok"
