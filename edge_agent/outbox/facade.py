@@ -28,13 +28,13 @@ from edge_agent.outbox.hold import Hold
 from edge_agent.outbox.ledger import DROPPED_STREAM, Ledger
 from edge_agent.outbox.maintenance import DiskReserve, Maintenance
 from edge_agent.outbox.rangeset import ranges
-from edge_agent.outbox.recovery import SEQ_RESERVE, Opener, Recovered, SeqSidecar
+from edge_agent.outbox.recovery import SEQ_RESERVE, Opener, Recovered, SeqSidecar, purge_stored_acks
 from edge_agent.outbox.reopen import Reopener
 from edge_agent.outbox.runstate import RunState, Unclean
 from edge_agent.outbox.schema import COUNTERS, Topics, meta_int
 from edge_agent.outbox.staging import Staging
 from edge_agent.outbox.stats import OutboxStats
-from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing, Writer, purge_stored_acks
+from edge_agent.outbox.writer import CommittedListener, DroppedListener, Timing, Writer
 
 log = logging.getLogger("edge_agent.outbox")
 

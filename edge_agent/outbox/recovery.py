@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import codec
 from edge_agent.errors import OutboxError
 from edge_agent.fsutil import atomic_write
 from edge_agent.outbox import continuity
 from edge_agent.outbox.maintenance import DiskReserve
-from edge_agent.outbox.rangeset import range_end
-from edge_agent.outbox.schema import meta_int, meta_ranges, open_db
+from edge_agent.outbox.rangeset import NONE_ACKED, Acked, range_end
+from edge_agent.outbox.schema import count_in_ranges, delete_ranges, meta_int, meta_ranges, open_db
 
 log = logging.getLogger("edge_agent.outbox")
 
@@ -327,3 +328,22 @@ def read_salvage(src: sqlite3.Connection, found: Salvage) -> None:
             found.rows.append((r[0], r[1], topic, r[3], _ms(r[4]), expires, r[6], r[7], r[8]))
     except sqlite3.Error as e:
         log.warning("outbox: salvage stopped after %d row(s): %s", len(found.rows), e)
+
+
+def purge_stored_acks(db: sqlite3.Connection) -> Acked:
+    """At open: delete the rows a previous run had acked but not yet deleted; what is still stored of
+    them when that fails (e.g. disk full at start: they are skipped, and deleted later)."""
+    rngs = meta_ranges(db, "acked")
+    if not rngs:
+        return NONE_ACKED
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        delete_ranges(db, rngs)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('acked', ?)", (codec.encode([]),))
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        log.warning("outbox: cannot delete acked rows at start: %s", e)
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        return Acked(rngs, count_in_ranges(db, rngs))
+    return NONE_ACKED

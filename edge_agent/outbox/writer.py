@@ -30,7 +30,7 @@ from edge_agent.outbox.maintenance import Maintenance, is_disk_full
 from edge_agent.outbox.rangeset import NONE_ACKED, Acked, merge_ranges, ranges
 from edge_agent.outbox.recovery import SEQ_RESERVE, Salvage, SeqSidecar
 from edge_agent.outbox.reopen import Reopener, Upkeep
-from edge_agent.outbox.schema import Row, Topics, count_in_ranges, delete_ranges, meta_ranges
+from edge_agent.outbox.schema import Row, Topics, count_in_ranges, delete_ranges
 from edge_agent.outbox.staging import Staging
 
 log = logging.getLogger("edge_agent.outbox")
@@ -58,25 +58,6 @@ class _Work:
     counters: list[tuple[str, int]]
 
 
-def purge_stored_acks(db: sqlite3.Connection) -> Acked:
-    """At open: delete the rows a previous run had acked but not yet deleted; what is still stored of
-    them when that fails (e.g. disk full at start: they are skipped, and deleted later)."""
-    rngs = meta_ranges(db, "acked")
-    if not rngs:
-        return NONE_ACKED
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        delete_ranges(db, rngs)
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('acked', ?)", (codec.encode([]),))
-        db.execute("COMMIT")
-    except sqlite3.Error as e:
-        log.warning("outbox: cannot delete acked rows at start: %s", e)
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        return Acked(rngs, count_in_ranges(db, rngs))
-    return NONE_ACKED
-
-
 class Writer:
     """Owns the writer connection, ``last_seq``, the stored count and the acked rows still stored.
     Its fields are the writer thread's; the other threads read ``last_seq`` (one int)."""
@@ -88,15 +69,12 @@ class Writer:
         self.db = db
         self.staging, self.claims, self.ledger = staging, claims, ledger
         self.maintenance, self.topics, self.sidecar = maintenance, topics, sidecar
-        self.timing = timing
-        self.memory_buffer = memory_buffer
-        self.clock = clock
+        self.timing, self.memory_buffer, self.clock = timing, memory_buffer, clock
         self.last_seq = last_seq
         self.stored = stored  # rows stored and not acked
         self.acked = acked
         self.purge_acked = False  # delete the acked rows still stored with the next commit
-        self.committed_listeners = committed
-        self.dropped_listeners = dropped
+        self.committed_listeners, self.dropped_listeners = committed, dropped
         self.next_maint = time.monotonic() + timing.maintenance_interval  # the first commit must not wait
         self.last_sidecar = 0.0
         self.heartbeat: Callable[[], None] = lambda: None
@@ -106,7 +84,7 @@ class Writer:
         self.upkeep = Upkeep()  # periodic checkpoint, commit time for ``outbox stats``
         self._exit_lock = threading.Lock()
         self._ended = False  # the loop has returned: the connection is free to close
-        self._final: Callable[[], None] | None = None  # close() gave up waiting: the thread runs the stop
+        self._final: Callable[[], None] | None = None  # set when close() gave up waiting (see release)
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,9 +98,8 @@ class Writer:
         self._thread.join(timeout)
 
     def release(self, final: Callable[[], None]) -> bool:
-        """Run ``final`` (the stop: record the last seq, close the connection) now if the thread has
-        ended; else hand it to the thread, which runs it when its loop returns. Closing the connection
-        under a running commit would crash the sqlite3 module or lose the commit. True when run here."""
+        """Run ``final`` (the rest of the stop) now if the loop has ended, else hand it to the thread for
+        when it does: closing the connection under a running commit crashes sqlite3. True if run here."""
         with self._exit_lock:
             if not self._ended and self._thread.is_alive():
                 self._final = final
@@ -181,8 +158,7 @@ class Writer:
             self._loop()
         finally:
             with self._exit_lock:
-                self._ended = True
-                final = self._final
+                self._ended, final = True, self._final
             if final is not None:
                 final()
 

@@ -178,7 +178,10 @@ def test_runner_has_no_cumulative_drift() -> None:
     assert s.started.is_set()
     lateness = [t - (runner.t0 + k * 0.01) for k, t in enumerate(s.times)]
     assert len(out) == 100
-    assert lateness[-1] < 0.05, f"drift {lateness[-1] * 1000:.1f} ms after 100 ticks"
+    # drift moves every later tick: a sleep-after-read loop is >= 360 ms late over the last ten; one tick
+    # delayed by the scheduler on a loaded machine (51 ms seen in a full run on 2 cores) is not drift
+    drift = min(lateness[-10:])
+    assert drift < 0.05, f"drift {drift * 1000:.1f} ms after 100 ticks (last ten: {lateness[-10:]})"
     assert min(lateness) >= -0.0005  # never early
     assert sorted(lateness)[50] < 0.01  # median jitter well under one interval (noisy shared CI)
 
