@@ -117,6 +117,9 @@ class Model:
         self.identity = all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
         self._direct = self.kind == "score" and self.identity  # the fast path of score()
         self._score1 = self.engine.score
+        # the engine's own score() when the raw window goes in and the score comes out: the worker runs a
+        # whole run of windows through it back to back (Slot.run_direct); None for every other model
+        self.raw_score = self._score1 if self._direct else None
 
     @property
     def interpreter(self) -> Any:
@@ -204,14 +207,17 @@ class Model:
         # output 'score', raw input: the window as cut goes in, one float comes out
         score = self._score1(x)
         if score - score:  # 0.0 for a finite score; NaN (truthy) for NaN or +-inf
-            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
+            raise self.non_finite()
         return score
+
+    def non_finite(self) -> NonFiniteOutput:
+        return NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
 
     def _score_graph(self, x: Any) -> float:
         """Output kind 'score' on a model that wants standardised input."""
         score = self._score1(self.preprocess(x))
         if not math.isfinite(score):
-            raise NonFiniteOutput(f"model {self.cfg.name!r} {self.version}: non-finite score")
+            raise self.non_finite()
         return score
 
     def _score_reconstruction(self, x: Any) -> float:

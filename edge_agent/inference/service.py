@@ -201,6 +201,8 @@ class InferenceService:
                 log.exception("inference: model %s: unexpected error", slot.name)
 
     def _invoke_run(self, slot: Slot, model: Model, end: int, done: list[Any]) -> None:
+        if model.raw_score and not slot.calibrating and slot.next >= slot.from_k and slot.run_direct(model, end, done):
+            return
         windower = slot.windower
         while slot.next < end:
             k = slot.next
@@ -369,10 +371,8 @@ class InferenceService:
                 raise ModelError(f"model {name!r}: no previous model to roll back to")
             files.write_rollback(slot.install_path, prev, bad)
             with slot.cond:
-                slot.active = prev
-                slot.previous = None
-                slot.on_probation = False
-                slot.failures_since_install = 0
+                slot.active, slot.previous = prev, None
+                slot.on_probation, slot.failures_since_install = False, 0
                 slot.reset_alarm()
                 self._attach(slot, prev)
         bad_v = bad.version if bad is not None else None

@@ -96,6 +96,39 @@ class Slot:
             y[i] *= r
         return y
 
+    def run_direct(self, model: Model, end: int, done: list[Any]) -> bool:
+        """Windows ``next`` .. ``end - 1`` of a model with a ``raw_score`` (the raw window in, the score out):
+        every window read from the ring first, then the invokes back to back, then each result checked
+        (:meth:`Windower.intact` only grows stricter, so checking after the run is safe). On a model of a few
+        MB an invoke evicts the caches: Python's own data read between two invokes cost ~3 us a window in
+        misses (``bench/inference.py``), so nothing else runs between them. A non-finite score ends the run
+        at its window (the windows after it run again once the failure is handled). False, with nothing
+        counted or consumed, when an invoke raised: the caller runs the windows one at a time."""
+        windower, start = self.windower, self.next
+        wins = [windower.get(k) for k in range(start, end)]
+        try:
+            scores = iter(list(map(model.raw_score, [w[0] for w in wins if w is not None and not w[6]])))
+        except Exception:
+            return False
+        for k, w in enumerate(wins, start):
+            if w is None or w[6]:  # lapped by the writer / holds a NaN (bad input): not run, counted
+                if w is None:
+                    self.skipped += 1
+                else:
+                    self.bad_input += 1
+                continue
+            score = next(scores)
+            if not windower.intact(k):  # the ring moved on while the model read it: says nothing
+                self.skipped += 1
+            elif score - score:  # NaN (truthy) for NaN and +-inf
+                done.append((w, None, model.non_finite(), None))
+                self.next = k + 1
+                return True
+            else:
+                done.append((w, score, None, None))
+        self.next = end
+        return True
+
 
 def describe_slot(slot: Slot, runtime_name: str) -> dict[str, Any]:
     """One model's state, counters and calibration (``model.list``, ``status``)."""
