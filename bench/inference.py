@@ -14,8 +14,14 @@ process as the baseline, in alternating blocks so machine noise hits both sides 
   state, the result message built), until every window has been run: wall time / windows. The only thing
   left out is storing the result: the service publishes into a counting stand-in for the Pipeline, because
   the outbox insert is the pipeline's cost, not inference's (it is in the saturation figure below).
-  The ratio agent/bare is the overhead (target <= 1.2). A split of the same work single-threaded follows:
-  the tap per reading and the worker per window, called directly.
+  The ratio agent/bare is the overhead. A split of the same work single-threaded follows: the tap per
+  reading and the worker per window, called directly, each worker block against a bare block of the same
+  model instance.
+* Both sides run on **one CPU**: the bench's thread and the service's worker thread are pinned to the
+  highest CPU this process may use while the blocks run (``--no-pin`` turns it off). Unpinned, the ratio
+  measured which vCPU the scheduler gave the worker: this VM's two vCPUs differed by up to 7 %, and the
+  256-1024-32-1024-256 model's ratio went 0.98-1.20 between repetitions (bare on one, the worker on the
+  other); pinned to one CPU, 1.07-1.08 on either.
 
 Then: **latency** (paced readings, 1 kHz): from handing the window's last reading to the tap to its result
 message, through the real wake-up of the worker thread; a **model-cost sweep** (window 256, score in the
@@ -30,10 +36,12 @@ the runtime and the model. The backend is the agent's (the LiteRT C API unless `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -55,6 +63,29 @@ from edge_agent.sensors.base import Reading  # noqa: E402
 
 MODEL = BUILTIN_DIR / "machine_temp_ae.tflite"
 CHUNK = 400  # windows per fill: the tap outruns the worker, so the ring must hold a whole fill (queue)
+PIN = True  # stage and bare on one CPU (--no-pin: wherever the scheduler puts them)
+
+
+@contextlib.contextmanager
+def one_cpu(threads: list[Any]) -> Any:
+    """Run this thread and ``threads`` on one CPU (the highest this process may use) while inside, so both
+    sides of a stage/bare comparison run on the same core, cache and clock. On this 2-vCPU VM the two
+    vCPUs differed by up to 7 % in speed, and the scheduler put the worker on either: unpinned, the
+    ratio measured which vCPU the worker got (0.98-1.20 between repetitions), not the agent."""
+    if not PIN or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    ids = [t.native_id for t in threads if t is not None and t.native_id is not None]
+    for tid in (0, *ids):
+        os.sched_setaffinity(tid, {cpu})
+    try:
+        yield cpu
+    finally:
+        for tid in (0, *ids):
+            with contextlib.suppress(OSError):  # a thread that has ended
+                os.sched_setaffinity(tid, before)
 
 
 def bare_calls(m: Any, x: np.ndarray) -> tuple[Any, Any]:
@@ -168,36 +199,46 @@ def stage_vs_bare(model: Path, window: int, hop: int, blocks: int, n_bare: int) 
         seq = end
         return dt / (slot.run - n0)
 
-    stage()  # warm up, and the first window
-    per_call(bare, n_bare // 10)
-    b, g, inv = [], [], []
-    for _ in range(blocks):
-        b.append(per_call(bare, n_bare))
-        g.append(stage())
-        inv.append(per_call(invoke, n_bare))
+    with one_cpu([slot.thread]):
+        stage()  # warm up, and the first window
+        per_call(bare, n_bare // 10)
+        b, g, inv = [], [], []
+        for _ in range(blocks):
+            b.append(per_call(bare, n_bare))
+            g.append(stage())
+            inv.append(per_call(invoke, n_bare))
     assert slot.skipped == 0 and slot.errors == 0, (slot.skipped, slot.errors)
     svc.stop()
-    # the split, single-threaded: the tap per reading (no worker running), then the worker per window
+    # the split, single-threaded: the tap per reading (no worker running), then the worker per window in
+    # blocks alternating with bare blocks of the same model instance (instances differ by a few per cent)
     svc2, _ = service(model, window, hop, queue=4000, start=False)
     s2 = svc2.slots["m"]
+    m2 = s2.active
+    bare2, _ = bare_calls(m2, x)
     n_read = window + 4000 * hop
     more = readings(n_read, seed=1)
-    t = time.perf_counter()
-    for k, r in enumerate(more):
-        svc2.tap(r, k)
-    tap = (time.perf_counter() - t) / n_read
-    m2 = s2.active
-    cut = s2.windower.cut
-    s2.next = cut - 4000
-    while s2.next < cut - 3800:  # warm-up (a fresh interpreter's first invokes are slow)
-        svc2._run(s2, m2, min(cut - 3800, s2.next + RUN))
-    t = time.perf_counter()
-    while s2.next < cut:  # as the worker runs the windows that piled up: in runs of RUN
-        svc2._run(s2, m2, min(cut, s2.next + RUN))
-    worker = (time.perf_counter() - t) / 3800
-    assert s2.run == 4000
+    n_w = 3800 // blocks
+    wb, ww = [], []
+    with one_cpu([]):
+        t = time.perf_counter()
+        for k, r in enumerate(more):
+            svc2.tap(r, k)
+        tap = (time.perf_counter() - t) / n_read
+        cut = s2.windower.cut
+        s2.next = cut - 4000
+        while s2.next < cut - 3800:  # warm-up (a fresh interpreter's first invokes are slow)
+            svc2._run(s2, m2, min(cut - 3800, s2.next + RUN))
+        for _ in range(blocks):
+            wb.append(per_call(bare2, n_w))
+            end = s2.next + n_w
+            t = time.perf_counter()
+            while s2.next < end:  # as the worker runs the windows that piled up: in runs of RUN
+                svc2._run(s2, m2, min(end, s2.next + RUN))
+            ww.append((time.perf_counter() - t) / n_w)
+    assert s2.run == 200 + n_w * blocks and s2.skipped == 0
     return {"bare": statistics.median(b), "stage": statistics.median(g), "invoke": statistics.median(inv),
-            "tap": tap, "worker": worker,
+            "tap": tap, "worker": statistics.median(ww),
+            "worker_over": statistics.median(w - v for w, v in zip(ww, wb, strict=True)),
             # each stage block against the bare block just before it (same moment, same noise)
             "ratio": statistics.median(gi / bi for gi, bi in zip(g, b, strict=True))}
 
@@ -355,7 +396,10 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the model sweep (median reported)")
     ap.add_argument("--runs-ab", action="store_true", help="only: the worker's runs against RUN = 1, in one process")
     ap.add_argument("--backends", action="store_true", help="only: C API vs Python wrapper, one process")
+    ap.add_argument("--no-pin", action="store_true", help="stage and bare wherever the scheduler puts them")
     a = ap.parse_args()
+    global PIN
+    PIN = not a.no_pin
     logging.basicConfig(level=logging.ERROR)
     if a.backends:
         backends_ab(a.reps, 5)
@@ -371,6 +415,9 @@ def main() -> int:
     print(f"runtime {runtime.runtime_name()} (numpy {np.__version__} in this bench process), model {MODEL.name} "
           f"({MODEL.stat().st_size} B), window 32; medians of {a.blocks} alternating blocks "
           f"({a.n} bare calls / {CHUNK} windows through the service)")
+    with one_cpu([]) as cpu:
+        print(f"stage and bare blocks (and the worker thread) pinned to CPU {cpu}" if cpu is not None else
+              "stage and bare blocks unpinned (--no-pin, or no sched_setaffinity here)")
     for hop in (1, 4, 32):
         r = stage_vs_bare(MODEL, 32, hop, a.blocks, a.n)
         if hop == 1:
@@ -379,8 +426,7 @@ def main() -> int:
               f"agent stage {r['stage'] * 1e6:6.2f} us/window | overhead {(r['stage'] - r['bare']) * 1e6:.2f} us, "
               f"ratio {r['stage'] / r['bare']:.2f}\n"
               f"        split, one thread: tap {r['tap'] * 1e6:.2f} us/reading x {hop} + worker "
-              f"{r['worker'] * 1e6:.2f} us/window (model {r['bare'] * 1e6:.2f} + "
-              f"{(r['worker'] - r['bare']) * 1e6:.2f})")
+              f"{r['worker'] * 1e6:.2f} us/window (its own bare + {r['worker_over'] * 1e6:.2f})")
     med, p90, p99, skipped = latency(1000.0, 3.0)
     print(f"latency, readings at 1 kHz, hop 1 (last reading handed to the tap -> result message built): median "
           f"{med * 1e6:.0f} us, p90 {p90 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us ({skipped} windows skipped)")
@@ -397,7 +443,7 @@ def main() -> int:
             print(f"[{rep + 1}/{a.reps}] model 256-{hidden}-32-{hidden}-256 (score in graph), hop 1: bare "
                   f"{r['bare'] * 1e6:6.2f} us | agent stage {r['stage'] * 1e6:6.2f} us | overhead "
                   f"{(r['stage'] - r['bare']) * 1e6:5.2f} us, ratio {r['ratio']:.3f} | split: worker "
-                  f"{r['worker'] * 1e6:6.2f} us (+{(r['worker'] - r['bare']) * 1e6:.2f}), tap {r['tap'] * 1e6:.2f} us")
+                  f"{r['worker'] * 1e6:6.2f} us (+{r['worker_over'] * 1e6:.2f}), tap {r['tap'] * 1e6:.2f} us")
             overheads.append(r["stage"] - r["bare"])
             ratios[hidden].append(r["ratio"])
             bares[hidden].append(r["bare"])
