@@ -3,9 +3,10 @@
 Off the sampling path (see docs/inference.md). The tap runs on the sensor's thread for every stored reading: O(1), no
 allocation: a row into the model's ring (:mod:`.window`), a wake-up only if the worker sleeps. The worker reads due
 windows in place from the ring and runs those that piled up in *runs* of up to ``RUN`` windows: first the invokes back
-to back (the model's weights stay in cache), then each result's message and alarm state. More than ``queue`` windows
-behind, the oldest are skipped and counted; sampling never waits for inference. Results on ``inference/<model>``;
-alarms on ``events/<alarm>`` after ``alarm_after`` windows in a row at/above the threshold (re-armed after ``rearm``).
+to back (a big model's invoke evicts Python's own data), then each result's message and alarm state. More than
+``queue`` windows behind, the oldest are skipped and counted; sampling never waits for inference. Results on
+``inference/<model>``; alarms on ``events/<alarm>`` after ``alarm_after`` windows in a row at/above the threshold
+(re-armed after ``rearm``).
 
 Hot-swap: :meth:`InferenceService.install` validates a new model completely on the caller's thread, writes its files
 (:mod:`.files`), then swaps one reference under a lock; the worker picks the model once per run, so the switch lands
