@@ -349,8 +349,7 @@ class InferenceService:
             slot.load_path = slot.install_path
             with slot.cond:
                 old = slot.active
-                slot.previous = old
-                slot.active = new
+                slot.previous, slot.active = old, new
                 slot.on_probation = old is not None
                 slot.failures_since_install = 0
                 slot.error = ""
