@@ -83,6 +83,24 @@ def wait_progress(pred: Callable[[], bool], progress: Callable[[], int], stall: 
         time.sleep(interval)
 
 
+def agent_state(app: Any) -> str:
+    """What an in-process App's outbox, forwarder and transport hold, and every thread's stack: for a
+    test's failure message when a drain stalls (it says which side is stuck)."""
+    import traceback
+
+    ob, fw, tr = app.outbox, app.forwarder, app.transport
+    lines = [f"outbox: pending {ob.pending}, last_seq {ob.last_seq}, last_assigned {ob.last_assigned}",
+             f"outbox stats: {ob.stats()}",
+             f"forwarder: sent {fw.sent}, rejected {fw.rejected}, buffer {len(fw._buffer)}, "
+             f"waiting {fw._waiting}, starved {fw._starved}, probe {fw._probe}, down {fw._down}",
+             f"transport: connected {tr.connected}, inflight {tr.inflight()}, window {tr.window}"]
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"--- thread {names.get(ident, ident)}")
+        lines.extend(x.rstrip() for x in traceback.format_stack(frame)[-6:])
+    return "\n".join(lines)
+
+
 class Collector:
     """A real MQTT subscriber that decodes envelopes and keeps them (thread-safe).
 
