@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -86,8 +87,6 @@ def wait_progress(pred: Callable[[], bool], progress: Callable[[], int], stall: 
 def agent_state(app: Any) -> str:
     """What an in-process App's outbox, forwarder and transport hold, and every thread's stack: for a
     test's failure message when a drain stalls (it says which side is stuck)."""
-    import traceback
-
     ob, fw, tr = app.outbox, app.forwarder, app.transport
     lines = [f"outbox: pending {ob.pending}, last_seq {ob.last_seq}, last_assigned {ob.last_assigned}",
              f"outbox stats: {ob.stats()}",

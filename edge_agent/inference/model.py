@@ -115,11 +115,11 @@ class Model:
         self.classifier = self.kind == "scores"
         # identity standardisation (preprocess "none", or a model standardising in its graph): raw values go in
         self.identity = all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
-        self._direct = self.kind == "score" and self.identity  # the fast path of score()
         self._score1 = self.engine.score
-        # the engine's own score() when the raw window goes in and the score comes out: the worker runs a
-        # whole run of windows through it back to back (Slot.run_direct); None for every other model
-        self.raw_score = self._score1 if self._direct else None
+        # the engine's own score() when the raw window goes in and the score comes out (the fast path of
+        # score(); the worker runs a whole run of windows through it back to back, Slot.run_direct); None
+        # for every other model
+        self.raw_score = self._score1 if self.kind == "score" and self.identity else None
 
     @property
     def interpreter(self) -> Any:
@@ -202,7 +202,7 @@ class Model:
         window as cut (a flat float32 buffer of ``window * inputs`` values; numpy ``(1, n)`` on the
         wrapper backend) or any buffer/rows with those values, row-major.
         NonFiniteOutput if the model gives NaN/inf."""
-        if not self._direct:
+        if self.raw_score is None:
             return self._score_graph(x) if self.kind == "score" else self._score_reconstruction(x)
         # output 'score', raw input: the window as cut goes in, one float comes out
         score = self._score1(x)

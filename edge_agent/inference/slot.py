@@ -111,11 +111,11 @@ class Slot:
         except Exception:
             return False
         for k, w in enumerate(wins, start):
-            if w is None or w[6]:  # lapped by the writer / holds a NaN (bad input): not run, counted
-                if w is None:
-                    self.skipped += 1
-                else:
-                    self.bad_input += 1
+            if w is None:  # lapped by the writer: not run, counted
+                self.skipped += 1
+                continue
+            if w[6]:  # holds a NaN (bad input): not run, counted
+                self.bad_input += 1
                 continue
             score = next(scores)
             if not windower.intact(k):  # the ring moved on while the model read it: says nothing

@@ -108,9 +108,9 @@ class Writer:
         return True
 
     def close_db(self) -> None:
-        """Checkpoint everything into the database file and close. After a complete stop the clean
-        marker is left first: a later start tells a lost WAL from one a clean stop removed."""
-        if (self._ended or not self.alive()) and self.reopener is not None:  # no commit can follow
+        """Checkpoint into the database file and close, once the loop has ended (see :meth:`release`): the
+        clean marker first, so a later start tells a lost WAL from one a clean stop removed."""
+        if self.reopener is not None:
             CleanMarker(self.reopener.path).set(self.last_seq)
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
